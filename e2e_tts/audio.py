@@ -1,0 +1,180 @@
+"""Audio I/O, checks, normalisation and the log-mel spectrogram, in plain torch (no torchaudio).
+
+Waveforms are float32 numpy arrays ``(N,)`` in [-1, 1] at the rate they say; mels are channel-last
+``(B, T, n_mels)`` natural-log magnitudes, ``T = N // hop_length`` frames (frame ``i`` centred on sample
+``i * hop_length``), so that a token rate of ``sample_rate / hop_length / k`` maps to exactly ``k`` frames.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import soxr
+import torch
+from torch import nn
+
+LOG_FLOOR = 1e-5  # magnitude floor before the log: log(1e-5) = -11.5 is "silence"
+
+
+@dataclass
+class AudioConfig:
+    """Sample rate, mel analysis and acceptance bounds shared by data, models and synthesis."""
+
+    sample_rate: int = 16000
+    n_fft: int = 1024
+    win_length: int = 1024
+    hop_length: int = 320  # 50 mel frames/s at 16 kHz: 2 frames per 25 Hz token
+    n_mels: int = 80
+    f_min: float = 0.0
+    f_max: float | None = None  # None = sample_rate / 2
+    min_duration: float = 0.3
+    max_duration: float = 20.0
+    silence_threshold_db: float = -50.0  # peak dBFS below which a clip counts as silent
+    peak_level: float = 0.95  # peak after normalisation
+
+
+class AudioRejected(ValueError):
+    """Raised for audio that must not be trained on; ``reason`` is a short countable key."""
+
+    def __init__(self, reason: str, detail: str = ""):
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+
+
+def load_audio(source: str | Path | bytes, sample_rate: int | None = None) -> tuple[np.ndarray, int]:
+    """Reads wav/flac/ogg from a path or bytes, mixes to mono and optionally resamples.
+
+    Returns:
+        waveform ``(N,)`` float32 and its sample rate.
+    Raises:
+        AudioRejected: ``unreadable`` when the file cannot be decoded.
+    """
+    try:
+        data, rate = sf.read(io.BytesIO(source) if isinstance(source, bytes) else str(source),
+                             dtype="float32", always_2d=True)
+    except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as err:
+        name = "<bytes>" if isinstance(source, bytes) else str(source)
+        raise AudioRejected("unreadable", f"{name}: {err}") from err
+    wav = data.mean(axis=1)
+    if sample_rate is not None and rate != sample_rate:
+        wav, rate = resample(wav, rate, sample_rate), sample_rate
+    return np.ascontiguousarray(wav, dtype=np.float32), rate
+
+
+def resample(wav: np.ndarray, orig_rate: int, target_rate: int) -> np.ndarray:
+    """High-quality resampling of ``(N,)`` with soxr."""
+    if orig_rate == target_rate:
+        return wav
+    return soxr.resample(wav, orig_rate, target_rate).astype(np.float32)
+
+
+def write_audio(path: str | Path, wav: np.ndarray | torch.Tensor, sample_rate: int) -> None:
+    """Writes ``(N,)`` to wav/flac (by suffix), clipping to [-1, 1]."""
+    if isinstance(wav, torch.Tensor):
+        wav = wav.detach().float().cpu().numpy()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    sf.write(str(path), np.clip(wav, -1.0, 1.0), sample_rate)
+
+
+def encode_flac(wav: np.ndarray, sample_rate: int) -> bytes:
+    """``(N,)`` float -> 16-bit FLAC bytes."""
+    buf = io.BytesIO()
+    sf.write(buf, np.clip(wav, -1.0, 1.0), sample_rate, format="FLAC", subtype="PCM_16")
+    return buf.getvalue()
+
+
+def check_audio(wav: np.ndarray, sample_rate: int, config: AudioConfig) -> None:
+    """Rejects audio that would poison training.
+
+    Raises:
+        AudioRejected: with reason ``nan_or_inf``, ``too_short``, ``too_long`` or ``silent``.
+    """
+    if not np.isfinite(wav).all():
+        raise AudioRejected("nan_or_inf", "waveform contains NaN or Inf")
+    duration = len(wav) / sample_rate
+    if duration < config.min_duration:
+        raise AudioRejected("too_short", f"{duration:.2f}s < {config.min_duration}s")
+    if duration > config.max_duration:
+        raise AudioRejected("too_long", f"{duration:.2f}s > {config.max_duration}s")
+    peak = float(np.abs(wav).max())
+    if peak <= 0 or 20 * math.log10(peak) < config.silence_threshold_db:
+        raise AudioRejected("silent", f"peak {peak:.2e} below {config.silence_threshold_db} dBFS")
+
+
+def normalize_peak(wav: np.ndarray, level: float = 0.95) -> np.ndarray:
+    """Scales ``(N,)`` so that its absolute peak is ``level`` (silence is returned unchanged)."""
+    peak = float(np.abs(wav).max()) if len(wav) else 0.0
+    return wav if peak == 0 else (wav * (level / peak)).astype(np.float32)
+
+
+def normalize_loudness(wav: np.ndarray, target_rms_db: float = -20.0, peak_limit: float = 0.99) -> np.ndarray:
+    """Scales ``(N,)`` to an RMS level in dBFS, then limits the peak so that it cannot clip."""
+    rms = float(np.sqrt(np.mean(np.square(wav)))) if len(wav) else 0.0
+    if rms == 0:
+        return wav
+    out = wav * (10 ** (target_rms_db / 20) / rms)
+    peak = float(np.abs(out).max())
+    if peak > peak_limit:
+        out = out * (peak_limit / peak)
+    return out.astype(np.float32)
+
+
+def mel_filterbank(sample_rate: int, n_fft: int, n_mels: int, f_min: float = 0.0,
+                   f_max: float | None = None) -> torch.Tensor:
+    """Slaney-style (HTK mel scale, area-normalised) triangular filters ``(n_mels, n_fft // 2 + 1)``."""
+    f_max = f_max or sample_rate / 2
+
+    def hz_to_mel(f: torch.Tensor) -> torch.Tensor:
+        return 2595.0 * torch.log10(1.0 + f / 700.0)
+
+    def mel_to_hz(m: torch.Tensor) -> torch.Tensor:
+        return 700.0 * (10 ** (m / 2595.0) - 1.0)
+
+    fft_freqs = torch.linspace(0, sample_rate / 2, n_fft // 2 + 1, dtype=torch.float64)
+    mel_points = torch.linspace(float(hz_to_mel(torch.tensor(f_min))), float(hz_to_mel(torch.tensor(f_max))),
+                                n_mels + 2, dtype=torch.float64)
+    hz_points = mel_to_hz(mel_points)
+    lower, centre, upper = hz_points[:-2, None], hz_points[1:-1, None], hz_points[2:, None]
+    up = (fft_freqs[None, :] - lower) / (centre - lower)
+    down = (upper - fft_freqs[None, :]) / (upper - centre)
+    filters = torch.clamp(torch.minimum(up, down), min=0.0)
+    filters *= (2.0 / (upper - lower))  # equal area per filter
+    return filters.float()
+
+
+class MelSpectrogram(nn.Module):
+    """Log-mel spectrogram: ``(B, N)`` or ``(N,)`` waveform -> ``(B, N // hop, n_mels)``.
+
+    Differentiable (used inside vocoder losses) and device-agnostic.
+    """
+
+    def __init__(self, config: AudioConfig):
+        super().__init__()
+        self.config = config
+        self.register_buffer("window", torch.hann_window(config.win_length), persistent=False)
+        self.register_buffer("filters", mel_filterbank(config.sample_rate, config.n_fft, config.n_mels,
+                                                       config.f_min, config.f_max), persistent=False)
+
+    def num_frames(self, num_samples: int) -> int:
+        return num_samples // self.config.hop_length
+
+    def magnitude(self, wav: torch.Tensor) -> torch.Tensor:
+        """Linear STFT magnitude ``(B, T, n_fft // 2 + 1)`` with ``T = N // hop``."""
+        cfg = self.config
+        if wav.dim() == 1:
+            wav = wav[None]
+        pad = cfg.n_fft // 2
+        padded = torch.nn.functional.pad(wav[:, None, :], (pad, pad), mode="reflect")[:, 0]
+        spec = torch.stft(padded, cfg.n_fft, cfg.hop_length, cfg.win_length, self.window.to(wav.dtype),
+                          center=False, return_complex=True)
+        frames = self.num_frames(wav.shape[-1])
+        return spec.abs()[..., :frames].transpose(1, 2)
+
+    def forward(self, wav: torch.Tensor) -> torch.Tensor:
+        mel = self.magnitude(wav) @ self.filters.T.to(wav.dtype)
+        return torch.log(torch.clamp(mel, min=LOG_FLOOR))

@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Creates .venv and installs e2e-tts into it, plus the Debian packages the demo and tests use.
+#   bash tools/setup_env.sh          # runtime + offline judges (pocketsphinx, resemblyzer, silero-vad)
+#   bash tools/setup_env.sh --test   # also the test tools
+# On a machine without an NVIDIA GPU, torch is pinned to the CPU build (constraints-cpu.txt); without the pin,
+# pip pulls the newest CUDA torch and several GB of CUDA packages. With a GPU, install your CUDA torch into .venv
+# first and this script keeps it.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+extras="eval"
+[[ "${1:-}" == "--test" ]] && extras="test"
+
+# Debian packages: flite voices for the corpus, LibriVox prompts for evaluation. Best effort where apt is missing.
+packages=(flite pocketsphinx-testdata)
+missing=()
+for p in "${packages[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
+if ((${#missing[@]})); then
+  if command -v apt-get >/dev/null 2>&1; then
+    sudo_cmd=""; [[ $(id -u) -ne 0 ]] && sudo_cmd="sudo"
+    $sudo_cmd apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq "${missing[@]}" >/dev/null
+  else
+    echo "warning: install ${missing[*]} with your package manager (the corpus needs flite)" >&2
+  fi
+fi
+
+python3 -m venv .venv
+if .venv/bin/python -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" 2>/dev/null \
+   || command -v nvidia-smi >/dev/null 2>&1; then
+  constraint=()
+else
+  constraint=(-c constraints-cpu.txt)
+  export PIP_CONSTRAINT="$PWD/constraints-cpu.txt"  # also reaches pip's isolated build environments
+fi
+.venv/bin/pip install -q "${constraint[@]}" -e ".[${extras}]"
+echo "e2e-tts installed in .venv ($(.venv/bin/python -c 'import torch; print("torch", torch.__version__)'))"
