@@ -1,0 +1,1 @@
+"""The trainable modules: speech tokenizer, speech-token LLM, flow decoder, vocoder and reward model."""
