@@ -1,0 +1,422 @@
+"""The autoregressive LLM over speech tokens: a transformers Qwen2/Qwen3 decoder with soft speech inputs.
+
+One row is ``SOS text... TASK speech... EOS`` in the :class:`~e2e_tts.vocab.TokenLayout` id space
+(CosyVoice 2's ``Qwen2LM`` layout). Text positions use the decoder's own input embedding; speech positions
+use a :class:`~e2e_tts.models.speech_embedding.SpeechEmbedding` of the tokenizer's codebook, so speech may
+arrive as ids, probabilities (the Gumbel-softmax path) or quantized codes (the joint stage, where the
+next-token loss reaches the tokenizer).
+
+The model only ever predicts speech: the output head is restricted to the rows of the ``V`` speech ids plus
+EOS, so logits live on a ``V + 1`` space where index ``V`` is EOS. Generation and the Gumbel relaxation
+both work there, which also makes every non-speech id impossible to emit by construction.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+import transformers
+from torch import nn
+from torch.nn.utils.rnn import pad_sequence
+
+from e2e_tts.models.sampling import sample_next_token
+from e2e_tts.models.speech_embedding import SpeechEmbedding
+from e2e_tts.vocab import EOS_ID, PAD_ID, SOS_ID, TASK_ID, TokenLayout
+
+IGNORE_INDEX = -100  # target of padded positions (F.cross_entropy's default ignore_index)
+ARCHITECTURES = ("qwen2", "qwen3")
+_QWEN3_AVAILABLE = hasattr(transformers, "Qwen3ForCausalLM")  # added in transformers 4.51
+
+
+@dataclass
+class LLMConfig:
+    """Decoder shape and settings (defaults = the ``tiny`` size, ~4 M parameters with a small text vocabulary).
+
+    Attributes:
+        architecture: ``"qwen2"`` or ``"qwen3"`` (transformers model family).
+        hidden_size, num_layers, num_heads, num_kv_heads, intermediate_size: decoder shape.
+        head_dim: attention head width (None = ``hidden_size // num_heads``); Qwen3-0.6B uses 128.
+        codebook_dim: dimension ``Dc`` of one speech-tokenizer code (FSQ: number of levels).
+        attention_dropout: dropout on attention weights.
+        rope_theta: rotary base.
+        max_position_embeddings: longest ``SOS text TASK speech`` row the model is meant for.
+        rms_norm_eps: RMSNorm epsilon.
+        tie_word_embeddings: share input embedding and output head (Qwen3-0.6B does).
+        initializer_range: std of fresh weights (also the rows added to a pretrained checkpoint).
+        pretrained_path: local Hugging Face checkpoint directory to start from (never downloaded). When set,
+            the checkpoint defines the shape and the shape fields above are not used.
+    """
+
+    architecture: str = "qwen2"
+    hidden_size: int = 256
+    num_layers: int = 4
+    num_heads: int = 4
+    num_kv_heads: int = 2
+    intermediate_size: int = 768
+    head_dim: Optional[int] = None
+    codebook_dim: int = 4
+    attention_dropout: float = 0.0
+    rope_theta: float = 10000.0
+    max_position_embeddings: int = 4096
+    rms_norm_eps: float = 1e-6
+    tie_word_embeddings: bool = False
+    initializer_range: float = 0.02
+    pretrained_path: Optional[str] = None
+
+    def __post_init__(self) -> None:
+        if self.architecture not in ARCHITECTURES:
+            raise ValueError(f"LLMConfig.architecture must be one of {ARCHITECTURES}, got {self.architecture!r}")
+        if self.num_heads % self.num_kv_heads:
+            raise ValueError(f"LLMConfig.num_heads {self.num_heads} is not a multiple of num_kv_heads "
+                             f"{self.num_kv_heads}")
+        if self.head_dim is None and self.hidden_size % self.num_heads:
+            raise ValueError(f"LLMConfig.hidden_size {self.hidden_size} is not divisible by num_heads "
+                             f"{self.num_heads}; set head_dim")
+
+
+PRESETS: dict[str, LLMConfig] = {
+    "tiny": LLMConfig(),
+    # Qwen3-0.6B's shape. With Qwen3's 151,936-row text vocabulary plus 6,561 speech codes and tied embeddings
+    # this is ~0.60 B parameters (0.44 B without the embedding). Older transformers without Qwen3 get the same
+    # shape as Qwen2 (which honours head_dim).
+    "paper": LLMConfig(architecture="qwen3" if _QWEN3_AVAILABLE else "qwen2", hidden_size=1024, num_layers=28,
+                       num_heads=16, num_kv_heads=8, intermediate_size=3072, head_dim=128, codebook_dim=8,
+                       rope_theta=1_000_000.0, max_position_embeddings=40960, tie_word_embeddings=True),
+}
+
+
+@dataclass
+class LLMOutput:
+    """What :meth:`SpeechLLM.forward` returns, on the prediction positions ``0 .. S``.
+
+    Attributes:
+        logits: ``(B, S + 1, V + 1)``; position ``s < S_b`` predicts speech token ``s``, position ``S_b``
+            predicts EOS (index ``V``). Positions past ``S_b`` hold meaningless values (see ``mask``).
+        mask: ``(B, S + 1)`` True on the ``S_b + 1`` valid positions of each row.
+        targets: ``(B, S + 1)`` speech ids, then ``V`` (EOS), then ``IGNORE_INDEX``; None when the speech
+            input was soft and no ids were given.
+        hidden: ``(B, S + 1, H)`` final hidden states that produced the logits.
+    """
+
+    logits: torch.Tensor
+    mask: torch.Tensor
+    targets: Optional[torch.Tensor]
+    hidden: torch.Tensor
+
+
+def _hf_classes(architecture: str) -> tuple[type, type]:
+    if architecture == "qwen3":
+        if not _QWEN3_AVAILABLE:
+            raise ImportError(f"architecture 'qwen3' needs transformers >= 4.51, installed: {transformers.__version__}")
+        return transformers.Qwen3Config, transformers.Qwen3ForCausalLM
+    return transformers.Qwen2Config, transformers.Qwen2ForCausalLM
+
+
+def _build_decoder(config: LLMConfig, vocab_size: int) -> nn.Module:
+    config_class, model_class = _hf_classes(config.architecture)
+    shape = dict(hidden_size=config.hidden_size, num_hidden_layers=config.num_layers,
+                 num_attention_heads=config.num_heads, num_key_value_heads=config.num_kv_heads,
+                 intermediate_size=config.intermediate_size)
+    if config.head_dim is not None:
+        shape["head_dim"] = config.head_dim
+    hf_config = config_class(vocab_size=vocab_size, max_position_embeddings=config.max_position_embeddings,
+                             rms_norm_eps=config.rms_norm_eps, rope_theta=config.rope_theta,
+                             attention_dropout=config.attention_dropout,
+                             tie_word_embeddings=config.tie_word_embeddings,
+                             initializer_range=config.initializer_range, use_cache=False,
+                             pad_token_id=PAD_ID, bos_token_id=SOS_ID, eos_token_id=EOS_ID, **shape)
+    return model_class(hf_config)
+
+
+def _load_decoder(config: LLMConfig, layout: TokenLayout) -> nn.Module:
+    """Loads a local checkpoint and moves its text rows to ``layout.text_offset + i``.
+
+    The special and speech rows of the input embedding and output head are freshly initialised.
+    """
+    path = config.pretrained_path
+    hf_config = transformers.AutoConfig.from_pretrained(path, local_files_only=True)
+    if hf_config.model_type != config.architecture:
+        raise ValueError(f"checkpoint {path} is a {hf_config.model_type!r} model, LLMConfig.architecture is "
+                         f"{config.architecture!r}")
+    if hf_config.vocab_size != layout.text_vocab_size:
+        raise ValueError(f"checkpoint {path} has vocab_size {hf_config.vocab_size}, the token layout's text "
+                         f"vocabulary has {layout.text_vocab_size}: they must be the same tokenizer")
+    _, model_class = _hf_classes(config.architecture)
+    # One dtype for the whole SpeechLLM; the engine casts to bf16 where it trains in bf16.
+    decoder = model_class.from_pretrained(path, local_files_only=True).to(torch.float32)
+    old_rows = [decoder.get_input_embeddings().weight.detach().clone()]
+    tied = decoder.get_output_embeddings().weight is decoder.get_input_embeddings().weight
+    if not tied:
+        old_rows.append(decoder.get_output_embeddings().weight.detach().clone())
+    decoder.resize_token_embeddings(layout.vocab_size, mean_resizing=False)
+    new_weights = [decoder.get_input_embeddings().weight]
+    if not tied:
+        new_weights.append(decoder.get_output_embeddings().weight)
+    with torch.no_grad():
+        for weight, old in zip(new_weights, old_rows):
+            weight.normal_(0.0, decoder.config.initializer_range)
+            weight[layout.text_offset:layout.speech_offset] = old
+    for name, value in (("pad_token_id", PAD_ID), ("bos_token_id", SOS_ID), ("eos_token_id", EOS_ID)):
+        setattr(decoder.config, name, value)
+    decoder.config.use_cache = False
+    return decoder
+
+
+def _check_right_padded(mask: torch.Tensor, name: str) -> torch.Tensor:
+    """Returns the lengths ``(B,)`` of a right-padded boolean mask ``(B, T)``; raises if it is not one."""
+    if mask.dtype != torch.bool:
+        raise ValueError(f"{name} must be a boolean tensor, got {mask.dtype}")
+    lengths = mask.sum(dim=1)
+    expected = torch.arange(mask.shape[1], device=mask.device)[None, :] < lengths[:, None]
+    if not torch.equal(mask, expected):
+        raise ValueError(f"{name} must be right-padded: each row True for its tokens, then False")
+    return lengths
+
+
+def _pad_rows(rows: Sequence[torch.Tensor], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-pads 1-D id tensors into ``(B, T)`` ids and a ``(B, T)`` boolean mask."""
+    for row in rows:
+        if row.dim() != 1:
+            raise ValueError(f"each id row must be 1-D, got shape {tuple(row.shape)}")
+    lengths = torch.tensor([len(row) for row in rows], device=device)
+    ids = pad_sequence([row.to(device=device, dtype=torch.long) for row in rows], batch_first=True)
+    mask = torch.arange(ids.shape[1], device=device)[None, :] < lengths[:, None]
+    return ids, mask
+
+
+class SpeechLLM(nn.Module):
+    """Text-to-speech-token language model.
+
+    Args:
+        config: decoder shape and settings.
+        layout: the token-id contract (text and speech vocabulary sizes, specials).
+    """
+
+    def __init__(self, config: LLMConfig, layout: TokenLayout):
+        super().__init__()
+        self.config, self.layout = config, layout
+        if config.pretrained_path is None:
+            self.decoder = _build_decoder(config, layout.vocab_size)
+        else:
+            self.decoder = _load_decoder(config, layout)
+        self.hidden_size = self.decoder.config.hidden_size
+        self.speech_embedding = SpeechEmbedding(config.codebook_dim, self.hidden_size)
+
+    def num_parameters(self) -> int:
+        """Number of distinct parameters (tied weights counted once)."""
+        return sum(p.numel() for p in self.parameters())
+
+    def speech_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Projects hidden states ``(..., H)`` onto the ``V`` speech ids and EOS: ``(..., V + 1)``.
+
+        Uses the rows of the decoder's output head, so the model stays a plain Hugging Face causal LM.
+        Under ZeRO-3 the head weight is used outside its own module: register it with
+        ``deepspeed.zero.register_external_parameter``.
+        """
+        head = self.decoder.get_output_embeddings()
+        rows = torch.cat([head.weight[self.layout.speech_offset:], head.weight[EOS_ID:EOS_ID + 1]])
+        bias = None if head.bias is None else torch.cat([head.bias[self.layout.speech_offset:],
+                                                         head.bias[EOS_ID:EOS_ID + 1]])
+        return F.linear(hidden, rows, bias)
+
+    def _check_codebook(self, codebook: torch.Tensor) -> None:
+        if codebook.dim() != 2 or codebook.shape[0] != self.layout.speech_vocab_size:
+            raise ValueError(f"codebook must be ({self.layout.speech_vocab_size}, Dc) for the layout's speech "
+                             f"vocabulary, got {tuple(codebook.shape)}")
+
+    def _pack(self, text_ids: torch.Tensor, text_lengths: torch.Tensor, speech: torch.Tensor,
+              speech_lengths: torch.Tensor, codebook: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Embeds and packs each row as ``SOS text TASK speech``, right-padded.
+
+        Args:
+            text_ids: text-tokenizer ids ``(B, L)``, already zero at padding.
+            text_lengths: ``(B,)``.
+            speech: speech ids ``(B, S)`` (zero at padding), probabilities ``(B, S, V)`` or codes ``(B, S, Dc)``.
+            speech_lengths: ``(B,)``.
+            codebook: ``(V, Dc)``.
+        Returns:
+            input embeddings ``(B, N, H)`` (zero at padding) and their boolean mask ``(B, N)``.
+        """
+        batch, text_len = text_ids.shape
+        device = text_ids.device
+        rows = torch.arange(batch, device=device)[:, None]
+        prefix_ids = torch.full((batch, text_len + 2), PAD_ID, dtype=torch.long, device=device)
+        prefix_ids[:, 0] = SOS_ID
+        text_mask = torch.arange(text_len, device=device)[None, :] < text_lengths[:, None]
+        prefix_ids[:, 1:-1] = torch.where(text_mask, self.layout.text_to_llm(text_ids), PAD_ID)
+        prefix_ids[rows[:, 0], text_lengths + 1] = TASK_ID
+        prefix = self.decoder.get_input_embeddings()(prefix_ids)  # (B, L + 2, H)
+        speech_embeds = self.speech_embedding(speech, codebook)  # (B, S, H)
+
+        prefix_lengths = text_lengths + 2
+        total = int((prefix_lengths + speech_lengths).max())
+        positions = torch.arange(total, device=device)[None, :]
+        in_prefix = positions < prefix_lengths[:, None]
+        speech_index = positions - prefix_lengths[:, None]
+        in_speech = (speech_index >= 0) & (speech_index < speech_lengths[:, None])
+        embeds = torch.where(in_prefix[..., None], prefix[rows, positions.clamp(max=text_len + 1)], 0.0)
+        if speech_embeds.shape[1] > 0:
+            gathered = speech_embeds[rows, speech_index.clamp(0, speech_embeds.shape[1] - 1)]
+            embeds = torch.where(in_speech[..., None], gathered, embeds)
+        return embeds, in_prefix | in_speech
+
+    def forward(self, text_ids: torch.Tensor, text_mask: torch.Tensor, speech: torch.Tensor,
+                speech_mask: torch.Tensor, codebook: torch.Tensor,
+                speech_ids: Optional[torch.Tensor] = None) -> LLMOutput:
+        """Teacher-forced next-token logits over ``[V speech codes, EOS]``.
+
+        Args:
+            text_ids: text-tokenizer ids ``(B, L)`` (not yet offset into the LLM vocabulary).
+            text_mask: ``(B, L)`` bool, right-padded.
+            speech: ids ``(B, S)``, probabilities ``(B, S, V)`` or quantized codes ``(B, S, Dc)``.
+            speech_mask: ``(B, S)`` bool, right-padded.
+            codebook: the tokenizer's enumerated codebook ``(V, Dc)``.
+            speech_ids: ``(B, S)`` target ids when ``speech`` is soft (defaults to ``speech`` when it is ids).
+        Returns:
+            :class:`LLMOutput` with logits ``(B, S + 1, V + 1)``.
+        """
+        self._check_codebook(codebook)
+        if text_ids.shape != text_mask.shape or speech.shape[:2] != speech_mask.shape:
+            raise ValueError(f"mask shapes must match their inputs: text {tuple(text_ids.shape)} vs "
+                             f"{tuple(text_mask.shape)}, speech {tuple(speech.shape)} vs {tuple(speech_mask.shape)}")
+        if text_ids.shape[0] != speech.shape[0]:
+            raise ValueError(f"text batch {text_ids.shape[0]} != speech batch {speech.shape[0]}")
+        text_lengths = _check_right_padded(text_mask, "text_mask")
+        speech_lengths = _check_right_padded(speech_mask, "speech_mask")
+        text_ids = text_ids.masked_fill(~text_mask, 0)
+        if speech.is_floating_point():
+            # Zeroed so that garbage (even NaN) in padded soft rows cannot reach the embedding's gradient.
+            speech = speech.masked_fill(~speech_mask[..., None], 0.0)
+        else:
+            speech = speech.masked_fill(~speech_mask, 0)
+            speech_ids = speech
+        if speech_ids is not None:
+            speech_ids = speech_ids.masked_fill(~speech_mask, 0)
+            self.layout.speech_to_llm(speech_ids)  # validates the id range
+
+        embeds, attention_mask = self._pack(text_ids, text_lengths, speech, speech_lengths, codebook)
+        positions = torch.arange(embeds.shape[1], device=embeds.device).expand(embeds.shape[0], -1)
+        hidden = self.decoder.model(inputs_embeds=embeds, attention_mask=attention_mask.long(),
+                                    position_ids=positions, use_cache=False).last_hidden_state
+
+        # The hidden state at TASK predicts speech token 0; the one at speech token s predicts token s + 1.
+        num_steps = speech.shape[1] + 1
+        steps = torch.arange(num_steps, device=embeds.device)[None, :]
+        rows = torch.arange(embeds.shape[0], device=embeds.device)[:, None]
+        source = (text_lengths[:, None] + 1 + steps).clamp(max=embeds.shape[1] - 1)
+        prediction_hidden = hidden[rows, source]
+        mask = steps <= speech_lengths[:, None]
+
+        targets = None
+        if speech_ids is not None:
+            targets = F.pad(speech_ids, (0, 1), value=IGNORE_INDEX).masked_fill(steps > speech_lengths[:, None],
+                                                                                IGNORE_INDEX)
+            targets[rows[:, 0], speech_lengths] = self.layout.speech_vocab_size
+        return LLMOutput(logits=self.speech_logits(prediction_hidden), mask=mask, targets=targets,
+                         hidden=prediction_hidden)
+
+    @staticmethod
+    def loss(output: LLMOutput) -> torch.Tensor:
+        """Next-token cross-entropy averaged over the valid targets (speech tokens and EOS)."""
+        if output.targets is None:
+            raise ValueError("no targets: pass speech_ids to forward when the speech input is soft")
+        return F.cross_entropy(output.logits.flatten(0, 1).float(), output.targets.flatten(),
+                               ignore_index=IGNORE_INDEX)
+
+    @staticmethod
+    def accuracy(output: LLMOutput) -> torch.Tensor:
+        """Fraction of valid targets whose argmax prediction is right."""
+        if output.targets is None:
+            raise ValueError("no targets: pass speech_ids to forward when the speech input is soft")
+        valid = output.targets != IGNORE_INDEX
+        return (output.logits.argmax(dim=-1) == output.targets)[valid].float().mean()
+
+    @torch.no_grad()
+    def generate(self, text_ids: Sequence[torch.Tensor], codebook: torch.Tensor,
+                 prompt_text_ids: Optional[Sequence[torch.Tensor]] = None,
+                 prompt_speech_ids: Optional[Sequence[torch.Tensor]] = None, *, temperature: float = 1.0,
+                 top_k: int = 25, top_p: float = 0.8, repetition_aware: bool = True, min_len_ratio: float = 0.5,
+                 max_len_ratio: float = 6.0, generator: Optional[torch.Generator] = None) -> list[torch.Tensor]:
+        """Samples speech ids for a batch of texts, with a KV cache.
+
+        Rows are left-padded into one batch. With a zero-shot prompt, the row is
+        ``SOS prompt_text text TASK prompt_speech`` and only the tokens after the prompt speech are returned.
+        EOS is masked until a row has ``min_len_ratio * len(text)`` new tokens; a row stops without EOS at
+        ``max_len_ratio * len(text)``. The prompt's text does not count. Call ``eval()`` first to disable dropout.
+
+        Defaults of the length ratios suit our character-level front-ends (phonemes, chars, bytes) at 25 Hz
+        tokens: read speech runs at ~12-15 symbols/s, i.e. ~1.7-2 speech tokens per text token; 0.5 and 6.0
+        leave the same ~3x margin on each side as CosyVoice's 2 and 20 do for BPE text (~6 tokens each).
+
+        Args:
+            text_ids: B text-tokenizer id rows, each ``(L_b,)``.
+            codebook: the tokenizer's enumerated codebook ``(V, Dc)``.
+            prompt_text_ids: B rows ``(P_b,)`` of the prompt's transcript, or None.
+            prompt_speech_ids: B rows ``(Q_b,)`` of the prompt's speech ids, or None.
+            temperature: 0 = greedy, otherwise divides the logits.
+            top_k, top_p, repetition_aware: see :func:`e2e_tts.models.sampling.sample_next_token`.
+            min_len_ratio, max_len_ratio: speech tokens per text token (see above).
+            generator: random source for sampling.
+        Returns:
+            B speech-id tensors ``(T_b,)`` (EOS not included).
+        """
+        self._check_codebook(codebook)
+        batch = len(text_ids)
+        if batch == 0:
+            return []
+        if not 0 <= min_len_ratio <= max_len_ratio:
+            raise ValueError(f"need 0 <= min_len_ratio <= max_len_ratio, got {min_len_ratio} and {max_len_ratio}")
+        for name, rows in (("prompt_text_ids", prompt_text_ids), ("prompt_speech_ids", prompt_speech_ids)):
+            if rows is not None and len(rows) != batch:
+                raise ValueError(f"{name} has {len(rows)} rows for {batch} texts")
+        device = codebook.device
+        empty = torch.zeros(0, dtype=torch.long)
+        prompt_text_ids = [empty] * batch if prompt_text_ids is None else prompt_text_ids
+        prompt_speech_ids = [empty] * batch if prompt_speech_ids is None else prompt_speech_ids
+        full_text, text_mask = _pad_rows([torch.cat([p.cpu(), t.cpu()]) for p, t in zip(prompt_text_ids, text_ids)],
+                                         device)
+        prompt_speech, speech_mask = _pad_rows(prompt_speech_ids, device)
+        self.layout.speech_to_llm(prompt_speech)  # validates the id range
+        embeds, valid = self._pack(full_text, text_mask.sum(1), prompt_speech, speech_mask.sum(1), codebook)
+
+        # Right padding -> left padding, so that every row's next token goes in the same (last) column.
+        lengths = valid.sum(dim=1)
+        total = embeds.shape[1]
+        columns = torch.arange(total, device=device)[None, :]
+        shift = (total - lengths)[:, None]
+        valid = columns >= shift
+        rows = torch.arange(batch, device=device)[:, None]
+        embeds = torch.where(valid[..., None], embeds[rows, (columns - shift).clamp(min=0)], 0.0)
+        attention_mask = valid.long()
+        out = self.decoder.model(inputs_embeds=embeds, attention_mask=attention_mask,
+                                 position_ids=(attention_mask.cumsum(1) - 1).clamp(min=0), use_cache=True)
+        cache, hidden = out.past_key_values, out.last_hidden_state[:, -1]
+        next_position = lengths
+
+        min_len = torch.tensor([int(len(t) * min_len_ratio) for t in text_ids], device=device)
+        max_len = torch.tensor([int(len(t) * max_len_ratio) for t in text_ids], device=device)
+        eos = self.layout.speech_vocab_size
+        tokens = torch.zeros(batch, 0, dtype=torch.long, device=device)
+        out_lengths = torch.zeros(batch, dtype=torch.long, device=device)
+        done = max_len == 0
+        for step in range(int(max_len.max())):
+            logits = self.speech_logits(hidden).float()
+            logits[:, eos] = logits[:, eos].masked_fill(step < min_len, float("-inf"))
+            next_token = sample_next_token(logits, tokens, temperature, top_k, top_p, repetition_aware, generator)
+            emitted = ~done & (next_token != eos)
+            out_lengths = out_lengths + emitted.long()
+            done = done | (next_token == eos) | (out_lengths >= max_len)
+            tokens = torch.cat([tokens, next_token[:, None]], dim=1)
+            if bool(done.all()):
+                break
+            # Finished rows keep running with a valid dummy id; their outputs are never read.
+            step_input = self.speech_embedding(next_token.clamp(max=eos - 1)[:, None], codebook)
+            attention_mask = F.pad(attention_mask, (0, 1), value=1)
+            out = self.decoder.model(inputs_embeds=step_input, attention_mask=attention_mask,
+                                     position_ids=next_position[:, None], past_key_values=cache, use_cache=True)
+            cache, hidden = out.past_key_values, out.last_hidden_state[:, -1]
+            next_position = next_position + 1
+        return [tokens[b, :int(out_lengths[b])].cpu() for b in range(batch)]
