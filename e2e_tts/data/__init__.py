@@ -1,0 +1,1 @@
+"""Data: corpus generation, manifest readers, shards and the streaming pipeline."""
