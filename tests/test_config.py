@@ -1,0 +1,81 @@
+import pytest
+
+from e2e_tts.config import ConfigError, load_config, model_preset, save_config, to_object
+
+
+def write(path, text):
+    path.write_text(text)
+    return path
+
+
+def test_defaults_are_the_tiny_preset():
+    config = load_config()
+    assert config.preset == "tiny"
+    assert to_object(config.model) == model_preset("tiny")
+
+
+def test_files_then_overrides_merge_in_order(tmp_path):
+    first = write(tmp_path / "a.yaml", "seed: 1\nmodel:\n  llm:\n    num_layers: 3\n")
+    second = write(tmp_path / "b.yaml", "seed: 2\n")
+    config = load_config([first, second], ["model.llm.hidden_size=128"])
+    assert config.seed == 2 and config.model.llm.num_layers == 3 and config.model.llm.hidden_size == 128
+
+
+def test_preset_selects_paper_sizes_and_files_still_override(tmp_path):
+    path = write(tmp_path / "p.yaml", "preset: paper\nmodel:\n  flow:\n    depth: 2\n")
+    config = load_config([path])
+    paper = model_preset("paper")
+    assert config.model.llm.hidden_size == paper.llm.hidden_size
+    assert config.model.flow.depth == 2
+    assert load_config(overrides=["preset=paper"]).model.reward == to_object(load_config([path]).model).reward
+
+
+def test_unknown_key_names_key_and_file(tmp_path):
+    path = write(tmp_path / "bad.yaml", "model:\n  llm:\n    hiden_size: 3\n")
+    with pytest.raises(ConfigError) as err:
+        load_config([path])
+    assert "hiden_size" in str(err.value) and str(path) in str(err.value)
+
+
+def test_wrong_type_names_key_and_source(tmp_path):
+    path = write(tmp_path / "bad.yaml", "engine:\n  zero_stage: two\n")
+    with pytest.raises(ConfigError) as err:
+        load_config([path])
+    assert "engine.zero_stage" in str(err.value) and str(path) in str(err.value)
+    with pytest.raises(ConfigError) as err:
+        load_config(overrides=["seed=abc"])
+    assert "seed" in str(err.value) and "command line" in str(err.value)
+
+
+@pytest.mark.parametrize("text,fragment", [
+    ("seed: [1, 2\n", "not valid YAML"),
+    ("- 1\n- 2\n", "must be a mapping"),
+])
+def test_malformed_files(tmp_path, text, fragment):
+    path = write(tmp_path / "bad.yaml", text)
+    with pytest.raises(ConfigError, match=fragment):
+        load_config([path])
+
+
+def test_malformed_override_and_missing_file(tmp_path):
+    with pytest.raises(ConfigError, match="key=value"):
+        load_config(overrides=["seed"])
+    with pytest.raises(ConfigError, match="not found"):
+        load_config([tmp_path / "nope.yaml"])
+    with pytest.raises(ConfigError, match="unknown preset"):
+        load_config(overrides=["preset=huge"])
+
+
+def test_saved_config_reloads_identically(tmp_path):
+    config = load_config(overrides=["preset=paper", "seed=7", "stage.loss_weights.llm=0.1",
+                                    "data.shards=[a.list,b.tar]"])
+    save_config(config, tmp_path / "resolved.yaml")
+    reloaded = load_config([tmp_path / "resolved.yaml"])
+    assert reloaded == config
+    assert to_object(reloaded) == to_object(config)
+
+
+def test_config_is_read_only():
+    config = load_config()
+    with pytest.raises(Exception):
+        config.seed = 3
