@@ -1,0 +1,306 @@
+"""DeepSpeed ZeRO wrapper: distributed start-up, optimizer and schedule, step, checkpoints, export.
+
+One code path from one CPU process to many GPU nodes:
+
+* ``setup_distributed`` fills in the launcher environment for a lone process (DeepSpeed otherwise falls back
+  to MPI discovery), then ``deepspeed.init_distributed`` with gloo on CPU or NCCL on GPU. Under ``torchrun`` or
+  the ``deepspeed`` launcher (single or multi node) the environment is already there.
+* The optimizer is a client ``torch.optim.AdamW`` (no JIT-compiled op to build on CPU) and the learning-rate
+  schedule is a ``LambdaLR`` stepped by DeepSpeed once per optimizer update, so warm-up and decay are counted
+  in global optimizer updates whatever the world size or accumulation.
+* The data loader yields whole dynamic batches, so DeepSpeed's micro batch is 1 "batch" per rank and gradient
+  accumulation is DeepSpeed's own.
+* Checkpoints: ``save_checkpoint(save_latest=False)``, then every rank writes its own state (data position,
+  RNG) into the tag directory, then a barrier, then rank 0 replaces ``latest`` atomically. DeepSpeed's own
+  ``latest`` is written by rank 0 before the final barrier, while other ranks may still be writing, and not
+  atomically: a kill at that moment would leave ``latest`` naming a torn checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import socket
+from contextlib import closing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+LATEST = "latest"
+RANK_STATE = "rank_state_{rank:05d}.pt"
+COMPLETE = "complete.json"
+
+
+@dataclass
+class EngineConfig:
+    """How training runs (not what it trains)."""
+
+    zero_stage: int = 2
+    precision: str = "auto"  # auto: bf16 on CUDA, fp32 on CPU (bf16 is slower on CPUs without AMX)
+    backend: str = "auto"  # auto: nccl on CUDA, gloo on CPU
+    gradient_accumulation_steps: int = 1
+    gradient_clipping: float = 5.0
+    offload_optimizer: bool = False
+    log_every: int = 10
+    save_every: int = 200
+    keep_last: int = 2
+    tensorboard: bool = True
+    progress_bar: bool = True
+
+
+@dataclass
+class OptimConfig:
+    """AdamW and its schedule; steps are global optimizer updates."""
+
+    lr: float = 1e-3
+    betas: tuple[float, float] = (0.9, 0.98)
+    weight_decay: float = 0.01
+    eps: float = 1e-8
+    schedule: str = "cosine"  # constant | linear | cosine (after linear warm-up)
+    warmup_steps: int = 100
+    total_steps: int = 1000
+    min_lr_ratio: float = 0.05
+
+
+@dataclass
+class DistInfo:
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+
+
+def _free_port() -> int:
+    with closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def setup_distributed(backend: str = "auto") -> DistInfo:
+    """Initialises torch.distributed through DeepSpeed (idempotent).
+
+    A process started without a launcher becomes rank 0 of 1 on a free local port. The device is chosen by
+    ``LOCAL_RANK``, never the global rank (which is wrong on every node but the first).
+    """
+    import deepspeed
+
+    cuda = torch.cuda.is_available()
+    if not cuda:
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    if "RANK" not in os.environ:
+        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1")
+        os.environ.setdefault("MASTER_PORT", str(_free_port()))
+    if backend == "auto":
+        backend = "nccl" if cuda else "gloo"
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    if cuda:
+        torch.cuda.set_device(local_rank)
+    if not torch.distributed.is_initialized():
+        deepspeed.init_distributed(dist_backend=backend)
+    device = torch.device("cuda", local_rank) if cuda else torch.device("cpu")
+    return DistInfo(torch.distributed.get_rank(), torch.distributed.get_world_size(), local_rank, device)
+
+
+def lr_factor(step: int, config: OptimConfig) -> float:
+    """Multiplier of the peak learning rate after ``step`` optimizer updates."""
+    if config.warmup_steps > 0 and step < config.warmup_steps:
+        return (step + 1) / config.warmup_steps
+    if config.schedule == "constant":
+        return 1.0
+    progress = min(1.0, (step - config.warmup_steps) / max(1, config.total_steps - config.warmup_steps))
+    if config.schedule == "linear":
+        decay = 1.0 - progress
+    elif config.schedule == "cosine":
+        decay = 0.5 * (1.0 + np.cos(np.pi * progress))
+    else:
+        raise ValueError(f"unknown schedule {config.schedule!r} (constant, linear, cosine)")
+    return config.min_lr_ratio + (1.0 - config.min_lr_ratio) * float(decay)
+
+
+def build_optimizer(model: torch.nn.Module, config: OptimConfig) -> torch.optim.Optimizer:
+    """AdamW over trainable parameters; no weight decay on biases, norms and 1-D parameters."""
+    decay, no_decay = [], []
+    for param in model.parameters():
+        if param.requires_grad:
+            (decay if param.dim() >= 2 else no_decay).append(param)
+    if not decay and not no_decay:
+        raise ValueError("the model has no trainable parameters")
+    groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=config.lr, betas=tuple(config.betas),
+                             eps=config.eps)
+
+
+def deepspeed_config(config: EngineConfig, world_size: int, use_bf16: bool) -> dict[str, Any]:
+    zero: dict[str, Any] = {"stage": config.zero_stage}
+    if config.offload_optimizer:
+        zero["offload_optimizer"] = {"device": "cpu"}
+    return {
+        "train_micro_batch_size_per_gpu": 1,  # one dynamic batch per rank per micro step
+        "gradient_accumulation_steps": config.gradient_accumulation_steps,
+        "train_batch_size": config.gradient_accumulation_steps * world_size,
+        "gradient_clipping": config.gradient_clipping,
+        "zero_optimization": zero,
+        "bf16": {"enabled": use_bf16},
+        "zero_allow_untested_optimizer": True,
+        "steps_per_print": 10**9,
+        "wall_clock_breakdown": False,
+    }
+
+
+def capture_rng() -> dict[str, Any]:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def restore_rng(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+
+
+class TrainingEngine:
+    """A model wrapped by DeepSpeed, with the step, checkpoint and resume logic of the project.
+
+    Args:
+        model: module whose ``forward(batch)`` returns ``(loss, metrics)``; only parameters with
+            ``requires_grad`` are optimised (frozen modules get no optimizer state).
+        optim: optimizer and schedule.
+        config: engine settings.
+        dist: from :func:`setup_distributed`.
+    """
+
+    def __init__(self, model: torch.nn.Module, optim: OptimConfig, config: EngineConfig, dist: DistInfo):
+        import deepspeed
+
+        self.config, self.dist = config, dist
+        precision = config.precision
+        if precision == "auto":
+            precision = "bf16" if dist.device.type == "cuda" else "fp32"
+        if precision not in ("fp32", "bf16"):
+            raise ValueError(f"precision must be auto, fp32 or bf16, got {precision!r}")
+        self.precision = precision
+        optimizer = build_optimizer(model, optim)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, optim))
+        self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
+            model=model.to(dist.device), optimizer=optimizer, lr_scheduler=scheduler,
+            config=deepspeed_config(config, dist.world_size, precision == "bf16"))
+
+    @property
+    def module(self) -> torch.nn.Module:
+        return self.engine.module
+
+    @property
+    def global_step(self) -> int:
+        """Optimizer updates so far (the unit of every schedule)."""
+        return self.engine.global_steps
+
+    @property
+    def lr(self) -> float:
+        return self.optimizer.param_groups[0]["lr"]
+
+    def train_step(self, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float], bool]:
+        """Forward, backward and (at an accumulation boundary) an optimizer update.
+
+        Returns:
+            the loss, the objective's metrics, and whether an optimizer update happened.
+        """
+        self.engine.train()
+        loss, metrics = self.engine(batch)
+        self.engine.backward(loss)
+        boundary = self.engine.is_gradient_accumulation_boundary()
+        self.engine.step()
+        if boundary:
+            norm = self.engine.get_global_grad_norm()
+            if norm is not None:
+                metrics["grad_norm"] = float(norm)
+        return loss.detach(), metrics, boundary
+
+    # ---- checkpoints -------------------------------------------------------------------------------
+
+    def save(self, directory: str | Path, client_state: dict[str, Any], rank_state: dict[str, Any]) -> Path:
+        """Writes a complete checkpoint ``<directory>/step_<N>`` and only then points ``latest`` at it.
+
+        Args:
+            client_state: global training state (same on every rank), saved by DeepSpeed.
+            rank_state: this rank's own state (data position, RNG), saved as one file per rank.
+        """
+        directory = Path(directory)
+        tag = f"step_{self.global_step:08d}"
+        self.engine.save_checkpoint(str(directory), tag=tag, client_state=client_state, save_latest=False)
+        torch.save(rank_state, directory / tag / RANK_STATE.format(rank=self.dist.rank))
+        torch.distributed.barrier()
+        if self.dist.rank == 0:
+            (directory / tag / COMPLETE).write_text(json.dumps({"step": self.global_step,
+                                                                 "world_size": self.dist.world_size}))
+            _atomic_write(directory / LATEST, tag)
+            self._prune(directory)
+        torch.distributed.barrier()
+        return directory / tag
+
+    def _prune(self, directory: Path) -> None:
+        """Keeps the newest ``keep_last`` complete checkpoints (and never the one ``latest`` names)."""
+        latest = (directory / LATEST).read_text().strip()
+        tags = sorted(p.name for p in directory.glob("step_*") if p.is_dir())
+        keep = set(tags[-self.config.keep_last:]) | {latest}
+        for tag in tags:
+            if tag not in keep:
+                shutil.rmtree(directory / tag, ignore_errors=True)
+
+    def load(self, directory: str | Path) -> tuple[dict[str, Any], dict[str, Any]] | None:
+        """Restores the checkpoint named by ``latest``; returns ``(client_state, rank_state)`` or None.
+
+        Raises:
+            RuntimeError: the checkpoint was written by a different world size (the data position of each
+                rank cannot be carried over), or ``latest`` names an incomplete checkpoint.
+        """
+        directory = Path(directory)
+        if not (directory / LATEST).is_file():
+            return None
+        tag = (directory / LATEST).read_text().strip()
+        marker = directory / tag / COMPLETE
+        if not marker.is_file():
+            raise RuntimeError(f"{directory / LATEST} names {tag}, which is incomplete (no {COMPLETE})")
+        saved_world = json.loads(marker.read_text())["world_size"]
+        if saved_world != self.dist.world_size:
+            raise RuntimeError(f"checkpoint {directory / tag} was written by {saved_world} ranks, this run has "
+                               f"{self.dist.world_size}: resume with the same world size, or start a new stage "
+                               f"from its export")
+        path, client_state = self.engine.load_checkpoint(str(directory), tag=tag)
+        if path is None:
+            raise RuntimeError(f"DeepSpeed could not load {directory / tag}")
+        rank_state = torch.load(directory / tag / RANK_STATE.format(rank=self.dist.rank), weights_only=False)
+        return client_state, rank_state
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+def consolidated_state_dict(checkpoint_dir: str | Path, tag: str | None = None) -> dict[str, torch.Tensor]:
+    """Full fp32 weights of a checkpoint, whatever its ZeRO stage (ZeRO-3 shards are gathered)."""
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+    checkpoint_dir = Path(checkpoint_dir)
+    tag = tag or (checkpoint_dir / LATEST).read_text().strip()
+    return get_fp32_state_dict_from_zero_checkpoint(str(checkpoint_dir), tag=tag, exclude_frozen_parameters=False)
+
+
+def run_on_rank0(fn: Callable[[], Any], dist: DistInfo) -> None:
+    """Runs ``fn`` on rank 0 while the others wait."""
+    if dist.rank == 0:
+        fn()
+    torch.distributed.barrier()

@@ -1,0 +1,70 @@
+"""The joint, separate and cascade stages: a weighted sum of the consumers' own losses.
+
+* joint: the tokenizer trains, and its straight-through codes feed the LLM, flow and reward model, so
+  ``0.1 * llm + 1.0 * flow + 1.0 * reward`` all shape the tokenizer.
+* separate: the tokenizer is frozen; the consumers train on its ids (no gradient can reach it).
+* cascade (the paper's baseline): the tokenizer is trained by the recognition loss alone
+  (``llm: 0, flow: 0``), then the others train separately on its frozen ids.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from e2e_tts.stage import StageConfig
+from e2e_tts.system import TTSSystem
+
+CONSUMERS = ("llm", "flow", "reward")
+
+
+class MultiTaskObjective(nn.Module):
+    """``sum_k w_k * loss_k`` over the consumers with a non-zero weight, plus the quantizer's aux loss."""
+
+    def __init__(self, system: TTSSystem, stage: StageConfig):
+        super().__init__()
+        self.system = system
+        unknown = set(stage.loss_weights) - set(CONSUMERS)
+        if unknown:
+            raise ValueError(f"stage {stage.name!r}: unknown loss weight(s) {sorted(unknown)}; known: {CONSUMERS}")
+        self.weights = {k: float(w) for k, w in stage.loss_weights.items() if w != 0}
+        frozen_with_weight = [k for k in self.weights if k not in stage.trainable]
+        if frozen_with_weight:
+            raise ValueError(f"stage {stage.name!r}: loss weight on frozen module(s) {frozen_with_weight}")
+        # A trainable module without a loss would get no gradient, which ZeRO's reduction does not allow.
+        idle = [k for k in stage.trainable if k != "tokenizer" and k not in self.weights]
+        if idle or not self.weights:
+            raise ValueError(f"stage {stage.name!r}: trainable module(s) {idle or list(stage.trainable)} have no "
+                             f"non-zero loss weight")
+        self.train_tokenizer = "tokenizer" in stage.trainable
+        self.step = 0
+
+    def forward(self, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
+        system = self.system
+        codebook = system.codebook()
+        with torch.set_grad_enabled(self.train_tokenizer and torch.is_grad_enabled()):
+            tokens = system.tokenizer(batch["mel"], batch["mel_mask"])
+        # The joint stage passes differentiable codes; a frozen tokenizer passes plain ids.
+        speech = tokens.codes if self.train_tokenizer else tokens.ids
+        losses: dict[str, torch.Tensor] = {}
+        metrics: dict[str, float] = {}
+        if "llm" in self.weights:
+            out = system.llm(batch["text_ids"], batch["text_mask"], speech, tokens.mask, codebook,
+                             speech_ids=tokens.ids)
+            losses["llm"] = system.llm.loss(out)
+            metrics["llm_acc"] = system.llm.accuracy(out).item()
+        if "flow" in self.weights:
+            losses["flow"] = system.flow.loss(batch["mel"], batch["mel_mask"], speech, tokens.mask, codebook)
+        if "reward" in self.weights:
+            out = system.reward(speech, tokens.mask, codebook, batch["text_ids"], batch["text_mask"],
+                                speaker=system.speaker_ids(batch["speaker"], speech.device))
+            losses["reward"] = out.loss
+            metrics.update({f"reward_{k}": v.item() for k, v in out.losses.items()})
+        total = sum(self.weights[k] * v for k, v in losses.items())
+        if self.train_tokenizer:
+            total = total + tokens.aux_loss
+        metrics.update({k: v.item() for k, v in losses.items()})
+        metrics["loss"] = total.item()
+        return total, metrics

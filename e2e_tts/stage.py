@@ -1,0 +1,59 @@
+"""The stage spec: what trains, what is frozen, which losses with which weights, and the schedule.
+
+Stage specs are declarative YAML files in ``stages/`` (merged into the experiment config under ``stage:``).
+The training loop reads them; components never branch on the stage name.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional
+
+from e2e_tts.engine import OptimConfig
+
+
+@dataclass
+class GumbelConfig:
+    """Relaxation of the LLM's next-token distributions in the ``e2e`` objective.
+
+    The temperature anneals linearly from ``tau_start`` to ``tau_end`` over ``anneal_steps`` optimizer
+    updates (HPRO anneals 2 -> 1 -> 0.8). ``hard`` uses straight-through one-hot samples, so the frozen
+    consumers see exact codebook points in the forward pass while gradients follow the soft sample.
+    """
+
+    tau_start: float = 1.0
+    tau_end: float = 0.5
+    anneal_steps: int = 1000
+    hard: bool = True
+
+    def temperature(self, step: int) -> float:
+        progress = min(1.0, step / max(1, self.anneal_steps))
+        return self.tau_start + (self.tau_end - self.tau_start) * progress
+
+
+@dataclass
+class StageConfig:
+    """One training stage.
+
+    Attributes:
+        name: label for logs and directories.
+        objective: ``multitask`` (joint, separate and cascade stages: the weighted sum of the consumers'
+            own losses), ``e2e`` (Gumbel-softmax through frozen flow and reward) or ``vocoder``.
+        trainable: modules that receive gradients and optimizer state; all others are frozen in eval mode.
+        init_from: export directory of the previous stage (None: random initialisation).
+        loss_weights: per-loss weights; keys ``llm``, ``flow``, ``reward`` (multitask) and ``flow``, ``asr``,
+            ``speaker`` (e2e). A weight of 0 skips that loss entirely; at least one must be non-zero.
+        kl_beta: weight of the per-position KL to the frozen reference LLM (e2e; DiffRO uses 0.1).
+        max_steps: optimizer updates in this stage.
+    """
+
+    name: str = "joint"
+    objective: str = "multitask"
+    trainable: List[str] = field(default_factory=lambda: ["tokenizer", "llm", "flow", "reward"])
+    init_from: Optional[str] = None
+    # Empty by default: omegaconf merges mappings key by key, so defaults here would leak into every stage.
+    loss_weights: Dict[str, float] = field(default_factory=dict)
+    kl_beta: float = 0.1
+    gumbel: GumbelConfig = field(default_factory=GumbelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    max_steps: int = 1000

@@ -1,0 +1,136 @@
+"""TTSSystem: the five modules, the token-id contract between them, freezing, and the export format.
+
+The training loop and synthesis only talk to this class. An export directory holds one safetensors file
+per module, the resolved config, the text tokenizer and the speaker list, and loads without DeepSpeed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from omegaconf import OmegaConf
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from e2e_tts.models.flow import FlowDecoder
+from e2e_tts.models.llm import SpeechLLM
+from e2e_tts.models.reward import RewardModel
+from e2e_tts.models.tokenizer import SpeechTokenizer
+from e2e_tts.models.vocoder import Vocoder
+from e2e_tts.text import TextTokenizer, load_text_tokenizer
+from e2e_tts.vocab import TokenLayout
+
+MODULES = ("tokenizer", "llm", "flow", "reward", "vocoder")
+CONFIG_FILE = "config.yaml"
+SPEAKERS_FILE = "speakers.json"
+
+
+class TTSSystem(nn.Module):
+    """Speech tokenizer, LLM, flow decoder, reward model and vocoder, built from one models config.
+
+    Args:
+        models: a ``ModelsConfig`` (dataclass instances). Consumers' ``codebook_dim`` and the reward model's
+            speaker count are derived here, so they cannot disagree with the tokenizer and the data.
+        text_tokenizer: the text front-end; its vocabulary defines the text part of the LLM vocabulary.
+        speakers: training speaker names, index = speaker label of the reward model's speaker head.
+    """
+
+    def __init__(self, models: Any, text_tokenizer: TextTokenizer, speakers: Sequence[str]):
+        super().__init__()
+        self.text_tokenizer = text_tokenizer
+        self.speakers = list(speakers)
+        self.tokenizer = SpeechTokenizer(models.tokenizer)
+        code_dim = self.tokenizer.codebook_dim
+        self.layout = TokenLayout(text_tokenizer.vocab_size, self.tokenizer.codebook_size)
+        self.llm = SpeechLLM(dataclasses.replace(models.llm, codebook_dim=code_dim), self.layout)
+        self.flow = FlowDecoder(dataclasses.replace(models.flow, codebook_dim=code_dim))
+        self.reward = RewardModel(dataclasses.replace(models.reward, codebook_dim=code_dim,
+                                                      num_speakers=len(self.speakers)),
+                                  text_tokenizer.vocab_size)
+        self.vocoder = Vocoder(models.vocoder)
+
+    def codebook(self) -> torch.Tensor:
+        """The tokenizer's enumerated codebook ``(V, Dc)`` that every consumer embeds tokens with."""
+        return self.tokenizer.codebook()
+
+    def external_parameters(self) -> list[tuple[nn.Module, nn.Parameter]]:
+        """(module, parameter) pairs where the module's forward reads a parameter it does not own.
+
+        ZeRO-3 only gathers a module's own parameters around its forward; these must be registered with
+        ``deepspeed.zero.register_external_parameter``. The LLM slices its output head's speech rows.
+        """
+        return [(self.llm, self.llm.decoder.get_output_embeddings().weight)]
+
+    def speaker_ids(self, names: Sequence[str], device: torch.device) -> torch.Tensor:
+        """Speaker labels ``(B,)``; a speaker unseen in training gets -1 (ignored by the loss)."""
+        index = {name: i for i, name in enumerate(self.speakers)}
+        return torch.tensor([index.get(name, -1) for name in names], dtype=torch.long, device=device)
+
+    def set_trainable(self, trainable: Sequence[str]) -> None:
+        """Trains only the named modules; the others are frozen: no gradients, eval mode (no dropout)."""
+        unknown = set(trainable) - set(MODULES)
+        if unknown:
+            raise ValueError(f"unknown module(s) {sorted(unknown)}; modules are {MODULES}")
+        for name in MODULES:
+            getattr(self, name).requires_grad_(name in trainable)
+        self.trainable = tuple(trainable)
+        self.train(self.training)
+
+    def train(self, mode: bool = True) -> "TTSSystem":
+        super().train(mode)
+        for name in MODULES:
+            if name not in getattr(self, "trainable", MODULES):
+                getattr(self, name).eval()
+        return self
+
+    # ---- export ------------------------------------------------------------------------------------
+
+    def module_state_dicts(self, state_dict: dict[str, torch.Tensor] | None = None, prefix: str = ""
+                           ) -> dict[str, dict[str, torch.Tensor]]:
+        """Splits a (possibly wrapped, ``prefix``-ed) state dict into one dict per module."""
+        state_dict = self.state_dict() if state_dict is None else state_dict
+        split: dict[str, dict[str, torch.Tensor]] = {name: {} for name in MODULES}
+        for key, value in state_dict.items():
+            if not key.startswith(prefix):
+                continue
+            module, _, rest = key[len(prefix):].partition(".")
+            if module in split:
+                split[module][rest] = value
+        return split
+
+    def export(self, directory: str | Path, config: Any, state_dict: dict[str, torch.Tensor] | None = None,
+               prefix: str = "") -> Path:
+        """Writes ``<module>.safetensors`` for each module, the config, text tokenizer and speakers."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        for name, tensors in self.module_state_dicts(state_dict, prefix).items():
+            save_file({k: v.detach().float().contiguous().cpu() for k, v in tensors.items()},
+                      str(directory / f"{name}.safetensors"))
+        (directory / CONFIG_FILE).write_text(OmegaConf.to_yaml(config, resolve=True))
+        self.text_tokenizer.save(directory)
+        (directory / SPEAKERS_FILE).write_text(json.dumps(self.speakers))
+        return directory
+
+    def load_modules(self, directory: str | Path, modules: Sequence[str] = MODULES) -> None:
+        """Loads the named modules' weights from an export (strict: every key must match)."""
+        for name in modules:
+            path = Path(directory) / f"{name}.safetensors"
+            if not path.is_file():
+                raise FileNotFoundError(f"export {directory} has no {path.name}")
+            getattr(self, name).load_state_dict(load_file(str(path)), strict=True)
+
+    @classmethod
+    def from_export(cls, directory: str | Path, map_location: str | torch.device = "cpu") -> tuple["TTSSystem", Any]:
+        """Rebuilds a system from an export directory; returns it (in eval mode) and its config."""
+        from e2e_tts.config import load_config, to_object
+
+        directory = Path(directory)
+        config = load_config([directory / CONFIG_FILE])
+        system = cls(to_object(config.model), load_text_tokenizer(directory),
+                     json.loads((directory / SPEAKERS_FILE).read_text()))
+        system.load_modules(directory)
+        return system.to(map_location).eval(), config

@@ -1,0 +1,183 @@
+"""The one training loop (``e2e-tts train``), driven by a stage spec.
+
+    e2e-tts train -c recipes/tiny/config.yaml -c stages/joint.yaml output_dir=exp/tiny/joint
+    torchrun --nproc_per_node 2 -m e2e_tts.train -c ... (or: deepspeed --num_gpus 2 -m e2e_tts.train -c ...)
+
+What it does, in order:
+ 1. start torch.distributed through DeepSpeed (a lone process becomes rank 0 of 1);
+ 2. build the text tokenizer and the system, load the previous stage's export (``stage.init_from``) and
+    freeze what the stage does not train;
+ 3. wrap the stage's objective in the DeepSpeed engine; build the rank's data loader;
+ 4. resume from ``<output_dir>/checkpoints/latest`` if it exists: engine state, data position, RNG states;
+ 5. step until ``stage.max_steps`` optimizer updates, logging every ``engine.log_every`` and checkpointing
+    every ``engine.save_every``;
+ 6. write a final checkpoint and the export (``<output_dir>/export``) that the next stage starts from.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from e2e_tts.config import ConfigError, load_config, save_config, to_object
+from e2e_tts.data.loader import SpeechDataLoader
+from e2e_tts.data.shards import read_shard_list
+from e2e_tts.engine import TrainingEngine, capture_rng, consolidated_state_dict, restore_rng, setup_distributed
+from e2e_tts.metrics import MetricsLogger
+from e2e_tts.objectives import build_objective
+from e2e_tts.system import SPEAKERS_FILE, TTSSystem
+from e2e_tts.text import build_text_tokenizer, load_text_tokenizer
+
+logger = logging.getLogger("e2e_tts.train")
+
+OBJECTIVE_PREFIX = "system."  # the system's keys inside the objective's state dict
+
+
+def speakers_from_shards(sources: Sequence[str]) -> list[str]:
+    """Speaker names from the ``<prefix>.stats.json`` written beside each shard ``.list`` file."""
+    speakers: set[str] = set()
+    for source in sources:
+        stats = Path(source).with_suffix(".stats.json")
+        if source.endswith(".list") and stats.is_file():
+            speakers.update(json.loads(stats.read_text())["per_speaker"])
+    return sorted(speakers)
+
+
+def move_to(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
+def build_system(config: Any) -> TTSSystem:
+    """The system of a stage: from the previous stage's export, or new (text tokenizer and speakers from data)."""
+    stage = config.stage
+    models = to_object(config.model)
+    if stage.init_from:
+        export = Path(stage.init_from)
+        system = TTSSystem(models, load_text_tokenizer(export), json.loads((export / SPEAKERS_FILE).read_text()))
+        system.load_modules(export)
+    else:
+        system = TTSSystem(models, build_text_tokenizer(to_object(config.text)),
+                           speakers_from_shards(list(config.data.shards)))
+    system.set_trainable(list(stage.trainable))
+    return system
+
+
+def train(config: Any) -> Path:
+    """Runs (or resumes) one stage; returns its export directory."""
+    dist = setup_distributed(config.engine.backend)
+    stage, out = config.stage, Path(config.output_dir)
+    checkpoints = out / "checkpoints"
+    torch.manual_seed(config.seed)  # identical initial weights on every rank
+    system = build_system(config)
+    objective = build_objective(to_object(stage), system)
+    if config.engine.zero_stage == 3:
+        import deepspeed
+
+        for module, param in system.external_parameters():
+            deepspeed.zero.register_external_parameter(module, param)
+    engine = TrainingEngine(objective, to_object(stage.optim), to_object(config.engine), dist)
+    loader = SpeechDataLoader(to_object(config.data), to_object(config.audio), system.text_tokenizer,
+                              dist.rank, dist.world_size)
+    torch.manual_seed(config.seed + 1000 * dist.rank)  # dropout/noise differ per rank, reproducibly
+    if dist.rank == 0:
+        save_config(config, out / "config.yaml")
+
+    resumed = engine.load(checkpoints)
+    start_step = engine.global_step
+    samples_seen = 0  # by this rank, over the whole stage: logged so that a resume can be audited
+    if resumed is not None:
+        _, rank_state = resumed
+        loader.load_state_dict(rank_state["data"])
+        restore_rng(rank_state["rng"])
+        samples_seen = rank_state["samples_seen"]
+        if dist.rank == 0:
+            print(f"resumed {stage.name} at step {engine.global_step} from {checkpoints}", file=sys.stderr)
+
+    log = MetricsLogger(out, dist.rank == 0, config.engine.tensorboard, stage.max_steps, engine.global_step,
+                        config.engine.progress_bar)
+    window: dict[str, list[float]] = {}
+
+    def save() -> None:
+        engine.save(checkpoints, {"step": engine.global_step, "stage": stage.name},
+                    {"data": loader.state_dict(), "rng": capture_rng(), "samples_seen": samples_seen})
+
+    while engine.global_step < stage.max_steps:
+        for batch in loader:
+            objective.step = engine.global_step
+            _, metrics, updated = engine.train_step(move_to(batch, dist.device))
+            samples_seen += len(batch["keys"])
+            for key, value in metrics.items():
+                window.setdefault(key, []).append(value)
+            if not updated:
+                continue
+            log.advance()
+            step = engine.global_step
+            if step % config.engine.log_every == 0 or step == stage.max_steps:
+                averaged = {k: sum(v) / len(v) for k, v in window.items()}
+                averaged.update(lr=engine.lr, epoch=loader.epoch, samples_seen=samples_seen,
+                                skipped=sum(loader.skipped.values()))
+                log.log(step, averaged)
+                window.clear()
+            if step % config.engine.save_every == 0 and step < stage.max_steps:
+                save()
+            if step >= stage.max_steps:
+                break
+    if engine.global_step > start_step or resumed is None:
+        save()
+    log.close()
+    return export(engine, system, config, checkpoints, dist)
+
+
+def export(engine: TrainingEngine, system: TTSSystem, config: Any, checkpoints: Path, dist: Any) -> Path:
+    """Writes the stage's export from the live weights (ZeRO-3: gathered from the last checkpoint)."""
+    directory = Path(config.output_dir) / "export"
+    if engine.engine.zero_optimization_stage() == 3:
+        state_dict = consolidated_state_dict(checkpoints) if dist.rank == 0 else None
+    else:
+        state_dict = engine.module.state_dict()
+    if dist.rank == 0:
+        system.export(directory, config, state_dict, prefix=OBJECTIVE_PREFIX)
+    torch.distributed.barrier()
+    return directory
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("train", help="train one stage (resumes from its latest checkpoint)")
+    add_arguments(parser)
+    parser.set_defaults(func=run)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-c", "--config", action="append", default=[], help="YAML file (repeatable, in order)")
+    parser.add_argument("--local_rank", type=int, help=argparse.SUPPRESS)  # appended by the deepspeed launcher
+    parser.add_argument("overrides", nargs="*", help="dotted.key=value overrides")
+
+
+def run(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    try:
+        config = load_config(args.config, args.overrides)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    directory = train(config)
+    if torch.distributed.get_rank() == 0:
+        print(f"export: {directory}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m e2e_tts.train", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
