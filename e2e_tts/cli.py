@@ -12,6 +12,7 @@ COMMAND_MODULES = (
     "e2e_tts.data.corpus",
     "e2e_tts.data.shards",
     "e2e_tts.train",
+    "e2e_tts.synth",
     "e2e_tts.config_cli",
 )
 

@@ -1,0 +1,299 @@
+"""Tests of inference (e2e_tts/synth.py) on an exported system with tiny random weights."""
+
+import os
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import soundfile as sf  # noqa: E402
+import torch  # noqa: E402
+
+from e2e_tts.config import load_config, to_object  # noqa: E402
+from e2e_tts.eval.asr import RewardModelASR  # noqa: E402
+from e2e_tts.system import TTSSystem  # noqa: E402
+from e2e_tts.synth import (CandidateScore, SynthesisConfig, Synthesizer, choose_candidate, read_text_list,  # noqa: E402
+                           register)
+from e2e_tts.text import ByteTokenizer, PhonemeTokenizer  # noqa: E402
+from e2e_tts.vocab import EOS_ID  # noqa: E402
+
+# The tiny preset shrunk to width 32 and one block per stack; 2 ODE steps.
+OVERRIDES = [
+    "text.tokenizer=bytes",
+    "model.tokenizer.dim=32", "model.tokenizer.depth=1", "model.tokenizer.heads=2", "model.tokenizer.levels=[5,5,5]",
+    "model.llm.hidden_size=32", "model.llm.num_layers=1", "model.llm.num_heads=2", "model.llm.num_kv_heads=1",
+    "model.llm.intermediate_size=64", "model.llm.max_position_embeddings=512",
+    "model.flow.dim=32", "model.flow.depth=1", "model.flow.heads=2", "model.flow.upsample_conv_layers=1",
+    "model.flow.nfe=2",
+    "model.reward.encoder_dim=32", "model.reward.encoder_depth=1", "model.reward.encoder_heads=2",
+    "model.reward.decoder_dim=32", "model.reward.decoder_depth=1", "model.reward.decoder_heads=2",
+    "model.reward.max_text_length=24",
+    "model.vocoder.dim=16", "model.vocoder.intermediate_dim=32", "model.vocoder.num_blocks=1",
+]
+FAST = dict(max_len_ratio=1.5, batch_size=4)
+SAMPLES_PER_TOKEN = 2 * 320  # token_mel_ratio x hop_length
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module")
+def export(tmp_path_factory):
+    config = load_config(overrides=OVERRIDES)
+    torch.manual_seed(0)
+    system = TTSSystem(to_object(config.model), ByteTokenizer(), ["alice", "bob"])
+    directory = system.export(tmp_path_factory.mktemp("export"), config)
+    return directory, system.state_dict()
+
+
+@pytest.fixture(scope="module")
+def synth(export):
+    return Synthesizer.from_pretrained(export[0])
+
+
+@pytest.fixture
+def fresh_synth(export):
+    """A synthesizer of its own, for tests that change its weights or tokenizer."""
+    return Synthesizer.from_pretrained(export[0])
+
+
+@pytest.fixture(scope="module")
+def prompt_audio():
+    """Half a second of a harmonic tone with some noise, at 22.05 kHz (not the model rate)."""
+    rate = 22050
+    t = np.arange(rate // 2) / rate
+    wav = 0.3 * np.sin(2 * np.pi * 180 * t) + 0.1 * np.sin(2 * np.pi * 360 * t)
+    wav += 0.01 * np.random.default_rng(0).standard_normal(len(t))
+    return wav.astype(np.float32), rate
+
+
+def test_from_pretrained_loads_every_weight(export, synth):
+    _, state = export
+    loaded = synth.system.state_dict()
+    assert loaded.keys() == state.keys()
+    for key, value in state.items():
+        assert torch.equal(loaded[key], value), key
+    assert synth.sample_rate == 16000 and not synth.system.training
+
+
+def test_synthesize_without_prompt_gives_audio_of_the_generated_tokens(synth):
+    texts = ["Hello world.", "It costs $5."]
+    results = synth.synthesize(texts, config=SynthesisConfig(**FAST))
+    assert [r.text for r in results] == texts
+    assert results[1].normalized_text == "It costs five dollars."
+    for result in results:
+        num_ids = len(result.normalized_text.encode())
+        assert int(0.5 * num_ids) <= result.tokens.numel() <= int(1.5 * num_ids)  # the length guards
+        assert result.wav.dtype == np.float32 and result.sample_rate == 16000
+        assert len(result.wav) == result.tokens.numel() * SAMPLES_PER_TOKEN
+        assert result.duration == pytest.approx(len(result.wav) / 16000)
+        assert np.isfinite(result.wav).all() and np.abs(result.wav).max() > 0
+        assert set(result.timings) == {"llm", "flow", "vocoder", "verify"} and result.timings["verify"] == 0
+        assert result.rtf == pytest.approx(sum(result.timings.values()) / result.duration)
+        assert result.chosen_candidate == 0 and len(result.candidates) == 1
+
+
+def test_zero_shot_prompt_conditions_llm_and_flow_but_is_not_in_the_output(fresh_synth, prompt_audio, tmp_path):
+    synth = fresh_synth
+    wav, rate = prompt_audio
+    path = tmp_path / "prompt.wav"
+    sf.write(str(path), wav, rate)
+    prompt = synth.encode_prompt(path, "A prompt, 1 line.")
+    from_array = synth.encode_prompt(wav, "A prompt, 1 line.", sample_rate=rate)
+    assert torch.equal(prompt.speech_ids, from_array.speech_ids)
+    # 0.5 s resampled to 16 kHz: 8000 samples -> 25 mel frames -> 12 tokens of 2 frames.
+    assert prompt.speech_ids.shape == (12,) and prompt.mel.shape == (24, 80)
+    assert prompt.text_ids.tolist() == list(b"A prompt, one line.")
+
+    seen = {}
+    generate, sample = synth.system.llm.generate, synth.system.flow.sample
+
+    def spy_generate(*args, **kwargs):
+        seen["llm"] = kwargs
+        return generate(*args, **kwargs)
+
+    def spy_sample(speech, speech_mask, codebook, prompt_mel=None, **kwargs):
+        seen["flow"] = (speech, speech_mask, prompt_mel)
+        return sample(speech, speech_mask, codebook, prompt_mel, **kwargs)
+
+    synth.system.llm.generate, synth.system.flow.sample = spy_generate, spy_sample
+    result, = synth.synthesize(["Hello there."], path, "A prompt, 1 line.", SynthesisConfig(**FAST))
+    assert all(torch.equal(ids, prompt.text_ids) for ids in seen["llm"]["prompt_text_ids"])
+    assert all(torch.equal(ids, prompt.speech_ids) for ids in seen["llm"]["prompt_speech_ids"])
+    speech, speech_mask, prompt_mel = seen["flow"]
+    assert torch.equal(speech[0, :12], prompt.speech_ids) and torch.equal(speech[0, 12:], result.tokens)
+    torch.testing.assert_close(prompt_mel[0], prompt.mel)
+    # Only the new tokens' frames come back.
+    assert len(result.wav) == result.tokens.numel() * SAMPLES_PER_TOKEN
+
+
+def test_a_seed_makes_synthesis_reproducible_and_different_seeds_differ(synth):
+    texts = ["One more time.", "Twice."]
+    first = synth.synthesize(texts, config=SynthesisConfig(seed=3, **FAST))
+    again = synth.synthesize(texts, config=SynthesisConfig(seed=3, **FAST))
+    other = synth.synthesize(texts, config=SynthesisConfig(seed=4, **FAST))
+    for a, b in zip(first, again):
+        assert torch.equal(a.tokens, b.tokens) and np.array_equal(a.wav, b.wav)
+    assert not torch.equal(first[0].tokens, other[0].tokens)
+
+
+def test_griffin_lim_and_model_vocoders_both_run_deterministically(synth):
+    config = dict(seed=1, griffin_lim_iters=4, **FAST)
+    model, = synth.synthesize(["Vocode me."], config=SynthesisConfig(vocoder="model", **config))
+    griffin, = synth.synthesize(["Vocode me."], config=SynthesisConfig(vocoder="griffin-lim", **config))
+    griffin_again, = synth.synthesize(["Vocode me."], config=SynthesisConfig(vocoder="griffin-lim", **config))
+    assert torch.equal(model.tokens, griffin.tokens)  # the vocoder draws after the LLM and the flow
+    assert len(griffin.wav) == len(model.wav) and np.isfinite(griffin.wav).all()
+    assert not np.allclose(griffin.wav, model.wav)
+    assert np.array_equal(griffin.wav, griffin_again.wav)  # its random phase comes from our seed
+
+
+class LengthJudge:
+    """A fake ASR: the longer the audio, the more words it gets wrong (the shortest is heard perfectly)."""
+
+    name = "length-judge"
+
+    def __init__(self, reference: str):
+        self.words = reference.split()
+        self.calls = []
+
+    def transcribe(self, wavs, sample_rate):
+        self.calls.append([len(w) for w in wavs])
+        order = sorted(range(len(wavs)), key=lambda i: len(wavs[i]))
+        transcripts = [""] * len(wavs)
+        for rank, i in enumerate(order):
+            transcripts[i] = " ".join(["wrong"] * rank + self.words[rank:])
+        return transcripts
+
+
+def test_best_of_n_keeps_the_lowest_wer_candidate_that_is_not_a_dropout(fresh_synth):
+    synth = fresh_synth
+    with torch.no_grad():  # a strong EOS row makes candidates stop early and at different lengths
+        synth.system.llm.decoder.get_output_embeddings().weight[EOS_ID] *= 30
+    text = "the cat sat on the mat"
+    config = dict(seed=0, min_len_ratio=0.0, max_len_ratio=1.5, top_k=0, top_p=1.0, num_candidates=6, batch_size=4)
+
+    judge = LengthJudge(text)
+    result, = synth.synthesize([text], config=SynthesisConfig(min_seconds_per_char=0.0, **config), verifier=judge)
+    candidates = result.candidates
+    empty = [c.index for c in candidates if c.num_tokens == 0]
+    audible = sorted((c.duration, c.index) for c in candidates if c.num_tokens > 0)
+    assert empty and len(audible) >= 2 and audible[0][0] < audible[1][0], "seed no longer gives varied lengths"
+    assert judge.calls == [[c.num_tokens * SAMPLES_PER_TOKEN for c in candidates if c.num_tokens]]
+    for c in candidates:
+        if c.num_tokens == 0:
+            assert (c.dropout, c.transcript, c.wer) == ("empty_audio", None, None)
+        else:
+            assert c.dropout is None and c.wer == pytest.approx(sorted(audible).index((c.duration, c.index)) / 6)
+    assert result.chosen_candidate == audible[0][1] and result.candidates[result.chosen_candidate].wer == 0
+    assert result.tokens.numel() == candidates[audible[0][1]].num_tokens and result.timings["verify"] > 0
+
+    # The same seed with a duration floor between the two shortest: the perfect one is now a dropout.
+    floor = (audible[0][0] + audible[1][0]) / 2 / len(text.replace(" ", ""))
+    rerun, = synth.synthesize([text], config=SynthesisConfig(min_seconds_per_char=floor, **config),
+                              verifier=LengthJudge(text))
+    assert [c.num_tokens for c in rerun.candidates] == [c.num_tokens for c in candidates]
+    assert rerun.candidates[audible[0][1]].dropout == "too_short_for_text"
+    assert rerun.chosen_candidate == audible[1][1]
+
+
+def test_choose_candidate_ranks_dropouts_last_and_breaks_ties_by_order():
+    scores = [CandidateScore(0, 5, 0.2, dropout="too_short_for_text", wer=0.0), CandidateScore(1, 9, 0.4, wer=0.5),
+              CandidateScore(2, 9, 0.4, wer=0.25), CandidateScore(3, 9, 0.4, wer=0.25)]
+    assert choose_candidate(scores) == 2
+    all_dropouts = [CandidateScore(0, 0, 0.0, dropout="empty_audio"),
+                    CandidateScore(1, 2, 0.1, dropout="too_short_for_text", wer=0.8)]
+    assert choose_candidate(all_dropouts) == 1
+
+
+def test_reward_model_verifiers_transcribe_tokens_or_audio(synth, export):
+    result, = synth.synthesize(["Hi."], config=SynthesisConfig(num_candidates=2, verifier="rm", **FAST))
+    assert [c.transcript for c in result.candidates][result.chosen_candidate] == synth.transcribe_tokens(
+        [result.tokens])[0]
+    assert all(c.wer is not None for c in result.candidates)
+
+    spec = f"rm:{export[0]}"  # build_asr's reward-model backend, on this same synthesizer
+    result, = synth.synthesize(["Hi."], config=SynthesisConfig(num_candidates=2, verifier=spec, **FAST))
+    assert result.candidates[result.chosen_candidate].transcript == synth.transcribe_audio([result.wav], 16000)[0]
+
+
+def test_transcribe_audio_is_batch_invariant_and_resamples(synth):
+    rng = np.random.default_rng(1)
+    long, short = [(0.1 * rng.standard_normal(n)).astype(np.float32) for n in (9000, 4000)]
+    together = synth.transcribe_audio([long, short, np.zeros(100, np.float32)], 16000)
+    assert together == synth.transcribe_audio([long], 16000) + synth.transcribe_audio([short], 16000) + [""]
+    assert RewardModelASR(synth).transcribe([long], 16000) == together[:1]
+    at_8k = synth.transcribe_audio([long[::2]], 8000)
+    assert len(at_8k) == 1 and isinstance(at_8k[0], str)
+
+
+def test_phoneme_systems_are_verified_against_the_ipa_reference(fresh_synth, monkeypatch):
+    synth = fresh_synth
+    synth.system.text_tokenizer = PhonemeTokenizer("en-us")  # same 256 byte ids as the exported byte tokenizer
+    ipa = synth.recognition_reference("Hello world.")
+    assert ipa == PhonemeTokenizer("en-us").phonemize("Hello world.") and ipa != "Hello world."
+    monkeypatch.setattr(synth, "transcribe_tokens", lambda tokens: [ipa] * len(tokens))
+    result, = synth.synthesize(["Hello world."], config=SynthesisConfig(verifier="rm", **FAST))
+    assert result.candidates[0].transcript == ipa and result.candidates[0].wer == 0.0
+
+
+def run_cli(argv):
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers())
+    args = parser.parse_args(["synth", *argv])
+    return args.func(args)
+
+
+def test_cli_writes_wavs_and_synthesis_json(export, tmp_path):
+    texts = tmp_path / "texts.tsv"
+    texts.write_text("a1\tHello world.\n\nb2\tGood night, moon.\n")
+    out = tmp_path / "out"
+    assert run_cli(["--model", str(export[0]), "--texts", str(texts), "--out", str(out), "--seed", "7",
+                    "--max-len-ratio", "1.5", "--vocoder", "griffin-lim", "--griffin-lim-iters", "2"]) == 0
+    summary = json.loads((out / "synthesis.json").read_text())
+    assert summary["model"] == str(export[0].resolve()) and summary["settings"]["seed"] == 7
+    assert summary["settings"]["vocoder"] == "griffin-lim" and summary["totals"]["utterances"] == 2
+    assert [u["id"] for u in summary["utterances"]] == ["a1", "b2"]
+    for utterance in summary["utterances"]:
+        wav, rate = sf.read(str(out / f"{utterance['id']}.wav"))
+        assert rate == 16000 and len(wav) == utterance["num_tokens"] * SAMPLES_PER_TOKEN
+        assert utterance["duration"] == pytest.approx(len(wav) / rate)
+        assert len(utterance["tokens"]) == utterance["num_tokens"] and utterance["rtf"] > 0
+        assert set(utterance["timings"]) == {"llm", "flow", "vocoder", "verify"}
+        assert utterance["candidates"][0]["wer"] is None
+
+
+def test_malformed_tsv_lines_are_reported_with_their_line_number(export, tmp_path, capsys):
+    bad = tmp_path / "bad.tsv"
+    bad.write_text("a\tfine\nb\tfine too\nno tab here\n")
+    with pytest.raises(ValueError, match=r"bad\.tsv:3: expected 'id<TAB>text'"):
+        read_text_list(bad)
+    bad.write_text("a\tfine\n\na\tagain\n")
+    with pytest.raises(ValueError, match=r":3: duplicate id 'a' \(first on line 1\)"):
+        read_text_list(bad)
+    bad.write_text("a\t \n")
+    with pytest.raises(ValueError, match=":1: empty text"):
+        read_text_list(bad)
+    assert run_cli(["--model", str(export[0]), "--texts", str(bad), "--out", str(tmp_path / "o")]) == 2
+    assert "bad.tsv:1" in capsys.readouterr().err
+
+
+def test_bad_requests_raise_clear_errors(synth):
+    with pytest.raises(ValueError, match=r"text 1 '  ' cannot be synthesised: empty_text"):
+        synth.synthesize(["Fine.", "  "])
+    with pytest.raises(ValueError, match="both prompt_wav and prompt_text"):
+        synth.synthesize(["Fine."], prompt_wav=np.zeros(16000, np.float32))
+    with pytest.raises(ValueError, match="needs a verifier"):
+        synth.synthesize(["Fine."], config=SynthesisConfig(num_candidates=3))
+    with pytest.raises(ValueError, match="fewer than one speech token"):
+        synth.encode_prompt(np.zeros(100, np.float32), "Short.")
+    with pytest.raises(ValueError, match="vocoder"):
+        SynthesisConfig(vocoder="hifigan")
