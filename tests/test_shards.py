@@ -1,0 +1,161 @@
+import argparse
+import io
+import json
+import tarfile
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from e2e_tts.audio import AudioConfig
+from e2e_tts.data.manifest import ManifestEntry, read_manifest, write_jsonl
+from e2e_tts.data.shards import read_shard_list, register, write_shards
+
+RATE = 22050  # the sources are at another rate than the shards (16 kHz), so resampling is exercised
+
+
+def tone_file(path, seconds, rate=RATE, freq=220.0, amplitude=0.3, subtype=None):
+    t = np.arange(int(round(seconds * rate))) / rate
+    sf.write(path, (amplitude * np.sin(2 * np.pi * freq * t)).astype(np.float32), rate, subtype=subtype)
+    return str(path)
+
+
+def tar_members(path):
+    with tarfile.open(path) as tar:
+        return {member.name: tar.extractfile(member).read() for member in tar.getmembers()}
+
+
+def make_entries(tmp_path, count=7):
+    entries = []
+    for i in range(count):
+        audio = tone_file(tmp_path / f"u{i}.wav", 0.5 + 0.1 * i, freq=150.0 + 30 * i)
+        entries.append(ManifestEntry(id=f"utt{i}", audio=audio, text=f"Sentence number {i}.", speaker=f"spk{i % 3}",
+                                     language="en", emotion="happy" if i == 0 else None,
+                                     quality=4.5 if i == 1 else None))
+    return entries
+
+
+def test_stats_and_samples_match_the_manifest(tmp_path):
+    entries = make_entries(tmp_path)
+    write_jsonl(entries, tmp_path / "manifest.jsonl")
+    config = AudioConfig()
+    stats = write_shards(read_manifest(tmp_path / "manifest.jsonl"), tmp_path / "shards", config, shard_size=3,
+                         workers=2)
+
+    expected_seconds = [round(round((0.5 + 0.1 * i) * RATE) * 16000 / RATE) / 16000 for i in range(7)]
+    assert stats.utterances == 7 and stats.skipped == {}
+    assert stats.hours == pytest.approx(sum(expected_seconds) / 3600, abs=7 * 2 / 16000 / 3600)
+    assert stats.per_speaker == {"spk0": 3, "spk1": 2, "spk2": 2} and stats.speakers == 3
+    saved = json.loads((tmp_path / "shards" / "train.stats.json").read_text())
+    assert saved["utterances"] == 7 and saved["hours"] == pytest.approx(stats.hours) and saved["num_shards"] == 3
+    assert saved["per_speaker"] == stats.per_speaker and saved["skipped"] == {}
+
+    shards = read_shard_list(tmp_path / "shards" / "train.list")
+    assert [path.rsplit("/", 1)[-1] for path in shards] == ["train-000000.tar", "train-000001.tar",
+                                                              "train-000002.tar"]
+    keys, seconds = [], {}
+    for shard in shards:
+        members = tar_members(shard)
+        for name, data in sorted(members.items()):
+            key, _, member = name.partition(".")
+            if member != "json":
+                continue
+            keys.append(key)
+            meta = json.loads(data)
+            wav, rate = sf.read(io.BytesIO(members[f"{key}.audio.flac"]))
+            assert rate == 16000 and wav.ndim == 1 and sf.info(io.BytesIO(members[f"{key}.audio.flac"])).subtype \
+                == "PCM_16"
+            assert np.abs(wav).max() == pytest.approx(config.peak_level, abs=1e-3)  # peak normalised
+            assert meta["duration"] == pytest.approx(len(wav) / 16000)
+            assert meta["sample_rate"] == 16000 and meta["language"] == "en"
+            seconds[key] = meta["duration"]
+            index = int(key[3:])
+            assert meta["text"] == entries[index].text and meta["speaker"] == entries[index].speaker
+            assert meta.get("emotion") == entries[index].emotion and meta.get("quality") == entries[index].quality
+    assert sorted(keys) == [f"utt{i}" for i in range(7)]
+    assert sum(seconds.values()) == pytest.approx(stats.seconds)
+
+
+def test_every_invalid_entry_is_skipped_with_its_reason(tmp_path):
+    good = make_entries(tmp_path, 2)
+    corrupt = tmp_path / "corrupt.flac"
+    corrupt.write_bytes(b"fLaC" + bytes(range(256)) * 4)
+    nan_audio = tmp_path / "nan.wav"
+    samples = np.full(16000, 0.1, dtype=np.float32)
+    samples[100] = np.nan
+    sf.write(nan_audio, samples, 16000, subtype="FLOAT")
+    bad = [
+        ManifestEntry(id="corrupt", audio=str(corrupt), text="a corrupt file", speaker="s"),
+        ManifestEntry(id="empty", audio=good[0].audio, text="", speaker="s"),
+        ManifestEntry(id="nan", audio=str(nan_audio), text="not a number", speaker="s"),
+        ManifestEntry(id="short", audio=tone_file(tmp_path / "short.wav", 0.1), text="too short", speaker="s"),
+        ManifestEntry(id="long", audio=tone_file(tmp_path / "long.wav", 60.0, rate=8000), text="too long",
+                      speaker="s"),
+        ManifestEntry(id="silent", audio=tone_file(tmp_path / "silent.wav", 1.0, amplitude=0.0), text="quiet",
+                      speaker="s"),
+        ManifestEntry(id="absent", audio=str(tmp_path / "absent.wav"), text="no file", speaker="s"),
+        ManifestEntry(id="no_speaker", audio=good[0].audio, text="who", speaker=""),
+        ManifestEntry(id="has.dot", audio=good[0].audio, text="a dot in the id", speaker="s"),
+        ManifestEntry(id="utt0", audio=good[1].audio, text="same id again", speaker="s"),
+    ]
+    stats = write_shards(good + bad, tmp_path / "shards", AudioConfig(), shard_size=4, workers=2)
+
+    assert stats.utterances == 2
+    assert stats.skipped == {"unreadable": 1, "empty_text": 1, "nan_or_inf": 1, "too_short": 1, "too_long": 1,
+                             "silent": 1, "missing_audio": 1, "missing_field": 1, "invalid_id": 1,
+                             "duplicate_id": 1}
+    rejected = {(item["id"], item["reason"]) for item in stats.rejected}
+    assert ("corrupt", "unreadable") in rejected and ("long", "too_long") in rejected
+    assert ("utt0", "duplicate_id") in rejected and ("has.dot", "invalid_id") in rejected
+    saved = json.loads((tmp_path / "shards" / "train.stats.json").read_text())
+    assert saved["skipped"] == stats.skipped and saved["skipped_total"] == 10
+    # the written samples are exactly the valid ones: the first utt0, not its duplicate
+    members = {}
+    for shard in read_shard_list(tmp_path / "shards" / "train.list"):
+        members.update(tar_members(shard))
+    assert sorted(name for name in members if name.endswith(".json")) == ["utt0.json", "utt1.json"]
+    assert json.loads(members["utt0.json"])["text"] == good[0].text
+
+
+def test_shards_whose_entries_are_all_rejected_are_not_listed(tmp_path):
+    good = make_entries(tmp_path, 4)
+    assert len(write_shards(good, tmp_path / "shards", AudioConfig(), shard_size=2, workers=1).shards) == 2
+    entries = good[:2] + [
+        ManifestEntry(id=f"bad{i}", audio=str(tmp_path / "absent.wav"), text="x", speaker="s") for i in range(2)]
+    stats = write_shards(entries, tmp_path / "shards", AudioConfig(), shard_size=2, workers=1)
+    assert len(stats.shards) == 1 and stats.skipped == {"missing_audio": 2}
+    assert sorted(p.name for p in (tmp_path / "shards").glob("*.tar")) == ["train-000000.tar"]
+
+
+def test_output_does_not_depend_on_the_number_of_workers(tmp_path):
+    entries = make_entries(tmp_path, 5)
+    one = write_shards(entries, tmp_path / "one", AudioConfig(), shard_size=2, workers=1)
+    two = write_shards(entries, tmp_path / "two", AudioConfig(), shard_size=2, workers=2)
+    assert len(one.shards) == len(two.shards) == 3
+    for a, b in zip(one.shards, two.shards):
+        with open(a, "rb") as first, open(b, "rb") as second:
+            assert first.read() == second.read()
+
+
+def test_command_line_writes_shards_from_a_manifest(tmp_path):
+    write_jsonl(make_entries(tmp_path, 3), tmp_path / "manifest.jsonl")
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers())
+    args = parser.parse_args(["shards", "--manifest", str(tmp_path / "manifest.jsonl"), "--out",
+                              str(tmp_path / "out"), "--prefix", "dev", "--shard-size", "2", "--workers", "1",
+                              "--sample-rate", "8000"])
+    assert args.func(args) == 0
+    assert len(read_shard_list(tmp_path / "out" / "dev.list")) == 2
+    members = tar_members(tmp_path / "out" / "dev-000000.tar")
+    assert sf.info(io.BytesIO(members["utt0.audio.flac"])).samplerate == 8000
+    assert json.loads((tmp_path / "out" / "dev.stats.json").read_text())["utterances"] == 3
+
+
+def test_bad_arguments_and_lists_are_explained(tmp_path):
+    with pytest.raises(ValueError, match="shard_size"):
+        write_shards([], tmp_path, AudioConfig(), shard_size=0)
+    with pytest.raises(ValueError, match="prefix"):
+        write_shards([], tmp_path, AudioConfig(), prefix="a.b")
+    (tmp_path / "x.list").write_text("missing-000000.tar\n")
+    with pytest.raises(FileNotFoundError, match="missing-000000.tar"):
+        read_shard_list(tmp_path / "x.list")
