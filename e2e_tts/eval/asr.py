@@ -1,0 +1,245 @@
+"""Speech recognisers behind one interface, chosen by a spec string (``build_asr``).
+
+Specs:
+
+* ``pocketsphinx`` - offline English CMU Sphinx with the model the PyPI package ships; the default judge where no
+  neural ASR checkpoint is at hand. Not comparable with published Seed-TTS-Eval numbers.
+* ``whisper:<local dir>`` - the official English judge (``openai/whisper-large-v3`` in Seed-TTS-Eval): HF
+  ``WhisperForConditionalGeneration`` + ``WhisperProcessor`` loaded offline in float32, forced English
+  transcription, greedy, audio resampled to 16 kHz with ``scipy.signal.resample`` exactly as ``run_wer.py`` does.
+* ``paraformer:<local dir>`` - the official Chinese judge (FunASR ``paraformer-zh``), output converted to simplified
+  characters with zhconv as ``run_wer.py`` does. Needs the optional ``funasr`` and ``zhconv`` packages.
+* ``rm:<checkpoint>`` - the project's own reward model, which recognises speech *tokens*: it needs the loaded
+  system (tokenizer + reward model), passed as ``build_asr(spec, system=...)``; see :class:`RewardModelASR`.
+
+Every backend takes mono waveforms at their native rate and resamples itself, so that each mirrors its reference
+pipeline; pass the audio as read from the file, not pre-resampled.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional, Protocol, Sequence, runtime_checkable
+
+import numpy as np
+import soundfile as sf
+
+from e2e_tts.audio import resample
+from e2e_tts.eval.normalize import to_simplified_chinese
+
+ASR_RATE = 16000  # every judge here works at 16 kHz
+ASR_KINDS = ("pocketsphinx", "whisper", "paraformer", "rm")
+
+
+@runtime_checkable
+class ASRBackend(Protocol):
+    """A recogniser: mono waveforms ``(N,)`` at ``sample_rate`` -> one transcript each."""
+
+    name: str
+
+    def transcribe(self, wavs: Sequence[np.ndarray], sample_rate: int) -> list[str]:
+        ...
+
+
+def check_waveforms(wavs: Sequence[np.ndarray], sample_rate: int) -> None:
+    """Rejects what no backend can read, naming the offending item.
+
+    Raises:
+        ValueError: for a non-positive rate, a non-1-D array or non-finite samples.
+    """
+    if sample_rate <= 0:
+        raise ValueError(f"sample_rate must be positive, got {sample_rate}")
+    for index, wav in enumerate(wavs):
+        wav = np.asarray(wav)
+        if wav.ndim != 1:
+            raise ValueError(f"waveform {index} must be mono (N,), got shape {wav.shape}")
+        if not np.isfinite(wav).all():
+            raise ValueError(f"waveform {index} contains NaN or Inf")
+
+
+@functools.lru_cache(maxsize=1)
+def _pocketsphinx_decoder() -> Any:
+    # One decoder per process: loading the acoustic model and LM takes seconds, and a decoder is reusable.
+    from pocketsphinx import Decoder
+
+    return Decoder(loglevel="FATAL")
+
+
+class PocketsphinxASR:
+    """Offline English recognition with pocketsphinx's bundled en-us model (16 kHz, 16-bit PCM)."""
+
+    name = "pocketsphinx"
+
+    def transcribe(self, wavs: Sequence[np.ndarray], sample_rate: int) -> list[str]:
+        check_waveforms(wavs, sample_rate)
+        decoder = _pocketsphinx_decoder()
+        texts = []
+        for wav in wavs:
+            pcm = np.clip(resample(np.asarray(wav, dtype=np.float32), sample_rate, ASR_RATE), -1.0, 1.0)
+            decoder.start_utt()
+            decoder.process_raw((pcm * 32767).astype(np.int16).tobytes(), full_utt=True)
+            decoder.end_utt()
+            hypothesis = decoder.hyp()
+            texts.append(hypothesis.hypstr if hypothesis is not None else "")
+        return texts
+
+
+class WhisperASR:
+    """Seed-TTS-Eval's English judge: HF Whisper from a local directory, forced English, greedy.
+
+    Args:
+        model_dir: directory holding the model and processor files (e.g. a local ``openai/whisper-large-v3``).
+        device: torch device string.
+        language, task: the forced decoder prompt (the official ``get_decoder_prompt_ids(language="english",
+            task="transcribe")``, expressed through ``generate``'s ``language``/``task`` arguments).
+    """
+
+    def __init__(self, model_dir: str | Path, device: str = "cpu", language: str = "english",
+                 task: str = "transcribe"):
+        model_dir = _existing_dir(model_dir, "whisper")
+        import torch
+        from transformers import WhisperForConditionalGeneration, WhisperProcessor
+
+        self.name = f"whisper:{model_dir}"
+        self.device, self.language, self.task = device, language, task
+        self.processor = WhisperProcessor.from_pretrained(model_dir, local_files_only=True)
+        # float32 like the official script (transformers >= 5 would otherwise load the checkpoint's fp16).
+        self.model = WhisperForConditionalGeneration.from_pretrained(
+            model_dir, local_files_only=True, dtype=torch.float32).to(device).eval()
+
+    def transcribe(self, wavs: Sequence[np.ndarray], sample_rate: int) -> list[str]:
+        import scipy.signal
+        import torch
+
+        check_waveforms(wavs, sample_rate)
+        texts = []
+        for wav in wavs:
+            # run_wer.py reads float64 with soundfile and resamples with scipy's FFT method only when needed.
+            wav = np.asarray(wav, dtype=np.float64)
+            if sample_rate != ASR_RATE:
+                wav = scipy.signal.resample(wav, int(len(wav) * ASR_RATE / sample_rate))
+            features = self.processor(wav, sampling_rate=ASR_RATE, return_tensors="pt").input_features
+            with torch.no_grad():
+                ids = self.model.generate(features.to(self.device), language=self.language, task=self.task,
+                                          do_sample=False, num_beams=1)
+            texts.append(self.processor.batch_decode(ids, skip_special_tokens=True)[0])
+        return texts
+
+
+class ParaformerASR:
+    """Seed-TTS-Eval's Chinese judge: FunASR Paraformer from a local directory, transcripts simplified by zhconv.
+
+    Each waveform is written to a temporary float wav and decoded with ``generate(input=path, batch_size_s=300)``,
+    the official call, so FunASR reads and resamples it exactly as it reads the official files.
+    """
+
+    def __init__(self, model_dir: str | Path, device: str = "cpu"):
+        missing = [name for name in ("funasr", "zhconv") if importlib.util.find_spec(name) is None]
+        if missing:
+            raise ImportError(f"the paraformer ASR backend needs {' and '.join(missing)}: "
+                              f"pip install {' '.join(missing)}")
+        from funasr import AutoModel
+
+        model_dir = _existing_dir(model_dir, "paraformer")
+        self.name = f"paraformer:{model_dir}"
+        self.model = AutoModel(model=str(model_dir), disable_update=True, device=device)
+
+    def transcribe(self, wavs: Sequence[np.ndarray], sample_rate: int) -> list[str]:
+        check_waveforms(wavs, sample_rate)
+        texts = []
+        with tempfile.TemporaryDirectory(prefix="paraformer_") as tmp:
+            for index, wav in enumerate(wavs):
+                path = Path(tmp) / f"{index}.wav"
+                sf.write(str(path), np.asarray(wav, dtype=np.float32), sample_rate, subtype="FLOAT")
+                result = self.model.generate(input=str(path), batch_size_s=300)
+                texts.append(to_simplified_chinese(result[0]["text"]))
+        return texts
+
+
+class RewardModelASR:
+    """The project's reward model as a judge (it transcribes speech tokens, so it needs the whole system).
+
+    Args:
+        system: any object with ``transcribe_audio(wavs, sample_rate) -> list[str]`` (duck-typed; the trained
+            system tokenizes the audio and decodes with its reward model).
+        checkpoint: where the system was loaded from, kept for the report.
+    """
+
+    def __init__(self, system: Any, checkpoint: str = ""):
+        if not callable(getattr(system, "transcribe_audio", None)):
+            raise TypeError(f"RewardModelASR needs an object with transcribe_audio(wavs, sample_rate), "
+                            f"got {type(system).__name__}")
+        self.system = system
+        self.name = f"rm:{checkpoint}" if checkpoint else "rm"
+
+    def transcribe(self, wavs: Sequence[np.ndarray], sample_rate: int) -> list[str]:
+        check_waveforms(wavs, sample_rate)
+        texts = self.system.transcribe_audio(list(wavs), sample_rate)
+        if len(texts) != len(wavs) or not all(isinstance(text, str) for text in texts):
+            raise ValueError(f"{type(self.system).__name__}.transcribe_audio must return one str per waveform "
+                             f"({len(wavs)}), got {texts!r}")
+        return list(texts)
+
+
+@dataclass(frozen=True)
+class ASRSpec:
+    """A parsed ASR spec: ``kind`` in :data:`ASR_KINDS` and the path after the colon (None for pocketsphinx)."""
+
+    kind: str
+    path: Optional[str] = None
+
+
+def parse_asr_spec(spec: str) -> ASRSpec:
+    """Parses ``pocketsphinx``, ``whisper:<dir>``, ``paraformer:<dir>`` or ``rm:<checkpoint>``.
+
+    Raises:
+        ValueError: for an unknown kind, a missing path, or a path given to pocketsphinx.
+    """
+    kind, sep, path = spec.partition(":")
+    if kind not in ASR_KINDS:
+        raise ValueError(f"unknown ASR spec {spec!r}: expected one of pocketsphinx, whisper:<dir>, "
+                         f"paraformer:<dir>, rm:<checkpoint>")
+    if kind == "pocketsphinx":
+        if sep:
+            raise ValueError(f"ASR spec {spec!r}: pocketsphinx takes no path (it uses its bundled model)")
+        return ASRSpec(kind)
+    if not path:
+        raise ValueError(f"ASR spec {spec!r} needs a path: {kind}:<path>")
+    return ASRSpec(kind, path)
+
+
+def build_asr(spec: str, *, device: str = "cpu", system: Any = None) -> ASRBackend:
+    """Builds the recogniser a spec names.
+
+    Args:
+        spec: see :func:`parse_asr_spec`.
+        device: torch device for whisper/paraformer.
+        system: for ``rm:<checkpoint>``, the system loaded from that checkpoint (see :class:`RewardModelASR`).
+    Raises:
+        ValueError: for a bad spec, or ``rm:`` without ``system``.
+        FileNotFoundError: when a model directory does not exist.
+        ImportError: when an optional package of the backend is missing.
+    """
+    parsed = parse_asr_spec(spec)
+    if parsed.kind == "pocketsphinx":
+        return PocketsphinxASR()
+    if parsed.kind == "whisper":
+        return WhisperASR(parsed.path, device=device)
+    if parsed.kind == "paraformer":
+        return ParaformerASR(parsed.path, device=device)
+    if system is None:
+        raise ValueError(f"ASR spec {spec!r}: the reward model transcribes speech tokens, so build_asr needs the "
+                         f"system loaded from {parsed.path!r}: build_asr(spec, system=...)")
+    return RewardModelASR(system, checkpoint=parsed.path)
+
+
+def _existing_dir(path: str | Path, kind: str) -> Path:
+    path = Path(path)
+    if not path.is_dir():
+        raise FileNotFoundError(f"{kind} ASR: model directory {path} does not exist (models are never downloaded; "
+                                f"give a local directory)")
+    return path
