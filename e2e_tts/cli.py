@@ -13,6 +13,8 @@ COMMAND_MODULES = (
     "e2e_tts.data.shards",
     "e2e_tts.train",
     "e2e_tts.synth",
+    "e2e_tts.eval.cli",
+    "e2e_tts.eval.report",
     "e2e_tts.config_cli",
 )
 

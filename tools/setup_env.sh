@@ -13,6 +13,7 @@ extras="eval"
 
 # Debian packages: flite voices for the corpus, LibriVox prompts for evaluation. Best effort where apt is missing.
 packages=(flite pocketsphinx-testdata)
+[[ $extras == test ]] && packages+=(chromium)  # the report test renders the page headless
 missing=()
 for p in "${packages[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if ((${#missing[@]})); then

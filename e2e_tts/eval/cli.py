@@ -1,0 +1,318 @@
+"""The ``e2e-tts eval`` command group: ``seedtts`` (the benchmark, optionally synthesising first), ``failures``
+(catastrophic-failure rate) and ``tokens`` (codebook usage of an export's speech tokenizer).
+
+Each command parses specs into backend objects and hands them to the library functions, so that everything it
+does is also callable (and tested) from Python. Exit status: 0 done, 1 done but some items were missing or failed
+(the results name them), 2 bad input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence
+
+import torch
+
+from e2e_tts.audio import AudioRejected, load_audio
+from e2e_tts.data.manifest import ManifestEntry, read_manifest, read_seedtts_meta
+from e2e_tts.eval.asr import ASRBackend, build_asr, parse_asr_spec
+from e2e_tts.eval.failures import FailureConfig, SynthesizedItem, detect_failures
+from e2e_tts.eval.normalize import LANGUAGES
+from e2e_tts.eval.seedtts import (format_summary, read_first_channel, run_seedtts, synthesize_missing,
+                                  synthesized_wav_paths, write_results)
+from e2e_tts.eval.similarity import SpeakerSimilarity, build_similarity
+from e2e_tts.models.tokenizer import token_statistics
+from e2e_tts.synth import VOCODERS, SynthesisConfig, Synthesizer
+from e2e_tts.text import normalize_text
+
+NO_SIMILARITY = "none"
+BAD_INPUT = (ValueError, FileNotFoundError, ImportError)  # ManifestError and EmptyReferenceError are ValueErrors
+
+
+def build_judges(asr_spec: str, similarity_spec: str, language: str, device: str = "cpu",
+                 synthesizer: Optional[Synthesizer] = None
+                 ) -> tuple[ASRBackend, Optional[SpeakerSimilarity], Callable[[str], str]]:
+    """Builds the ASR and similarity backends of two specs, and the reference-text mapping the ASR needs.
+
+    Args:
+        asr_spec: see :func:`e2e_tts.eval.asr.parse_asr_spec`.
+        similarity_spec: see :func:`e2e_tts.eval.similarity.build_similarity`, or ``"none"``.
+        language: ``en`` or ``zh``.
+        device: torch device of the models.
+        synthesizer: an already loaded model, reused by ``rm:<its export dir>``.
+    Returns:
+        ``(asr, similarity or None, reference)``: ``reference`` maps a meta text to what a perfect transcript
+        reads: the text itself, or for the reward model its text tokenizer's rendering of the model-normalised
+        text (IPA for a phoneme tokenizer).
+    Raises:
+        ValueError: for a bad spec, or pocketsphinx asked to judge Chinese.
+    """
+    parsed = parse_asr_spec(asr_spec)
+    if parsed.kind == "pocketsphinx" and language != "en":
+        raise ValueError(f"pocketsphinx recognises English only; for --language {language} use "
+                         f"paraformer:<dir> (the official Chinese judge) or rm:<export dir>")
+    system = None
+    if parsed.kind == "rm":
+        same = synthesizer is not None and Path(parsed.path).resolve() == synthesizer.export_dir
+        system = synthesizer if same else Synthesizer.from_pretrained(parsed.path, device)
+    asr = build_asr(asr_spec, device=device, system=system)
+    similarity = None if similarity_spec == NO_SIMILARITY else build_similarity(similarity_spec, device=device)
+    if system is None:
+        return asr, similarity, lambda text: text
+    return asr, similarity, lambda text: system.recognition_reference(
+        normalize_text(text, system.text_config.language))
+
+
+def _write_json(data: Any, path: Optional[str]) -> None:
+    text = json.dumps(data, indent=1, ensure_ascii=False)
+    if path is None:
+        print(text)
+        return
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(text, encoding="utf-8")
+
+
+def _print_incomplete(what: dict[str, str], kind: str) -> None:
+    for utt, reason in what.items():
+        print(f"{kind}: {utt}: {reason}", file=sys.stderr)
+
+
+# ---- eval seedtts ------------------------------------------------------------------------------------------------
+
+def run_seedtts_command(args: argparse.Namespace) -> int:
+    """Runs ``e2e-tts eval seedtts``."""
+    try:
+        synthesis, missing_reasons, synthesizer = None, None, None
+        if args.model is None and not Path(args.wavs).is_dir():
+            raise FileNotFoundError(f"--wavs folder {args.wavs} does not exist (give --model to synthesise into it)")
+        if args.model is not None:
+            config = SynthesisConfig(seed=args.seed, nfe=args.nfe, cfg_strength=args.cfg_strength,
+                                     vocoder=args.vocoder, num_candidates=args.num_candidates,
+                                     verifier=args.verifier, batch_size=args.batch_size, wer_language=args.language)
+            items = read_seedtts_meta(args.meta)  # fail on a malformed list before loading a model
+            synthesizer = Synthesizer.from_pretrained(args.model, args.device)
+            synthesis, missing_reasons = synthesize_missing(items, args.wavs, synthesizer, config,
+                                                            device=args.device, progress=True)
+        asr, similarity, reference = build_judges(args.asr, args.similarity, args.language, args.device,
+                                                  synthesizer)
+        output = run_seedtts(args.meta, args.wavs, asr, similarity, args.language, ground_truth=args.ground_truth,
+                             reference=reference, missing_reasons=missing_reasons, synthesis=synthesis,
+                             progress=True)
+    except BAD_INPUT as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    written = write_results(output, args.out)
+    conditions = [("synthesized", output["summary"])]
+    if "ground_truth" in output:
+        conditions.append(("ground truth", output["ground_truth"]["summary"]))
+    for label, summary in conditions:
+        _print_incomplete(summary["missing"], f"{label} missing")
+        _print_incomplete(summary["failed"], f"{label} failed")
+        print(format_summary(summary, label))
+    print("wrote " + ", ".join(str(path) for path in written))
+    incomplete = output["summary"]["num_missing"] + output["summary"]["num_failed"]
+    return 1 if incomplete else 0
+
+
+def _add_seedtts(subparsers: argparse._SubParsersAction) -> None:
+    defaults = SynthesisConfig()
+    parser = subparsers.add_parser(
+        "seedtts", help="Seed-TTS-Eval WER/SIM of <wavs>/<utt>.wav (synthesising missing ones with --model)",
+        description="Scores exactly as BytedanceSpeech/seed-tts-eval (mean per-utterance WER x 100; SIM against "
+                    "the prompt wav) and also reports corpus WER, WER > 0.5 count, WER counting missing items as "
+                    "1.0, and every missing or failed item by name. Writes --out (JSON) and <out stem>.tsv in the "
+                    "official per-line format. Exit 1 when items are missing or failed.")
+    parser.add_argument("--meta", required=True, help="Seed-TTS-Eval list (meta.lst / hardcase.lst)")
+    parser.add_argument("--wavs", required=True, help="folder of <utt>.wav files (written by --model)")
+    parser.add_argument("--asr", default="pocketsphinx",
+                        help="pocketsphinx (default, English, not comparable with papers), whisper:<dir> (official "
+                             "en judge: a local whisper-large-v3), paraformer:<dir> (official zh), rm:<export dir>")
+    parser.add_argument("--similarity", default="resemblyzer",
+                        help="resemblyzer (default, not comparable with papers), wavlm-ecapa:<wavlm_large_finetune"
+                             ".pth> (official), or none")
+    parser.add_argument("--language", choices=LANGUAGES, default="en", help="word (en) or character (zh) scoring")
+    parser.add_argument("--out", required=True, help="results JSON path")
+    parser.add_argument("--ground-truth", action="store_true",
+                        help="also score the meta's ground-truth wavs (the human reference row)")
+    parser.add_argument("--device", default="cpu", help="torch device of all models")
+    synthesis = parser.add_argument_group("synthesis of missing wavs (only with --model)")
+    synthesis.add_argument("--model", help="export directory: synthesise every missing <utt>.wav first, one "
+                                           "zero-shot call per prompt (use a fresh --wavs folder per setting)")
+    synthesis.add_argument("--seed", type=int, default=defaults.seed)
+    synthesis.add_argument("--nfe", type=int, help="flow ODE steps (default: the model's)")
+    synthesis.add_argument("--cfg-strength", type=float, help="classifier-free guidance (default: the model's)")
+    synthesis.add_argument("--vocoder", choices=VOCODERS, default=defaults.vocoder)
+    synthesis.add_argument("--num-candidates", type=int, default=defaults.num_candidates, help="best-of-N")
+    synthesis.add_argument("--verifier", help="best-of-N verifier: 'rm' or an ASR spec")
+    synthesis.add_argument("--batch-size", type=int, default=defaults.batch_size)
+    parser.set_defaults(func=run_seedtts_command)
+
+
+# ---- eval failures -----------------------------------------------------------------------------------------------
+
+def run_failures(meta: str | Path, wav_dir: str | Path, asr: Optional[ASRBackend],
+                 config: FailureConfig) -> dict[str, Any]:
+    """Failure verdicts of ``<wav_dir>/<utt>.wav`` for every meta line; missing or unreadable wavs are listed.
+
+    Returns:
+        ``settings``, ``num_items``, ``num_judged``, ``missing`` (utt -> reason), ``failure_rate`` (over judged
+        items), ``failure_rate_including_missing`` (a missing item counts as failed), ``failed_ids``, ``reasons``
+        (utt -> reasons) and ``verdicts`` (every judged item's measurements).
+    Raises:
+        ManifestError: for a malformed list.
+    """
+    items = read_seedtts_meta(meta)
+    judged, missing = [], {}
+    for item, path in zip(items, synthesized_wav_paths(items, wav_dir)):
+        if not Path(path).is_file():
+            missing[item.utt] = f"{path} not found"
+            continue
+        try:
+            wav, rate = read_first_channel(path)
+        except (RuntimeError, ValueError) as err:  # soundfile's LibsndfileError is a RuntimeError
+            missing[item.utt] = f"unreadable audio: {err}"
+            continue
+        judged.append(SynthesizedItem(item.utt, item.text, wav, rate))
+    report = detect_failures(judged, config, asr) if judged else None
+    failed = report.failed_ids if report else []
+    return {
+        "settings": {"meta": str(Path(meta).resolve()), "wav_dir": str(Path(wav_dir).resolve()),
+                     "asr": None if asr is None else asr.name, "thresholds": dataclasses.asdict(config)},
+        "num_items": len(items), "num_judged": len(judged), "missing": missing,
+        "failure_rate": report.rate if report else None,
+        "failure_rate_including_missing": (len(failed) + len(missing)) / len(items),
+        "failed_ids": failed,
+        "reasons": {utt: list(reasons) for utt, reasons in (report.reasons if report else {}).items()},
+        "verdicts": [dataclasses.asdict(v) for v in report.verdicts] if report else [],
+    }
+
+
+def run_failures_command(args: argparse.Namespace) -> int:
+    """Runs ``e2e-tts eval failures``."""
+    try:
+        config = FailureConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(FailureConfig)})
+        asr, _, _ = build_judges(args.asr, NO_SIMILARITY, args.language, args.device)
+        output = run_failures(args.meta, args.wavs, asr, config)
+    except BAD_INPUT as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    _write_json(output, args.out)
+    _print_incomplete(output["missing"], "missing")
+    for utt in output["failed_ids"]:
+        print(f"failed: {utt}: {', '.join(output['reasons'][utt])}", file=sys.stderr)
+    rate = output["failure_rate"]
+    print(f"failure rate {'n/a' if rate is None else f'{rate:.4f}'} ({len(output['failed_ids'])} of "
+          f"{output['num_judged']} judged; {len(output['missing'])} missing; including missing "
+          f"{output['failure_rate_including_missing']:.4f}) -> {args.out}")
+    return 1 if output["missing"] else 0
+
+
+def _add_failures(subparsers: argparse._SubParsersAction) -> None:
+    defaults = FailureConfig()
+    parser = subparsers.add_parser(
+        "failures", help="catastrophic-failure rate of <wavs>/<utt>.wav with the failing ids and reasons",
+        description="Judges every line's wav for silence, dropout, truncation, looping and WER > --max-wer "
+                    "(e2e_tts.eval.failures). Exit 1 when wavs are missing.")
+    parser.add_argument("--meta", required=True, help="Seed-TTS-Eval list")
+    parser.add_argument("--wavs", required=True, help="folder of <utt>.wav files")
+    parser.add_argument("--asr", default="pocketsphinx", help="ASR spec (see eval seedtts)")
+    parser.add_argument("--out", required=True, help="JSON path")
+    parser.add_argument("--device", default="cpu")
+    thresholds = parser.add_argument_group("thresholds")
+    thresholds.add_argument("--language", choices=LANGUAGES, default=defaults.language)
+    thresholds.add_argument("--max-wer", type=float, default=defaults.max_wer)
+    thresholds.add_argument("--min-speech-seconds", type=float, default=defaults.min_speech_seconds)
+    thresholds.add_argument("--min-seconds-per-char", type=float, default=defaults.min_seconds_per_char)
+    thresholds.add_argument("--max-seconds-per-char", type=float, default=defaults.max_seconds_per_char)
+    thresholds.add_argument("--duration-slack-seconds", type=float, default=defaults.duration_slack_seconds)
+    thresholds.add_argument("--vad-threshold", type=float, default=defaults.vad_threshold)
+    parser.set_defaults(func=run_failures_command)
+
+
+# ---- eval tokens -------------------------------------------------------------------------------------------------
+
+def measure_token_statistics(synthesizer: Synthesizer, entries: Sequence[ManifestEntry]) -> dict[str, Any]:
+    """Codebook usage, entropy and adjacent-token MI of the synthesizer's speech tokenizer on a set.
+
+    Each utterance goes audio -> model rate -> log-mel -> tokenizer ids on its own (no padding effects).
+
+    Returns:
+        ``codebook_size``, ``tokens_per_second``, ``num_utterances``, ``skipped`` (id -> reason: unreadable, or
+        shorter than one token) and the fields of :func:`e2e_tts.models.tokenizer.token_statistics`.
+    Raises:
+        ValueError: when no utterance gives a token.
+    """
+    tokenizer, device = synthesizer.system.tokenizer, synthesizer.device
+    sequences, skipped = [], {}
+    for entry in entries:
+        try:
+            audio, _ = load_audio(entry.audio, synthesizer.sample_rate)
+        except AudioRejected as err:
+            skipped[entry.id] = str(err)
+            continue
+        if len(audio) < synthesizer.min_samples:
+            skipped[entry.id] = f"{len(audio)} samples, fewer than one token needs ({synthesizer.min_samples})"
+            continue
+        with torch.inference_mode():
+            mel = synthesizer.mel(torch.from_numpy(audio).to(device))  # (1, T, n_mels)
+            ids, mask = tokenizer.encode(mel, torch.ones(mel.shape[:2], dtype=torch.bool, device=device))
+        sequences.append(ids[0, mask[0]].cpu())
+    if not sequences:
+        raise ValueError(f"no utterance gave a speech token ({len(skipped)} skipped: {skipped})")
+    audio_config = synthesizer.audio_config
+    return {"codebook_size": tokenizer.codebook_size,
+            "tokens_per_second": audio_config.sample_rate / audio_config.hop_length
+            / tokenizer.config.frames_per_token,
+            "num_utterances": len(sequences), "skipped": skipped,
+            **token_statistics(sequences, tokenizer.codebook_size)}
+
+
+def run_tokens_command(args: argparse.Namespace) -> int:
+    """Runs ``e2e-tts eval tokens``."""
+    try:
+        if args.limit is not None and args.limit < 1:
+            raise ValueError(f"--limit must be >= 1, got {args.limit}")
+        entries = read_manifest(args.manifest)[:args.limit]
+        synthesizer = Synthesizer.from_pretrained(args.model, args.device)
+        stats = measure_token_statistics(synthesizer, entries)
+    except BAD_INPUT as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    output = {"model": str(Path(args.model).resolve()), "manifest": str(Path(args.manifest).resolve()),
+              "limit": args.limit, **stats}
+    _write_json(output, args.out)
+    if args.out is not None:
+        print(f"{stats['num_tokens']} tokens of {stats['num_utterances']} utterances: usage {stats['usage']:.3f}, "
+              f"entropy {stats['entropy_bits']:.3f} bits, adjacent MI {stats['mutual_information_bits']:.3f} bits "
+              f"-> {args.out}")
+    return 0
+
+
+def _add_tokens(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "tokens", help="codebook usage, entropy and adjacent MI of an export's speech tokenizer on a set")
+    parser.add_argument("--model", required=True, help="export directory")
+    parser.add_argument("--manifest", required=True, help="utterances (jsonl, LibriTTS, LJSpeech or Kaldi)")
+    parser.add_argument("--limit", type=int, help="first N utterances only")
+    parser.add_argument("--out", help="JSON path (default: print the JSON)")
+    parser.add_argument("--device", default="cpu")
+    parser.set_defaults(func=run_tokens_command)
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Adds ``eval`` with its ``seedtts``, ``failures`` and ``tokens`` subcommands to the ``e2e-tts`` parser."""
+    parser = subparsers.add_parser("eval", help="evaluate: Seed-TTS-Eval, failure rate, token statistics")
+    commands = parser.add_subparsers(title="evaluations", dest="eval_command", metavar="EVALUATION")
+    _add_seedtts(commands)
+    _add_failures(commands)
+    _add_tokens(commands)
+
+    def print_usage(_: argparse.Namespace) -> int:
+        parser.print_help()
+        return 2
+
+    parser.set_defaults(func=print_usage)
