@@ -26,7 +26,7 @@ import socket
 from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -176,12 +176,18 @@ class TrainingEngine:
         optim: optimizer and schedule.
         config: engine settings.
         dist: from :func:`setup_distributed`.
+        external_parameters: (module, parameter) pairs where a module reads a parameter it does not own.
     """
 
-    def __init__(self, model: torch.nn.Module, optim: OptimConfig, config: EngineConfig, dist: DistInfo):
+    def __init__(self, model: torch.nn.Module, optim: OptimConfig, config: EngineConfig, dist: DistInfo,
+                 external_parameters: Sequence[tuple[torch.nn.Module, torch.nn.Parameter]] = ()):
         import deepspeed
 
         self.config, self.dist = config, dist
+        if config.zero_stage == 3:
+            # ZeRO-3 gathers only a module's own parameters around its forward (see TTSSystem.external_parameters).
+            for module, param in external_parameters:
+                deepspeed.zero.register_external_parameter(module, param)
         precision = config.precision
         if precision == "auto":
             precision = "bf16" if dist.device.type == "cuda" else "fp32"
@@ -250,7 +256,9 @@ class TrainingEngine:
         """Keeps the newest ``keep_last`` complete checkpoints (and never the one ``latest`` names)."""
         latest = (directory / LATEST).read_text().strip()
         tags = sorted(p.name for p in directory.glob("step_*") if p.is_dir())
-        keep = set(tags[-self.config.keep_last:]) | {latest}
+        # After the barrier an incomplete directory is debris of a killed save: it must not take a kept slot.
+        complete = [tag for tag in tags if (directory / tag / COMPLETE).is_file()]
+        keep = set(complete[-self.config.keep_last:]) | {latest}
         for tag in tags:
             if tag not in keep:
                 shutil.rmtree(directory / tag, ignore_errors=True)

@@ -76,12 +76,8 @@ def train(config: Any) -> Path:
     torch.manual_seed(config.seed)  # identical initial weights on every rank
     system = build_system(config)
     objective = build_objective(to_object(stage), system)
-    if config.engine.zero_stage == 3:
-        import deepspeed
-
-        for module, param in system.external_parameters():
-            deepspeed.zero.register_external_parameter(module, param)
-    engine = TrainingEngine(objective, to_object(stage.optim), to_object(config.engine), dist)
+    engine = TrainingEngine(objective, to_object(stage.optim), to_object(config.engine), dist,
+                            system.external_parameters())
     loader = SpeechDataLoader(to_object(config.data), to_object(config.audio), system.text_tokenizer,
                               dist.rank, dist.world_size)
     torch.manual_seed(config.seed + 1000 * dist.rank)  # dropout/noise differ per rank, reproducibly

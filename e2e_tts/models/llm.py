@@ -89,8 +89,11 @@ PRESETS: dict[str, LLMConfig] = {
 
 
 @dataclass
-class LLMOutput:
+class LLMOutput(transformers.utils.ModelOutput):
     """What :meth:`SpeechLLM.forward` returns, on the prediction positions ``0 .. S``.
+
+    A ``ModelOutput`` (a dict underneath) so that DeepSpeed ZeRO-3 finds the tensors and fires the LLM's
+    backward hooks; a plain dataclass hides them and the output head's weight stays partitioned.
 
     Attributes:
         logits: ``(B, S + 1, V + 1)``; position ``s < S_b`` predicts speech token ``s``, position ``S_b``
@@ -101,10 +104,10 @@ class LLMOutput:
         hidden: ``(B, S + 1, H)`` final hidden states that produced the logits.
     """
 
-    logits: torch.Tensor
-    mask: torch.Tensor
-    targets: Optional[torch.Tensor]
-    hidden: torch.Tensor
+    logits: Optional[torch.Tensor] = None
+    mask: Optional[torch.Tensor] = None
+    targets: Optional[torch.Tensor] = None
+    hidden: Optional[torch.Tensor] = None
 
 
 def _hf_classes(architecture: str) -> tuple[type, type]:
