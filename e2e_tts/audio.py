@@ -129,16 +129,12 @@ def mel_filterbank(sample_rate: int, n_fft: int, n_mels: int, f_min: float = 0.0
     """Slaney-style (HTK mel scale, area-normalised) triangular filters ``(n_mels, n_fft // 2 + 1)``."""
     f_max = f_max or sample_rate / 2
 
-    def hz_to_mel(f: torch.Tensor) -> torch.Tensor:
-        return 2595.0 * torch.log10(1.0 + f / 700.0)
-
-    def mel_to_hz(m: torch.Tensor) -> torch.Tensor:
-        return 700.0 * (10 ** (m / 2595.0) - 1.0)
+    def hz_to_mel(f: float) -> float:  # plain floats: the filterbank must also build on the meta device
+        return 2595.0 * math.log10(1.0 + f / 700.0)
 
     fft_freqs = torch.linspace(0, sample_rate / 2, n_fft // 2 + 1, dtype=torch.float64)
-    mel_points = torch.linspace(float(hz_to_mel(torch.tensor(f_min))), float(hz_to_mel(torch.tensor(f_max))),
-                                n_mels + 2, dtype=torch.float64)
-    hz_points = mel_to_hz(mel_points)
+    mel_points = torch.linspace(hz_to_mel(f_min), hz_to_mel(f_max), n_mels + 2, dtype=torch.float64)
+    hz_points = 700.0 * (10 ** (mel_points / 2595.0) - 1.0)
     lower, centre, upper = hz_points[:-2, None], hz_points[1:-1, None], hz_points[2:, None]
     up = (fft_freqs[None, :] - lower) / (centre - lower)
     down = (upper - fft_freqs[None, :]) / (upper - centre)

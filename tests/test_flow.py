@@ -19,14 +19,6 @@ N_MELS = 16
 SMALL = FlowConfig(dim=32, depth=2, heads=2, n_mels=N_MELS)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def single_thread():
-    """These models are small: one thread is as fast alone and ~10x faster on a loaded 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 @pytest.fixture(scope="module")
 def codebook() -> torch.Tensor:

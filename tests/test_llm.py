@@ -20,14 +20,6 @@ SPEECH_VOCAB = CODEBOOK.shape[0]
 LAYOUT = TokenLayout(TEXT_VOCAB, SPEECH_VOCAB)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Small matmuls on a shared 2-core machine are far faster single-threaded than with spinning threads.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
 
 @pytest.fixture(scope="module")
 def model():

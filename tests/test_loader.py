@@ -31,15 +31,6 @@ def tone(seconds, freq=200.0, rate=16000):
     return (0.3 * np.sin(2 * np.pi * freq * t)).astype(np.float32)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Loaders with num_workers=0 featurize in this process: on a loaded 2-core machine, torch's intra-op threads
-    make each small STFT ~10x slower (data-loader workers already run with one thread)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory):

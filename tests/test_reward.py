@@ -19,14 +19,6 @@ CODEBOOK = FSQ(levels=[3] * 4).indices_to_codes(torch.arange(81))  # (81, 4)
 SPEECH_VOCAB = CODEBOOK.shape[0]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """These tensors are tiny: on a shared 2-core machine, syncing intra-op threads costs far more than it saves."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def make_model(**overrides) -> RewardModel:
     torch.manual_seed(0)

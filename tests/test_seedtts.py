@@ -26,6 +26,7 @@ from e2e_tts.eval.seedtts import (evaluate, official_tsv_lines, run_seedtts, syn
 from e2e_tts.eval.wer import EmptyReferenceError  # noqa: E402
 from e2e_tts.system import TTSSystem  # noqa: E402
 from e2e_tts.text import ByteTokenizer  # noqa: E402
+from tiny_models import MICRO_MODEL_OVERRIDES  # noqa: E402
 
 SYNTH_RATE, PROMPT_RATE = 16000, 24000
 
@@ -228,29 +229,15 @@ def run_cli(argv):
     return args.func(args)
 
 
-OVERRIDES = [  # the tiny preset shrunk to width 32, one block per stack, 2 ODE steps
-    "text.tokenizer=bytes", "text.max_chars=60",
-    "model.tokenizer.dim=32", "model.tokenizer.depth=1", "model.tokenizer.heads=2", "model.tokenizer.levels=[5,5,5]",
-    "model.llm.hidden_size=32", "model.llm.num_layers=1", "model.llm.num_heads=2", "model.llm.num_kv_heads=1",
-    "model.llm.intermediate_size=64", "model.llm.max_position_embeddings=512",
-    "model.flow.dim=32", "model.flow.depth=1", "model.flow.heads=2", "model.flow.upsample_conv_layers=1",
-    "model.flow.nfe=2",
-    "model.reward.encoder_dim=32", "model.reward.encoder_depth=1", "model.reward.encoder_heads=2",
-    "model.reward.decoder_dim=32", "model.reward.decoder_depth=1", "model.reward.decoder_heads=2",
-    "model.reward.max_text_length=24",
-    "model.vocoder.dim=16", "model.vocoder.intermediate_dim=32", "model.vocoder.num_blocks=1",
-]
+OVERRIDES = MICRO_MODEL_OVERRIDES + ["text.max_chars=60"]
 
 
 @pytest.fixture(scope="module")
 def export(tmp_path_factory):
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
     config = load_config(overrides=OVERRIDES)
     torch.manual_seed(0)
     system = TTSSystem(to_object(config.model), ByteTokenizer(), ["alice"])
-    yield system.export(tmp_path_factory.mktemp("export"), config)
-    torch.set_num_threads(previous)
+    return system.export(tmp_path_factory.mktemp("export"), config)
 
 
 def test_seedtts_command_synthesises_missing_wavs_grouped_by_prompt(export, tmp_path, capsys):

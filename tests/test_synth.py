@@ -19,30 +19,12 @@ from e2e_tts.synth import (CandidateScore, SynthesisConfig, Synthesizer, choose_
                            register)
 from e2e_tts.text import ByteTokenizer, PhonemeTokenizer  # noqa: E402
 from e2e_tts.vocab import EOS_ID  # noqa: E402
+from tiny_models import MICRO_MODEL_OVERRIDES  # noqa: E402
 
-# The tiny preset shrunk to width 32 and one block per stack; 2 ODE steps.
-OVERRIDES = [
-    "text.tokenizer=bytes",
-    "model.tokenizer.dim=32", "model.tokenizer.depth=1", "model.tokenizer.heads=2", "model.tokenizer.levels=[5,5,5]",
-    "model.llm.hidden_size=32", "model.llm.num_layers=1", "model.llm.num_heads=2", "model.llm.num_kv_heads=1",
-    "model.llm.intermediate_size=64", "model.llm.max_position_embeddings=512",
-    "model.flow.dim=32", "model.flow.depth=1", "model.flow.heads=2", "model.flow.upsample_conv_layers=1",
-    "model.flow.nfe=2",
-    "model.reward.encoder_dim=32", "model.reward.encoder_depth=1", "model.reward.encoder_heads=2",
-    "model.reward.decoder_dim=32", "model.reward.decoder_depth=1", "model.reward.decoder_heads=2",
-    "model.reward.max_text_length=24",
-    "model.vocoder.dim=16", "model.vocoder.intermediate_dim=32", "model.vocoder.num_blocks=1",
-]
+OVERRIDES = MICRO_MODEL_OVERRIDES
 FAST = dict(max_len_ratio=1.5, batch_size=4)
 SAMPLES_PER_TOKEN = 2 * 320  # token_mel_ratio x hop_length
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 @pytest.fixture(scope="module")

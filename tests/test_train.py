@@ -19,20 +19,12 @@ from e2e_tts.config import load_config
 from e2e_tts.data.manifest import ManifestEntry
 from e2e_tts.data.shards import write_shards
 from e2e_tts.train import train
+from tiny_models import MICRO_MODEL_OVERRIDES
 
 REPO = Path(__file__).resolve().parents[1]
-MICRO = [  # every module a few thousand parameters: these tests check the loop, not learning
-    "text.tokenizer=bytes",
-    "model.tokenizer.dim=32", "model.tokenizer.depth=1", "model.tokenizer.heads=2",
-    "model.llm.hidden_size=32", "model.llm.num_layers=1", "model.llm.num_heads=2", "model.llm.num_kv_heads=1",
-    "model.llm.intermediate_size=64",
-    "model.flow.dim=32", "model.flow.depth=1", "model.flow.heads=2",
-    "model.reward.encoder_dim=32", "model.reward.encoder_depth=1", "model.reward.encoder_heads=2",
-    "model.reward.decoder_dim=32", "model.reward.decoder_depth=1", "model.reward.decoder_heads=2",
-    "model.vocoder.dim=16", "model.vocoder.intermediate_dim=32", "model.vocoder.num_blocks=1",
+MICRO = MICRO_MODEL_OVERRIDES + [  # these tests check the loop, not learning
     "data.max_frames=300", "data.max_duration=2.0", "data.max_samples=3", "data.num_workers=0",
-    "data.shuffle_buffer=8",
-    "data.sort_buffer=6",
+    "data.shuffle_buffer=8", "data.sort_buffer=6",
     "engine.log_every=1", "engine.progress_bar=false", "engine.tensorboard=false",
 ]
 
