@@ -333,14 +333,24 @@ class Synthesizer:
             audio = resample(audio, sample_rate or self.sample_rate, self.sample_rate)
         if not np.isfinite(audio).all():
             raise ValueError("prompt audio contains NaN or Inf")
+        speech_ids, mel = self.tokenize_audio(audio)
+        return Prompt(text_ids=text_ids, speech_ids=speech_ids, mel=mel)
+
+    def tokenize_audio(self, audio: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """Speech ids of one utterance at the model rate: ``(N,)`` -> ids ``(T,)`` (CPU) and the log-mel
+        ``(T * frames_per_token, n_mels)`` they cover (on the model's device).
+
+        Raises:
+            ValueError: audio shorter than one speech token.
+        """
         if len(audio) < self.min_samples:
-            raise ValueError(f"prompt audio has {len(audio)} samples at {self.sample_rate} Hz, fewer than one speech "
+            raise ValueError(f"audio has {len(audio)} samples at {self.sample_rate} Hz, fewer than one speech "
                              f"token needs ({self.min_samples})")
         with torch.inference_mode():
             mel = self.mel(torch.from_numpy(audio).to(self.device))  # (1, T, n_mels)
             ids, _ = self.system.tokenizer.encode(mel, torch.ones(mel.shape[:2], dtype=torch.bool, device=self.device))
         frames = ids.shape[1] * self.system.tokenizer.config.frames_per_token
-        return Prompt(text_ids=text_ids, speech_ids=ids[0].cpu(), mel=mel[0, :frames])
+        return ids[0].cpu(), mel[0, :frames]
 
     # ---- synthesis --------------------------------------------------------------------------------------------
 

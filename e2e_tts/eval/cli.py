@@ -15,8 +15,6 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
-import torch
-
 from e2e_tts.audio import AudioRejected, load_audio
 from e2e_tts.data.manifest import ManifestEntry, read_manifest, read_seedtts_meta
 from e2e_tts.eval.asr import ASRBackend, build_asr, parse_asr_spec
@@ -246,21 +244,14 @@ def measure_token_statistics(synthesizer: Synthesizer, entries: Sequence[Manifes
     Raises:
         ValueError: when no utterance gives a token.
     """
-    tokenizer, device = synthesizer.system.tokenizer, synthesizer.device
+    tokenizer = synthesizer.system.tokenizer
     sequences, skipped = [], {}
     for entry in entries:
         try:
             audio, _ = load_audio(entry.audio, synthesizer.sample_rate)
-        except AudioRejected as err:
+            sequences.append(synthesizer.tokenize_audio(audio)[0])
+        except (AudioRejected, ValueError) as err:
             skipped[entry.id] = str(err)
-            continue
-        if len(audio) < synthesizer.min_samples:
-            skipped[entry.id] = f"{len(audio)} samples, fewer than one token needs ({synthesizer.min_samples})"
-            continue
-        with torch.inference_mode():
-            mel = synthesizer.mel(torch.from_numpy(audio).to(device))  # (1, T, n_mels)
-            ids, mask = tokenizer.encode(mel, torch.ones(mel.shape[:2], dtype=torch.bool, device=device))
-        sequences.append(ids[0, mask[0]].cpu())
     if not sequences:
         raise ValueError(f"no utterance gave a speech token ({len(skipped)} skipped: {skipped})")
     audio_config = synthesizer.audio_config
