@@ -1,0 +1,178 @@
+"""TTSSystem and the objectives across modules: where gradients go, what stays frozen, export round trip."""
+
+import dataclasses
+import shutil
+import subprocess
+
+import pytest
+import torch
+
+from e2e_tts.audio import AudioConfig, MelSpectrogram, load_audio
+from e2e_tts.config import load_config, model_preset
+from e2e_tts.objectives.e2e import EndToEndObjective
+from e2e_tts.objectives.multitask import MultiTaskObjective
+from e2e_tts.stage import GumbelConfig, StageConfig
+from e2e_tts.system import MODULES, TTSSystem
+from e2e_tts.text import ByteTokenizer
+
+
+def small_models():
+    models = model_preset("tiny")
+    return dataclasses.replace(
+        models,
+        tokenizer=dataclasses.replace(models.tokenizer, dim=48, depth=2, heads=2),
+        llm=dataclasses.replace(models.llm, hidden_size=48, num_layers=2, num_heads=2, num_kv_heads=1,
+                                intermediate_size=96),
+        flow=dataclasses.replace(models.flow, dim=48, depth=2, heads=2),
+        reward=dataclasses.replace(models.reward, encoder_dim=48, encoder_depth=2, encoder_heads=2, decoder_dim=48,
+                                   decoder_depth=1, decoder_heads=2, dropout=0.0),
+        vocoder=dataclasses.replace(models.vocoder, dim=16, intermediate_dim=32, num_blocks=1))
+
+
+def make_batch(batch_size=3, frames=40, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    lengths = torch.tensor([frames, frames - 6, frames - 11])[:batch_size]
+    mel = torch.randn(batch_size, frames, 80, generator=gen) * 2 - 5
+    mel_mask = torch.arange(frames)[None] < lengths[:, None]
+    text_lengths = torch.tensor([9, 7, 5])[:batch_size]
+    text_ids = torch.randint(0, 256, (batch_size, 9), generator=gen)
+    text_mask = torch.arange(9)[None] < text_lengths[:, None]
+    return {"mel": mel, "mel_mask": mel_mask, "text_ids": text_ids, "text_mask": text_mask,
+            "speaker": ["a", "b", "a"][:batch_size]}
+
+
+@pytest.fixture
+def system():
+    torch.manual_seed(0)
+    return TTSSystem(small_models(), ByteTokenizer(), speakers=["a", "b"])
+
+
+def grads_of(module):
+    return [p.grad for p in module.parameters() if p.requires_grad]
+
+
+@pytest.mark.parametrize("consumer", ["llm", "flow", "reward"])
+def test_joint_stage_gradients_reach_the_tokenizer_from_each_consumer(system, consumer):
+    stage = StageConfig(trainable=["tokenizer", consumer], loss_weights={consumer: 1.0})
+    loss, _ = MultiTaskObjective(system, stage)(make_batch())
+    loss.backward()
+    encoder_grads = [g for g in grads_of(system.tokenizer) if g is not None]
+    assert encoder_grads and any(g.abs().sum() > 0 for g in encoder_grads)
+
+
+def test_separate_stage_never_touches_the_frozen_tokenizer(system):
+    system.set_trainable(["llm", "flow", "reward"])
+    stage = StageConfig(trainable=["llm", "flow", "reward"], loss_weights={"llm": 1.0, "flow": 1.0, "reward": 1.0})
+    objective = MultiTaskObjective(system, stage).train()
+    assert not system.tokenizer.training and system.llm.training
+    loss, _ = objective(make_batch())
+    loss.backward()
+    assert all(p.grad is None and not p.requires_grad for p in system.tokenizer.parameters())
+
+
+@pytest.mark.parametrize("loss_name", ["flow", "asr", "speaker"])
+def test_e2e_stage_llm_learns_through_each_frozen_consumer(system, loss_name):
+    system.set_trainable(["llm"])
+    stage = StageConfig(name="e2e", objective="e2e", trainable=["llm"], loss_weights={loss_name: 1.0}, kl_beta=0.0,
+                        gumbel=GumbelConfig(tau_start=1.0, tau_end=1.0, hard=True))
+    objective = EndToEndObjective(system, stage).train()
+    frozen_before = {name: [p.detach().clone() for p in getattr(system, name).parameters()]
+                     for name in ("tokenizer", "flow", "reward")}
+    loss, metrics = objective(make_batch())
+    loss.backward()
+    llm_grads = [g for g in grads_of(system.llm) if g is not None]
+    assert llm_grads and sum(float(g.abs().sum()) for g in llm_grads) > 0, metrics
+    for name in ("tokenizer", "flow", "reward"):
+        module = getattr(system, name)
+        assert all(p.grad is None for p in module.parameters())
+        assert all(torch.equal(a, b) for a, b in zip(frozen_before[name], module.parameters()))
+        assert not module.training
+
+
+def test_e2e_kl_is_zero_at_the_start_and_reference_is_frozen(system):
+    system.set_trainable(["llm"])
+    stage = StageConfig(name="e2e", objective="e2e", trainable=["llm"], loss_weights={"flow": 1.0}, kl_beta=0.1)
+    objective = EndToEndObjective(system, stage).train()
+    _, metrics = objective(make_batch())
+    assert metrics["kl"] == pytest.approx(0.0, abs=1e-6)  # the reference starts as a copy of the policy
+    assert all(not p.requires_grad for p in objective.reference.parameters())
+
+
+def test_stage_specs_with_inconsistent_weights_are_refused(system):
+    with pytest.raises(ValueError, match="frozen"):
+        MultiTaskObjective(system, StageConfig(trainable=["llm"], loss_weights={"llm": 1.0, "flow": 1.0}))
+    with pytest.raises(ValueError, match="no non-zero loss weight"):
+        MultiTaskObjective(system, StageConfig(trainable=["llm", "flow"], loss_weights={"llm": 1.0}))
+    with pytest.raises(ValueError, match="LLM only"):
+        EndToEndObjective(system, StageConfig(objective="e2e", trainable=["llm", "flow"], loss_weights={"flow": 1}))
+    with pytest.raises(ValueError, match="unknown module"):
+        system.set_trainable(["decoder"])
+
+
+def test_export_round_trip(system, tmp_path):
+    config = load_config(overrides=["text.tokenizer=bytes"])
+    system.export(tmp_path, config)
+    assert sorted(p.name for p in tmp_path.glob("*.safetensors")) == sorted(f"{m}.safetensors" for m in MODULES)
+    # the export's config describes the shrunk models: rebuild from the same dataclasses instead
+    rebuilt = TTSSystem(small_models(), ByteTokenizer(), speakers=["a", "b"])
+    rebuilt.load_modules(tmp_path)
+    for (name, a), (_, b) in zip(system.state_dict().items(), rebuilt.state_dict().items()):
+        assert torch.equal(a, b), name
+    (tmp_path / "flow.safetensors").unlink()
+    with pytest.raises(FileNotFoundError, match="flow.safetensors"):
+        rebuilt.load_modules(tmp_path)
+
+
+def test_speaker_ids_mark_unknown_speakers(system):
+    assert system.speaker_ids(["b", "zzz", "a"], torch.device("cpu")).tolist() == [1, -1, 0]
+
+
+def flite_mels(tmp_path, sentences):
+    config = AudioConfig()
+    mel_fn = MelSpectrogram(config)
+    mels = []
+    for i, text in enumerate(sentences):
+        path = tmp_path / f"{i}.wav"
+        subprocess.run(["flite", "-voice", "rms", "-t", text, "-o", str(path)], check=True)
+        wav, _ = load_audio(path, config.sample_rate)
+        mels.append(mel_fn(torch.from_numpy(wav))[0])
+    frames = max(m.shape[0] for m in mels) // 2 * 2
+    batch = torch.full((len(mels), frames, 80), -11.5)
+    mask = torch.zeros(len(mels), frames, dtype=torch.bool)
+    for i, m in enumerate(mels):
+        n = min(frames, m.shape[0]) // 2 * 2
+        batch[i, :n], mask[i, :n] = m[:n], True
+    return batch, mask
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("flite") is None, reason="Debian flite is not installed")
+def test_tokenizer_and_flow_overfit_real_utterances(tmp_path):
+    """Joint tokenizer + flow on three real utterances: the mel sampled from the learnt tokens approaches the target."""
+    torch.manual_seed(0)
+    mel, mask = flite_mels(tmp_path, ["Open the door.", "It was a cold day.", "She sold the house."])
+    models = small_models()
+    models = dataclasses.replace(
+        models, tokenizer=dataclasses.replace(models.tokenizer, dim=64, depth=2),
+        flow=dataclasses.replace(models.flow, dim=128, depth=3, heads=4, cfg_dropout=0.0))
+    system = TTSSystem(models, ByteTokenizer(), speakers=["rms"])
+    system.set_trainable(["tokenizer", "flow"])
+    objective = MultiTaskObjective(system, StageConfig(trainable=["tokenizer", "flow"], loss_weights={"flow": 1.0}))
+    objective.train()
+    optimizer = torch.optim.AdamW([p for p in objective.parameters() if p.requires_grad], lr=2e-3)
+    batch = {"mel": mel, "mel_mask": mask, "text_ids": torch.zeros(3, 1, dtype=torch.long),
+             "text_mask": torch.ones(3, 1, dtype=torch.bool), "speaker": ["rms"] * 3}
+    for _ in range(250):
+        loss, _ = objective(batch)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    system.eval()
+    with torch.no_grad():
+        tokens = system.tokenizer(mel, mask)
+        sampled, sampled_mask = system.flow.sample(tokens.ids, tokens.mask, system.codebook(), nfe=10,
+                                                   cfg_strength=0.0, generator=torch.Generator().manual_seed(0))
+    valid = mask[:, :sampled.shape[1]] & sampled_mask
+    error = (sampled - mel[:, :sampled.shape[1]]).abs()[valid].mean()
+    baseline = (mel[mask].mean(0) - mel[mask]).abs().mean()  # predicting the average frame
+    assert error < 0.5 * baseline, (float(error), float(baseline))
