@@ -17,6 +17,7 @@ What it does, in order:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import sys
@@ -68,6 +69,16 @@ def build_system(config: Any) -> TTSSystem:
     return system
 
 
+def data_config(config: Any, system: TTSSystem) -> Any:
+    """The data settings, with texts longer than the reward model accepts filtered (and counted) by the loader
+    instead of failing a training step."""
+    data = to_object(config.data)
+    limit = system.reward.config.max_text_length
+    if data.max_text_length is None or data.max_text_length > limit:
+        data = dataclasses.replace(data, max_text_length=limit)
+    return data
+
+
 def train(config: Any) -> Path:
     """Runs (or resumes) one stage; returns its export directory."""
     dist = setup_distributed(config.engine.backend)
@@ -78,7 +89,7 @@ def train(config: Any) -> Path:
     objective = build_objective(to_object(stage), system)
     engine = TrainingEngine(objective, to_object(stage.optim), to_object(config.engine), dist,
                             system.external_parameters())
-    loader = SpeechDataLoader(to_object(config.data), to_object(config.audio), system.text_tokenizer,
+    loader = SpeechDataLoader(data_config(config, system), to_object(config.audio), system.text_tokenizer,
                               dist.rank, dist.world_size)
     torch.manual_seed(config.seed + 1000 * dist.rank)  # dropout/noise differ per rank, reproducibly
     if dist.rank == 0:

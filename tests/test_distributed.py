@@ -33,13 +33,13 @@ import soundfile as sf
 import torch
 
 from distributed_worker import weights_path
+from shared import child_env
 
 WORKER = Path(__file__).with_name("distributed_worker.py")
 BIN = Path(sys.executable).parent  # torchrun and deepspeed live beside the interpreter
 STEPS = 3
 STEPS_PER_EPOCH = 4
 DEADLINE_S = 300  # per launch, from the common start; measured 60-120 s each, all together, on a loaded 2-core machine
-LAUNCHER_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 
 pytestmark = pytest.mark.slow
 
@@ -48,13 +48,6 @@ def free_port() -> int:
     with closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
-
-
-def child_env() -> dict[str, str]:
-    """This environment without a launcher's variables (test_engine.py may have set them in this process)."""
-    env = {k: v for k, v in os.environ.items() if k not in LAUNCHER_ENV}
-    env.update(OMP_NUM_THREADS="1", DS_ACCELERATOR="cpu", HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
-    return env
 
 
 def launch_commands(name: str, worker_args: list[str]) -> list[list[str]]:
@@ -87,7 +80,8 @@ class Launch:
         for command, log in zip(launch_commands(name, [*worker_args, "--out", str(self.out)]), self.logs):
             with open(log, "w") as handle:  # the child keeps its own descriptor
                 self.processes.append(subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT,
-                                                       env=child_env(), start_new_session=True))
+                                                       env=child_env(HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1"),
+                                                       start_new_session=True))
         self.seconds = None
 
     def result(self) -> dict:

@@ -293,6 +293,8 @@ def test_duration_and_text_filters_count_what_they_drop(shards):
 
 
 def test_rank_comes_from_arguments_or_environment(monkeypatch):
+    # Other tests may have started a process group in this process; the environment is the fallback without one.
+    monkeypatch.setattr(torch.distributed, "is_initialized", lambda: False)
     monkeypatch.setenv("RANK", "3")
     monkeypatch.setenv("WORLD_SIZE", "4")
     assert resolve_rank() == (3, 4)

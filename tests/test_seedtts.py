@@ -26,7 +26,7 @@ from e2e_tts.eval.seedtts import (evaluate, official_tsv_lines, run_seedtts, syn
 from e2e_tts.eval.wer import EmptyReferenceError  # noqa: E402
 from e2e_tts.system import TTSSystem  # noqa: E402
 from e2e_tts.text import ByteTokenizer  # noqa: E402
-from tiny_models import MICRO_MODEL_OVERRIDES  # noqa: E402
+from shared import MICRO_MODEL_OVERRIDES  # noqa: E402
 
 SYNTH_RATE, PROMPT_RATE = 16000, 24000
 

@@ -19,7 +19,7 @@ from e2e_tts.synth import (CandidateScore, SynthesisConfig, Synthesizer, choose_
                            register)
 from e2e_tts.text import ByteTokenizer, PhonemeTokenizer  # noqa: E402
 from e2e_tts.vocab import EOS_ID  # noqa: E402
-from tiny_models import MICRO_MODEL_OVERRIDES  # noqa: E402
+from shared import MICRO_MODEL_OVERRIDES  # noqa: E402
 
 OVERRIDES = MICRO_MODEL_OVERRIDES
 FAST = dict(max_len_ratio=1.5, batch_size=4)

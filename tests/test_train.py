@@ -19,11 +19,11 @@ from e2e_tts.config import load_config
 from e2e_tts.data.manifest import ManifestEntry
 from e2e_tts.data.shards import write_shards
 from e2e_tts.train import train
-from tiny_models import MICRO_MODEL_OVERRIDES
+from shared import MICRO_MODEL_OVERRIDES, child_env
 
 REPO = Path(__file__).resolve().parents[1]
 MICRO = MICRO_MODEL_OVERRIDES + [  # these tests check the loop, not learning
-    "data.max_frames=300", "data.max_duration=2.0", "data.max_samples=3", "data.num_workers=0",
+    "model.reward.max_text_length=64", "data.max_frames=300", "data.max_duration=2.0", "data.max_samples=3", "data.num_workers=0",
     "data.shuffle_buffer=8", "data.sort_buffer=6",
     "engine.log_every=1", "engine.progress_bar=false", "engine.tensorboard=false",
 ]
@@ -113,10 +113,7 @@ def test_separate_and_e2e_train_only_their_modules(shards, joint_export, tmp_pat
 
 def launch(config_path: Path, prelude: str = "") -> subprocess.Popen:
     code = f"{prelude}\nfrom e2e_tts.train import main\nraise SystemExit(main(['-c', {str(config_path)!r}]))"
-    env = dict(os.environ, OMP_NUM_THREADS="1", DS_ACCELERATOR="cpu")
-    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-        env.pop(key, None)  # the child is a lone process and picks its own port
-    return subprocess.Popen([sys.executable, "-c", code], cwd=REPO, env=env, stdout=subprocess.PIPE,
+    return subprocess.Popen([sys.executable, "-c", code], cwd=REPO, env=child_env(), stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
 
 

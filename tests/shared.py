@@ -1,6 +1,20 @@
-"""Shared by the tests: module sizes small enough that a whole system builds and steps in well under a second."""
+"""Shared by the tests: micro model sizes and a clean environment for child processes."""
 
-# The tiny preset shrunk to width 32 and one block per stack; 2 ODE steps.
+import os
+
+LAUNCHER_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+
+
+def child_env(**extra: str) -> dict[str, str]:
+    """This process's environment without the launcher variables that an in-process ``setup_distributed`` left
+    behind (a child would otherwise try to join or bind this process's rendezvous port), plus ``extra``."""
+    env = {k: v for k, v in os.environ.items() if k not in LAUNCHER_VARIABLES}
+    env.update(OMP_NUM_THREADS="1", DS_ACCELERATOR="cpu", **extra)
+    return env
+
+
+# Module sizes small enough that a whole system builds and steps in well under a second: the tiny preset
+# shrunk to width 32 and one block per stack; 2 ODE steps.
 MICRO_MODEL_OVERRIDES = [
     "text.tokenizer=bytes",
     "model.tokenizer.dim=32", "model.tokenizer.depth=1", "model.tokenizer.heads=2", "model.tokenizer.levels=[5,5,5]",

@@ -1,0 +1,31 @@
+"""The tiny recipe end to end in quick mode: corpus, shards, every stage, synthesis, evaluation, report."""
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from shared import child_env
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("flite") is None, reason="Debian flite is not installed")
+def test_quick_recipe_runs_every_stage(tmp_path):
+    data, exp = tmp_path / "data", tmp_path / "exp"
+    run = subprocess.run(["bash", "recipes/tiny/run.sh", "--quick", "--data", str(data), "--exp", str(exp)],
+                         cwd=REPO, env=child_env(), capture_output=True, text=True, timeout=1200)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    out = Path(f"{exp}_quick_seed0")
+    for stage in ("joint", "separate", "e2e", "vocoder"):
+        metrics = [json.loads(line) for line in (out / stage / "metrics.jsonl").read_text().splitlines()]
+        assert metrics and all(m["loss"] == m["loss"] for m in metrics), stage  # logged, and not NaN
+        assert sorted(p.name for p in (out / stage / "export").glob("*.safetensors")) == [
+            "flow.safetensors", "llm.safetensors", "reward.safetensors", "tokenizer.safetensors",
+            "vocoder.safetensors"]
+    results = json.loads((out / "eval" / "results.json").read_text())
+    assert results["summary"]["num_items"] == results["summary"]["num_ok"] == 3  # synthesised and scored
+    assert (out / "eval" / "report" / "index.html").stat().st_size > 1000
+    assert "stage 7" in (out / "stage_times.txt").read_text()
