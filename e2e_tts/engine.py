@@ -26,7 +26,7 @@ import socket
 from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -147,6 +147,7 @@ def deepspeed_config(config: EngineConfig, world_size: int, use_bf16: bool) -> d
         "zero_optimization": zero,
         "bf16": {"enabled": use_bf16},
         "zero_allow_untested_optimizer": True,
+        "zero_force_ds_cpu_optimizer": False,  # offload works with the client AdamW (no cpu_adam build)
         "steps_per_print": 10**9,
         "wall_clock_breakdown": False,
     }
@@ -210,6 +211,11 @@ class TrainingEngine:
         return self.engine.global_steps
 
     @property
+    def dtype(self) -> torch.dtype:
+        """The dtype of the weights, which floating inputs must match."""
+        return torch.bfloat16 if self.precision == "bf16" else torch.float32
+
+    @property
     def lr(self) -> float:
         return self.optimizer.param_groups[0]["lr"]
 
@@ -258,7 +264,7 @@ class TrainingEngine:
         tags = sorted(p.name for p in directory.glob("step_*") if p.is_dir())
         # After the barrier an incomplete directory is debris of a killed save: it must not take a kept slot.
         complete = [tag for tag in tags if (directory / tag / COMPLETE).is_file()]
-        keep = set(complete[-self.config.keep_last:]) | {latest}
+        keep = set(complete[len(complete) - self.config.keep_last:]) | {latest}
         for tag in tags:
             if tag not in keep:
                 shutil.rmtree(directory / tag, ignore_errors=True)
@@ -305,10 +311,3 @@ def consolidated_state_dict(checkpoint_dir: str | Path, tag: str | None = None) 
     checkpoint_dir = Path(checkpoint_dir)
     tag = tag or (checkpoint_dir / LATEST).read_text().strip()
     return get_fp32_state_dict_from_zero_checkpoint(str(checkpoint_dir), tag=tag, exclude_frozen_parameters=False)
-
-
-def run_on_rank0(fn: Callable[[], Any], dist: DistInfo) -> None:
-    """Runs ``fn`` on rank 0 while the others wait."""
-    if dist.rank == 0:
-        fn()
-    torch.distributed.barrier()

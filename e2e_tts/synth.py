@@ -636,7 +636,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     defaults = SynthesisConfig()
     parser = subparsers.add_parser("synth", help="synthesise texts with an exported model (zero-shot, best-of-N)",
                                    description="Writes <out>/<id>.wav per text and <out>/synthesis.json.")
-    parser.add_argument("--model", required=True, help="export directory (written by training or export)")
+    parser.add_argument("--model", required=True, help="export directory (<stage output_dir>/export)")
     texts = parser.add_mutually_exclusive_group(required=True)
     texts.add_argument("--text", action="append", help="a text to say (repeatable; ids utt1, utt2, ...)")
     texts.add_argument("--texts", help="TSV file of 'id<TAB>text' lines")

@@ -16,6 +16,7 @@ from omegaconf import OmegaConf
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from e2e_tts.audio import AudioConfig
 from e2e_tts.models.flow import FlowDecoder
 from e2e_tts.models.llm import SpeechLLM
 from e2e_tts.models.reward import RewardModel
@@ -37,9 +38,12 @@ class TTSSystem(nn.Module):
             speaker count are derived here, so they cannot disagree with the tokenizer and the data.
         text_tokenizer: the text front-end; its vocabulary defines the text part of the LLM vocabulary.
         speakers: training speaker names, index = speaker label of the reward model's speaker head.
+        audio: the mel analysis the data uses (default: ``AudioConfig()``); the vocoder's own mel loss and
+            the consumers' ``n_mels`` must agree with it.
     """
 
-    def __init__(self, models: Any, text_tokenizer: TextTokenizer, speakers: Sequence[str]):
+    def __init__(self, models: Any, text_tokenizer: TextTokenizer, speakers: Sequence[str],
+                 audio: AudioConfig | None = None):
         super().__init__()
         self.text_tokenizer = text_tokenizer
         self.speakers = list(speakers)
@@ -51,7 +55,11 @@ class TTSSystem(nn.Module):
         self.reward = RewardModel(dataclasses.replace(models.reward, codebook_dim=code_dim,
                                                       num_speakers=len(self.speakers)),
                                   text_tokenizer.vocab_size)
-        self.vocoder = Vocoder(models.vocoder)
+        self.vocoder = Vocoder(models.vocoder, audio)
+        audio = audio or AudioConfig()
+        for name in ("tokenizer", "flow"):
+            if getattr(models, name).n_mels != audio.n_mels:
+                raise ValueError(f"model.{name}.n_mels={getattr(models, name).n_mels} but audio.n_mels={audio.n_mels}")
 
     def codebook(self) -> torch.Tensor:
         """The tokenizer's enumerated codebook ``(V, Dc)`` that every consumer embeds tokens with."""
@@ -131,6 +139,6 @@ class TTSSystem(nn.Module):
         directory = Path(directory)
         config = load_config([directory / CONFIG_FILE])
         system = cls(to_object(config.model), load_text_tokenizer(directory),
-                     json.loads((directory / SPEAKERS_FILE).read_text()))
+                     json.loads((directory / SPEAKERS_FILE).read_text()), to_object(config.audio))
         system.load_modules(directory)
         return system.to(map_location).eval(), config

@@ -1,7 +1,7 @@
 """The one training loop (``e2e-tts train``), driven by a stage spec.
 
     e2e-tts train -c recipes/tiny/config.yaml -c stages/joint.yaml output_dir=exp/tiny/joint
-    torchrun --nproc_per_node 2 -m e2e_tts.train -c ... (or: deepspeed --num_gpus 2 -m e2e_tts.train -c ...)
+    torchrun --nproc_per_node 2 -m e2e_tts.train -c ...  (or: deepspeed --num_gpus 2 --module e2e_tts.train -c ...)
 
 What it does, in order:
  1. start torch.distributed through DeepSpeed (a lone process becomes rank 0 of 1);
@@ -41,17 +41,25 @@ OBJECTIVE_PREFIX = "system."  # the system's keys inside the objective's state d
 
 
 def speakers_from_shards(sources: Sequence[str]) -> list[str]:
-    """Speaker names from the ``<prefix>.stats.json`` written beside each shard ``.list`` file."""
+    """Speaker names from the ``<prefix>.stats.json`` that ``e2e-tts shards`` writes beside each ``.list``.
+
+    Raises:
+        FileNotFoundError: a source has no stats file (the speaker head must know every training speaker).
+    """
     speakers: set[str] = set()
     for source in sources:
         stats = Path(source).with_suffix(".stats.json")
-        if source.endswith(".list") and stats.is_file():
-            speakers.update(json.loads(stats.read_text())["per_speaker"])
+        if not (source.endswith(".list") and stats.is_file()):
+            raise FileNotFoundError(f"no shard statistics for {source}: give data.shards as the .list files written "
+                                    f"by `e2e-tts shards` (their .stats.json names the speakers)")
+        speakers.update(json.loads(stats.read_text())["per_speaker"])
     return sorted(speakers)
 
 
-def move_to(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
-    return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+def move_to(batch: dict[str, Any], device: torch.device, dtype: torch.dtype) -> dict[str, Any]:
+    """Moves tensors to the device and floating ones to the weights' dtype (DeepSpeed bf16 casts weights only)."""
+    return {k: v.to(device, dtype=dtype if v.is_floating_point() else None, non_blocking=True)
+            if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
 
 def build_system(config: Any) -> TTSSystem:
@@ -60,11 +68,12 @@ def build_system(config: Any) -> TTSSystem:
     models = to_object(config.model)
     if stage.init_from:
         export = Path(stage.init_from)
-        system = TTSSystem(models, load_text_tokenizer(export), json.loads((export / SPEAKERS_FILE).read_text()))
+        system = TTSSystem(models, load_text_tokenizer(export), json.loads((export / SPEAKERS_FILE).read_text()),
+                           to_object(config.audio))
         system.load_modules(export)
     else:
         system = TTSSystem(models, build_text_tokenizer(to_object(config.text)),
-                           speakers_from_shards(list(config.data.shards)))
+                           speakers_from_shards(list(config.data.shards)), to_object(config.audio))
     system.set_trainable(list(stage.trainable))
     return system
 
@@ -117,7 +126,7 @@ def train(config: Any) -> Path:
     while engine.global_step < stage.max_steps:
         for batch in loader:
             objective.step = engine.global_step
-            _, metrics, updated = engine.train_step(move_to(batch, dist.device))
+            _, metrics, updated = engine.train_step(move_to(batch, dist.device, engine.dtype))
             samples_seen += len(batch["keys"])
             for key, value in metrics.items():
                 window.setdefault(key, []).append(value)

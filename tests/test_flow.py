@@ -191,7 +191,7 @@ def test_loss_is_invariant_to_padding_per_row(codebook):
 
 
 def test_draw_follows_the_config():
-    model = make_model()
+    model = make_model().train()
     frames = torch.full((4000,), 100)
     draws = model.draw(frames, 100, torch.Generator().manual_seed(0))
     again = model.draw(frames, 100, torch.Generator().manual_seed(0))
@@ -202,6 +202,9 @@ def test_draw_follows_the_config():
     assert (draws.prompt_frames <= 70).all()
     assert abs(with_prompt.float().mean().item() - (0.7 - 0.01)) < 0.03  # fractions under 1/100 floor to 0
     assert abs(draws.keep_condition.float().mean().item() - 0.8) < 0.03
+    frozen = model.eval().draw(frames, 100, torch.Generator().manual_seed(0))  # e.g. the e2e stage
+    assert not frozen.prompt_frames.any() and frozen.keep_condition.all()
+    assert torch.equal(frozen.noise, draws.noise) and torch.equal(frozen.time, draws.time)
 
 
 def test_mismatched_lengths_are_trimmed_up_to_one_token_then_rejected(codebook):

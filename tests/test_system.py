@@ -176,3 +176,37 @@ def test_tokenizer_and_flow_overfit_real_utterances(tmp_path):
     error = (sampled - mel[:, :sampled.shape[1]]).abs()[valid].mean()
     baseline = (mel[mask].mean(0) - mel[mask]).abs().mean()  # predicting the average frame
     assert error < 0.5 * baseline, (float(error), float(baseline))
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("flite") is None, reason="Debian flite is not installed")
+def test_reward_and_llm_overfit_the_tokens_of_real_utterances(tmp_path):
+    """On the tokenizer's ids of real speech, the reward model learns to transcribe it and the LLM to say it."""
+    torch.manual_seed(0)
+    texts = ["Open the door.", "It was a cold day.", "She sold the house."]
+    mel, mask = flite_mels(tmp_path, texts)
+    system = TTSSystem(small_models(), ByteTokenizer(), speakers=["rms"])
+    tokens = system.tokenizer.encode(mel, mask)
+    ids, token_mask = tokens
+    text_ids = [torch.tensor(list(t.encode())) for t in texts]
+    text_batch = torch.nn.utils.rnn.pad_sequence(text_ids, batch_first=True)
+    text_mask = torch.arange(text_batch.shape[1])[None] < torch.tensor([len(t) for t in text_ids])[:, None]
+    batch = {"mel": mel, "mel_mask": mask, "text_ids": text_batch, "text_mask": text_mask, "speaker": ["rms"] * 3}
+    system.set_trainable(["llm", "reward"])
+    objective = MultiTaskObjective(system, StageConfig(trainable=["llm", "reward"],
+                                                       loss_weights={"llm": 1.0, "reward": 1.0})).train()
+    optimizer = torch.optim.AdamW([p for p in objective.parameters() if p.requires_grad], lr=3e-3)
+    for _ in range(200):
+        loss, _ = objective(batch)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    system.eval()
+    transcripts = system.reward.transcribe_attention(ids, token_mask, system.codebook(), max_len=40)
+    assert [bytes(t).decode(errors="replace") for t in transcripts] == texts
+    generated = system.llm.generate(text_ids, system.codebook(), temperature=0.0, min_len_ratio=0.0,
+                                    max_len_ratio=10.0)
+    for row, (target, valid) in enumerate(zip(ids, token_mask)):
+        target = target[valid]
+        agreement = (generated[row][:len(target)] == target[:len(generated[row])]).float().mean()
+        assert len(generated[row]) == len(target) and agreement > 0.9, (row, float(agreement))

@@ -326,7 +326,7 @@ class FlowDecoder(nn.Module):
 
     def draw(self, frames: torch.Tensor, num_frames: int, generator: torch.Generator | None = None,
              dtype: torch.dtype = torch.float32) -> FlowMatchingDraws:
-        """Draws noise, time, prompt span and CFG dropout for a batch.
+        """Draws noise, time, prompt span and CFG dropout for a batch (no prompt, no dropout in eval mode).
 
         Args:
             frames: ``(B,)`` valid frames per row.
@@ -343,6 +343,10 @@ class FlowDecoder(nn.Module):
         has_prompt = uniform(batch) < cfg.prompt_probability
         prompt_frames = torch.where(has_prompt, (fraction * frames).long(), torch.zeros_like(frames))
         keep_condition = uniform(batch) >= cfg.cfg_dropout
+        if not self.training:
+            # Prompt spans and condition dropout train the flow for CFG and prompting; a frozen flow (the e2e
+            # stage) scores every frame, fully conditioned, so each row gives its upstream a gradient.
+            prompt_frames, keep_condition = torch.zeros_like(prompt_frames), torch.ones_like(keep_condition)
         return FlowMatchingDraws(noise, time, prompt_frames, keep_condition)
 
     def loss(self, mel: torch.Tensor, mel_mask: torch.Tensor, speech: torch.Tensor, speech_mask: torch.Tensor,

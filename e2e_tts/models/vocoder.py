@@ -12,14 +12,11 @@ Alignment: the mel analysis reflect-pads ``n_fft // 2`` samples on each side, so
 frames, frame ``t`` analysing the samples that predicted frame ``t`` synthesised. Requires ``hop <= n_fft // 2`` so
 that the last ``hop`` samples are covered by the last frame.
 
-Training (two optimizers, as in HiFi-GAN): per batch of equal-length crops ``wav (B, N)`` with ``mel = mel_fn(wav)``::
-
-    wav_hat = vocoder(mel)
-    if config.adversarial_at(step):          # discriminator step
-        d_loss = discriminator_step_loss(discriminators, wav, wav_hat); d_opt.zero_grad(); d_loss.backward(); ...
-    losses = generator_step_losses(vocoder, discriminators if config.adversarial_at(step) else None, mel, wav,
-                                   wav_hat=wav_hat)
-    g_opt.zero_grad(); losses["total"].backward(); g_opt.step()
+Training: per batch of equal-length crops ``wav (B, N)`` with ``mel = mel_fn(wav)``, the generator losses
+(:func:`generator_step_losses`) and, from ``config.adversarial_at(step)`` on, the discriminator loss
+(:func:`discriminator_step_loss`). Used alone they fit the classic two-optimizer loop; the project's vocoder
+stage (e2e_tts/objectives/vocoder.py) instead takes both in one optimizer step, keeping each network's GAN
+gradient apart by detaching.
 """
 
 from __future__ import annotations

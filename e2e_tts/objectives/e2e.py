@@ -38,6 +38,9 @@ class EndToEndObjective(nn.Module):
             raise ValueError(f"stage {stage.name!r}: unknown loss weight(s) {sorted(unknown)}; known: {LOSSES}")
         self.system = system
         self.weights = {k: float(w) for k, w in stage.loss_weights.items() if w != 0}
+        if "speaker" in self.weights and system.reward.config.num_speakers == 0:
+            raise ValueError(f"stage {stage.name!r}: a speaker loss needs the reward model's speaker head, which "
+                             f"this system has not (no training speakers)")
         self.kl_beta = stage.kl_beta
         self.gumbel = stage.gumbel
         self.reference = copy.deepcopy(system.llm).requires_grad_(False).eval() if stage.kl_beta > 0 else None
