@@ -7,9 +7,9 @@ Conditions, on the same utterances (a held-out split of the corpus):
   ground_truth   the flite audio itself
   griffin_lim    copy synthesis: ground-truth mel -> Griffin-Lim (no training)
   vocoder        copy synthesis: ground-truth mel -> the export's vocoder
-  flow_tokens    ground-truth audio -> the export's speech tokenizer -> flow decoding of those tokens (prompted,
-                 as in synthesis, by another utterance of the same voice) -> vocoder: the best the LLM could do
-                 if it predicted every token right
+  flow_tokens_*  ground-truth audio -> the export's speech tokenizer -> flow decoding of those tokens (prompted,
+                 as in synthesis, by another utterance of the same voice) -> vocoder or Griffin-Lim: the best
+                 the LLM could do if it predicted every token right
 Each is transcribed by ``--asr`` (default pocketsphinx) and scored with the Seed-TTS-Eval normaliser.
 """
 
@@ -47,7 +47,8 @@ def decode_conditions(synth: Synthesizer, wav: np.ndarray, prompt_wav: np.ndarra
         "ground_truth": wav,
         "griffin_lim": griffin_lim(mel, audio)[0].numpy(),
         "vocoder": system.vocoder(mel)[0].numpy(),
-        "flow_tokens": system.vocoder(sampled)[0].numpy(),
+        "flow_tokens_vocoder": system.vocoder(sampled)[0].numpy(),
+        "flow_tokens_griffin_lim": griffin_lim(sampled, audio)[0].numpy(),
     }
 
 

@@ -51,7 +51,7 @@ fi
 [[ $cascade == true ]] && exp=${exp}_cascade
 exp=${exp}_seed${seed}
 config=(-c recipes/tiny/config.yaml)
-common=(seed=$seed data.shards=[$data/shards/train.list] engine.progress_bar=$([[ -t 2 ]] && echo true || echo false))
+common=(seed=$seed data.seed=$seed data.shards=[$data/shards/train.list] engine.progress_bar=$([[ -t 2 ]] && echo true || echo false))
 
 train() {  # train NAME STEPS [overrides...]
   local name=$1 steps=$2; shift 2
