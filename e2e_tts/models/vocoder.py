@@ -244,6 +244,17 @@ class Vocoder(nn.Module):
         return wav
 
 
+def conv_stack(x: torch.Tensor, convs: nn.ModuleList, post: nn.Module) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """Leaky-ReLU conv layers then the output conv: returns flattened logits ``(B, L)`` and every feature map."""
+    features = []
+    for conv in convs:
+        x = F.leaky_relu(conv(x), 0.1)
+        features.append(x)
+    x = post(x)
+    features.append(x)
+    return x.flatten(1), features
+
+
 class PeriodDiscriminator(nn.Module):
     """HiFi-GAN sub-discriminator on the waveform folded by ``period``: ``(B, N)`` -> logits and feature maps."""
 
@@ -261,13 +272,7 @@ class PeriodDiscriminator(nn.Module):
         if remainder:
             wav = F.pad(wav[:, None], (0, self.period - remainder), mode="reflect")[:, 0]
         x = wav.reshape(wav.shape[0], 1, -1, self.period)
-        features = []
-        for conv in self.convs:
-            x = F.leaky_relu(conv(x), 0.1)
-            features.append(x)
-        x = self.post(x)
-        features.append(x)
-        return x.flatten(1), features
+        return conv_stack(x, self.convs, self.post)
 
 
 class MultiPeriodDiscriminator(nn.Module):
@@ -298,13 +303,7 @@ class ResolutionDiscriminator(nn.Module):
     def forward(self, wav: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         window = torch.hann_window(self.win_length, device=wav.device)
         x = stft(wav, self.n_fft, self.hop_length, window).abs().transpose(1, 2)[:, None]
-        features = []
-        for conv in self.convs:
-            x = F.leaky_relu(conv(x), 0.1)
-            features.append(x)
-        x = self.post(x)
-        features.append(x)
-        return x.flatten(1), features
+        return conv_stack(x, self.convs, self.post)
 
 
 class MultiResolutionDiscriminator(nn.Module):
