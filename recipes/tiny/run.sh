@@ -42,11 +42,11 @@ declare -A seconds
 
 # Sizes of the budget: full demo vs quick plumbing check.
 if $quick; then
-  sentences=120; joint_steps=4; separate_steps=4; e2e_steps=2; vocoder_steps=2; test_items=3
+  sentences=120; joint_steps=4; separate_steps=4; e2e_steps=2; vocoder_steps=2; test_items=3; shard_size=30
   exp=${exp}_quick; data=${data}_quick
 else
   # Sized to finish in about 30 minutes on 2 CPU cores (stage times in recipes/tiny/README.md).
-  sentences=2000; joint_steps=240; separate_steps=160; e2e_steps=40; vocoder_steps=120; test_items=50
+  sentences=2000; joint_steps=240; separate_steps=160; e2e_steps=40; vocoder_steps=120; test_items=50; shard_size=200
 fi
 [[ $cascade == true ]] && exp=${exp}_cascade
 exp=${exp}_seed${seed}
@@ -58,6 +58,8 @@ train() {  # train NAME STEPS [overrides...]
   local launcher=(e2e train)
   if [[ ${NPROC:-1} -gt 1 ]]; then
     launcher=(env OMP_NUM_THREADS=1 "$python" -m torch.distributed.run --nproc_per_node "$NPROC" -m e2e_tts.train)
+    # Fixed-length epochs on every rank: exact passes give ranks different batch counts and hang a collective.
+    set -- "$@" data.resampled=true data.steps_per_epoch=100
   fi
   "${launcher[@]}" "${config[@]}" -c "stages/$name.yaml" "${common[@]}" output_dir="$exp/$name" \
     stage.max_steps="$steps" stage.optim.total_steps="$steps" "$@"
@@ -73,7 +75,7 @@ timed() {  # timed N COMMAND...: runs a stage and records its wall time
 
 stage0() { e2e corpus --out "$data/corpus" --num-sentences "$sentences" --voices kal16,awb,rms,slt --seed 0; }
 stage1() {
-  e2e shards --manifest "$data/corpus/train.jsonl" --out "$data/shards" --prefix train --shard-size 200
+  e2e shards --manifest "$data/corpus/train.jsonl" --out "$data/shards" --prefix train --shard-size "$shard_size"
 }
 stage2() {
   if $cascade; then
