@@ -41,6 +41,7 @@ from tqdm import tqdm
 
 from e2e_tts.audio import LOG_FLOOR, AudioConfig, MelSpectrogram, load_audio, resample, write_audio
 from e2e_tts.models.flow import SCHEDULES
+from e2e_tts.models.masks import lengths_to_mask
 from e2e_tts.models.vocoder import griffin_lim
 from e2e_tts.system import TTSSystem
 from e2e_tts.text import TextConfig, check_text, normalize_text
@@ -444,7 +445,7 @@ class Synthesizer:
             tokens = [torch.cat([prompt.speech_ids, row]) for row in tokens]
         lengths = torch.tensor([len(row) for row in tokens], device=device)
         speech = pad_sequence([row.to(device) for row in tokens], batch_first=True)
-        speech_mask = torch.arange(speech.shape[1], device=device)[None, :] < lengths[:, None]
+        speech_mask = lengths_to_mask(lengths, speech.shape[1])
         prompt_mel = None if prompt is None else prompt.mel[None].expand(len(tokens), -1, -1)
         return self.system.flow.sample(speech, speech_mask, self.system.codebook(), prompt_mel, solver=config.solver,
                                        nfe=config.nfe, schedule=config.schedule, sway_coef=config.sway_coef,
@@ -554,7 +555,7 @@ class Synthesizer:
             return texts
         lengths = torch.tensor([len(tokens[i]) for i in rows], device=self.device)
         speech = pad_sequence([tokens[i].to(self.device) for i in rows], batch_first=True)
-        mask = torch.arange(speech.shape[1], device=self.device)[None, :] < lengths[:, None]
+        mask = lengths_to_mask(lengths, speech.shape[1])
         with torch.inference_mode():
             ids = self.system.reward.transcribe_attention(speech, mask, self.system.codebook(), max_len=max_len)
         for i, row_ids in zip(rows, ids):
@@ -584,7 +585,7 @@ class Synthesizer:
                     mels = {i: self.mel(torch.from_numpy(audios[i]).to(self.device))[0] for i in long_enough}
                 frames = torch.tensor([mels[i].shape[0] for i in long_enough], device=self.device)
                 mel = pad_sequence([mels[i] for i in long_enough], batch_first=True)
-                mask = torch.arange(mel.shape[1], device=self.device)[None, :] < frames[:, None]
+                mask = lengths_to_mask(frames, mel.shape[1])
                 ids, id_mask = self.system.tokenizer.encode(mel, mask)
                 for row, i in enumerate(long_enough):
                     tokens[i] = ids[row, id_mask[row]]

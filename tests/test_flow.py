@@ -13,7 +13,8 @@ from omegaconf import OmegaConf
 from vector_quantize_pytorch import FSQ
 
 from e2e_tts.audio import LOG_FLOOR, AudioConfig, MelSpectrogram, load_audio
-from e2e_tts.models.flow import PRESETS, FlowConfig, FlowDecoder, FlowMatchingDraws, frame_mask, time_grid
+from e2e_tts.models.flow import PRESETS, FlowConfig, FlowDecoder, FlowMatchingDraws, time_grid
+from e2e_tts.models.masks import lengths_to_mask
 
 N_MELS = 16
 SMALL = FlowConfig(dim=32, depth=2, heads=2, n_mels=N_MELS)
@@ -41,8 +42,8 @@ def make_batch(token_lengths: list[int], mel_lengths: list[int] | None = None, s
     """Random log-mels and token ids with padding filled by junk (which must never matter)."""
     gen = torch.Generator().manual_seed(seed)
     mel_lengths = mel_lengths or [2 * n for n in token_lengths]
-    speech_mask = frame_mask(torch.tensor(token_lengths), max(token_lengths))
-    mel_mask = frame_mask(torch.tensor(mel_lengths), max(mel_lengths))
+    speech_mask = lengths_to_mask(torch.tensor(token_lengths), max(token_lengths))
+    mel_mask = lengths_to_mask(torch.tensor(mel_lengths), max(mel_lengths))
     ids = torch.randint(0, 81, speech_mask.shape, generator=gen)
     mel = -5.0 + 2.0 * torch.randn(*mel_mask.shape, N_MELS, generator=gen)
     mel = torch.where(mel_mask[..., None], mel, torch.full_like(mel, 1e3))
@@ -289,7 +290,7 @@ def test_sample_shapes_masks_and_prompt_continuation(codebook):
     assert (out[1, 8:] == math.log(LOG_FLOOR)).all() and torch.isfinite(out).all()
 
     # prompts of 4 and 3 frames: only the 8 and 5 frames after them come back
-    prompt_mask = frame_mask(torch.tensor([4, 3]), 4)
+    prompt_mask = lengths_to_mask(torch.tensor([4, 3]), 4)
     prompt = torch.where(prompt_mask[..., None], mel[:, :4], torch.full_like(mel[:, :4], 1e3))
     with torch.no_grad():
         out, out_mask = model.sample(ids, speech_mask, codebook, prompt, prompt_mask, nfe=2,
@@ -396,8 +397,8 @@ def test_overfits_real_mels_and_samples_them_back(tmp_path):
         wav, _ = load_audio(path, audio.sample_rate)
         mels.append(mel_fn(torch.from_numpy(wav))[0])
     num_tokens = [m.shape[0] // 2 for m in mels]
-    token_mask = frame_mask(torch.tensor(num_tokens), max(num_tokens))
-    mel_mask = frame_mask(2 * torch.tensor(num_tokens), 2 * max(num_tokens))
+    token_mask = lengths_to_mask(torch.tensor(num_tokens), max(num_tokens))
+    mel_mask = lengths_to_mask(2 * torch.tensor(num_tokens), 2 * max(num_tokens))
     mel = torch.zeros(3, mel_mask.shape[1], 80)
     for row, m in enumerate(mels):
         mel[row, :2 * num_tokens[row]] = m[:2 * num_tokens[row]]

@@ -59,6 +59,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from e2e_tts.audio import LOG_FLOOR, AudioConfig
 from e2e_tts.data.features import ERROR_REASONS, SampleFeaturizer, SampleFilter, SampleRejected
 from e2e_tts.data.shards import read_shard_list
+from e2e_tts.models.masks import lengths_to_mask
 from e2e_tts.text import TextTokenizer
 
 logger = logging.getLogger(__name__)
@@ -207,8 +208,8 @@ def collate(samples: Sequence[dict[str, Any]], return_wav: bool = False) -> dict
         mel[row, :mel_lengths[row]] = sample["mel"]
         text_ids[row, :text_lengths[row]] = sample["text_ids"]
     batch = {
-        "mel": mel, "mel_mask": _mask(mel_lengths), "mel_lengths": mel_lengths,
-        "text_ids": text_ids, "text_mask": _mask(text_lengths), "text_lengths": text_lengths,
+        "mel": mel, "mel_mask": lengths_to_mask(mel_lengths), "mel_lengths": mel_lengths,
+        "text_ids": text_ids, "text_mask": lengths_to_mask(text_lengths), "text_lengths": text_lengths,
         "durations": torch.tensor([s["duration"] for s in samples], dtype=torch.float32),
         "keys": [s["key"] for s in samples], "texts": [s["text"] for s in samples],
         **{name: [s[name] for s in samples] for name in ("speaker", "language", "emotion", "quality")},
@@ -220,10 +221,6 @@ def collate(samples: Sequence[dict[str, Any]], return_wav: bool = False) -> dict
             wav[row, :wav_lengths[row]] = sample["wav"]
         batch.update(wav=wav, wav_lengths=wav_lengths)
     return batch
-
-
-def _mask(lengths: torch.Tensor) -> torch.Tensor:
-    return torch.arange(int(lengths.max()))[None, :] < lengths[:, None]
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -33,6 +33,7 @@ from torchdiffeq import odeint
 
 from e2e_tts.audio import LOG_FLOOR
 from e2e_tts.models.layers import TransformerStack
+from e2e_tts.models.masks import lengths_to_mask, prefix_lengths
 from e2e_tts.models.speech_embedding import SpeechEmbedding
 
 SCHEDULES = ("linear", "cosine", "sway")
@@ -142,21 +143,6 @@ def time_grid(nfe: int, schedule: str, sway_coef: float = -1.0, device: torch.de
             raise ValueError(f"sway_coef {sway_coef} outside [{low}, {high:.3f}]: the time grid would not be monotone")
         return u + sway_coef * (torch.cos(u * math.pi / 2) - 1.0 + u)
     raise ValueError(f"unknown schedule {schedule!r}, expected one of {SCHEDULES}")
-
-
-def frame_mask(lengths: torch.Tensor, num_frames: int) -> torch.Tensor:
-    """``(B,)`` lengths -> ``(B, num_frames)`` bool prefix mask."""
-    return torch.arange(num_frames, device=lengths.device)[None, :] < lengths[:, None]
-
-
-def prefix_lengths(mask: torch.Tensor, name: str) -> torch.Tensor:
-    """Lengths ``(B,)`` of a left-aligned validity mask ``(B, T)``; rejects masks with holes."""
-    if mask.dim() != 2 or mask.dtype != torch.bool:
-        raise ValueError(f"{name} must be a (B, T) bool tensor, got {tuple(mask.shape)} {mask.dtype}")
-    lengths = mask.sum(dim=1)
-    if not torch.equal(mask, frame_mask(lengths, mask.shape[1])):
-        raise ValueError(f"{name} must be True on a prefix of each row (left-aligned, no holes)")
-    return lengths
 
 
 def timestep_embedding(time: torch.Tensor, dim: int, scale: float = 1000.0) -> torch.Tensor:
@@ -274,7 +260,7 @@ class FlowDecoder(nn.Module):
             ``(B, num_frames, dim)``, zero past each row's ``n * ratio`` frames.
         """
         ratio = self.config.token_mel_ratio
-        token_frames = frame_mask(self._token_lengths(speech, speech_mask) * ratio, speech.shape[1] * ratio)
+        token_frames = lengths_to_mask(self._token_lengths(speech, speech_mask) * ratio, speech.shape[1] * ratio)
         return self.token_upsampler(self.speech_embedding(speech, codebook), token_frames)[:, :num_frames]
 
     def velocity(self, x: torch.Tensor, time: torch.Tensor, tokens: torch.Tensor, prompt: torch.Tensor,
@@ -380,8 +366,8 @@ class FlowDecoder(nn.Module):
         if tuple(draws.noise.shape) != (mel.shape[0], num_frames, self.config.n_mels):
             raise ValueError(f"draws.noise must be {(mel.shape[0], num_frames, self.config.n_mels)}, "
                              f"got {tuple(draws.noise.shape)}")
-        valid = frame_mask(frames, num_frames)
-        in_prompt = frame_mask(draws.prompt_frames, num_frames)
+        valid = lengths_to_mask(frames, num_frames)
+        in_prompt = lengths_to_mask(draws.prompt_frames, num_frames)
         x1 = self.normalize(mel[:, :num_frames]) * valid[..., None]
         prompt = x1 * in_prompt[..., None]
         t = draws.time.to(mel.dtype)[:, None, None]
@@ -435,7 +421,7 @@ class FlowDecoder(nn.Module):
         if bool((total == 0).any()):
             raise ValueError(f"row {int(total.argmin())} has no speech tokens")
         num_frames = int(total.max())
-        valid = frame_mask(total, num_frames)
+        valid = lengths_to_mask(total, num_frames)
 
         prompt = torch.zeros(batch, num_frames, cfg.n_mels, device=device, dtype=dtype)
         prompt_frames = torch.zeros_like(total)
@@ -481,7 +467,7 @@ class FlowDecoder(nn.Module):
 
         out_lengths = total - prompt_frames
         out_frames = int(out_lengths.max())
-        out_mask = frame_mask(out_lengths, out_frames)
+        out_mask = lengths_to_mask(out_lengths, out_frames)
         index = (prompt_frames[:, None] + torch.arange(out_frames, device=device)[None, :]).clamp(max=num_frames - 1)
         mel = self.denormalize(x1.gather(1, index[..., None].expand(-1, -1, cfg.n_mels)))
         mel = mel.masked_fill(~out_mask[..., None], math.log(LOG_FLOOR))

@@ -22,6 +22,7 @@ import transformers
 from torch import nn
 from torch.nn.utils.rnn import pad_sequence
 
+from e2e_tts.models.masks import lengths_to_mask, prefix_lengths
 from e2e_tts.models.sampling import sample_next_token
 from e2e_tts.models.speech_embedding import SpeechEmbedding
 from e2e_tts.vocab import EOS_ID, PAD_ID, SOS_ID, TASK_ID, TokenLayout
@@ -168,17 +169,6 @@ def _load_decoder(config: LLMConfig, layout: TokenLayout) -> nn.Module:
     return decoder
 
 
-def _check_right_padded(mask: torch.Tensor, name: str) -> torch.Tensor:
-    """Returns the lengths ``(B,)`` of a right-padded boolean mask ``(B, T)``; raises if it is not one."""
-    if mask.dtype != torch.bool:
-        raise ValueError(f"{name} must be a boolean tensor, got {mask.dtype}")
-    lengths = mask.sum(dim=1)
-    expected = torch.arange(mask.shape[1], device=mask.device)[None, :] < lengths[:, None]
-    if not torch.equal(mask, expected):
-        raise ValueError(f"{name} must be right-padded: each row True for its tokens, then False")
-    return lengths
-
-
 def _pad_rows(rows: Sequence[torch.Tensor], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """Right-pads 1-D id tensors into ``(B, T)`` ids and a ``(B, T)`` boolean mask."""
     for row in rows:
@@ -186,7 +176,7 @@ def _pad_rows(rows: Sequence[torch.Tensor], device: torch.device) -> tuple[torch
             raise ValueError(f"each id row must be 1-D, got shape {tuple(row.shape)}")
     lengths = torch.tensor([len(row) for row in rows], device=device)
     ids = pad_sequence([row.to(device=device, dtype=torch.long) for row in rows], batch_first=True)
-    mask = torch.arange(ids.shape[1], device=device)[None, :] < lengths[:, None]
+    mask = lengths_to_mask(lengths, ids.shape[1])
     return ids, mask
 
 
@@ -248,7 +238,7 @@ class SpeechLLM(nn.Module):
         rows = torch.arange(batch, device=device)[:, None]
         prefix_ids = torch.full((batch, text_len + 2), PAD_ID, dtype=torch.long, device=device)
         prefix_ids[:, 0] = SOS_ID
-        text_mask = torch.arange(text_len, device=device)[None, :] < text_lengths[:, None]
+        text_mask = lengths_to_mask(text_lengths, text_len)
         prefix_ids[:, 1:-1] = torch.where(text_mask, self.layout.text_to_llm(text_ids), PAD_ID)
         prefix_ids[rows[:, 0], text_lengths + 1] = TASK_ID
         prefix = self.decoder.get_input_embeddings()(prefix_ids)  # (B, L + 2, H)
@@ -287,8 +277,8 @@ class SpeechLLM(nn.Module):
                              f"{tuple(text_mask.shape)}, speech {tuple(speech.shape)} vs {tuple(speech_mask.shape)}")
         if text_ids.shape[0] != speech.shape[0]:
             raise ValueError(f"text batch {text_ids.shape[0]} != speech batch {speech.shape[0]}")
-        text_lengths = _check_right_padded(text_mask, "text_mask")
-        speech_lengths = _check_right_padded(speech_mask, "speech_mask")
+        text_lengths = prefix_lengths(text_mask, "text_mask")
+        speech_lengths = prefix_lengths(speech_mask, "speech_mask")
         text_ids = text_ids.masked_fill(~text_mask, 0)
         if speech.is_floating_point():
             # Zeroed so that garbage (even NaN) in padded soft rows cannot reach the embedding's gradient.

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from e2e_tts.models.layers import Attention, TransformerStack
+from e2e_tts.models.masks import lengths_to_mask, prefix_lengths
 from e2e_tts.models.speech_embedding import SpeechEmbedding
 
 # the attribute tasks and their config fields: (number of classes, loss weight)
@@ -328,7 +329,7 @@ class RewardModel(nn.Module):
         sos = torch.full((batch, 1), self.sos_id, dtype=text_ids.dtype, device=text_ids.device)
         decoder_input = torch.cat([sos, text_ids], dim=1)
         targets = torch.cat([text_ids, torch.zeros_like(sos)], dim=1).scatter(1, lengths[:, None], self.eos_id)
-        target_mask = torch.arange(length + 1, device=text_ids.device)[None, :] <= lengths[:, None]
+        target_mask = lengths_to_mask(lengths + 1, length + 1)  # the reference ids and eos
         logits, weights = self._decode(decoder_input, target_mask, encoded, speech_mask, return_weights=True)
         cross_attention = torch.stack(weights).mean(0) * target_mask[:, None, :, None]
         return logits, targets, target_mask, cross_attention
@@ -376,13 +377,9 @@ class RewardModel(nn.Module):
 
 def _check_prefix_mask(mask: torch.Tensor, shape: torch.Size, name: str, allow_empty: bool) -> None:
     """Raises unless ``mask`` is a bool ``shape`` tensor whose True values form a prefix of each row."""
-    if mask.dtype != torch.bool:
-        raise ValueError(f"{name} must be bool, got {mask.dtype}")
+    lengths = prefix_lengths(mask, name)
     if tuple(mask.shape) != tuple(shape):
         raise ValueError(f"{name} has shape {tuple(mask.shape)}, expected {tuple(shape)}")
-    lengths = mask.sum(1)
-    if not torch.equal(mask, torch.arange(mask.shape[1], device=mask.device)[None, :] < lengths[:, None]):
-        raise ValueError(f"{name} must be True on a prefix of each row (right padding)")
     if not allow_empty and bool((lengths == 0).any()):
         raise ValueError(f"{name} has a row with no valid frame")
 
