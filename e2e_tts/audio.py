@@ -101,9 +101,14 @@ def check_audio(wav: np.ndarray, sample_rate: int, config: AudioConfig) -> None:
         raise AudioRejected("too_short", f"{duration:.2f}s < {config.min_duration}s")
     if duration > config.max_duration:
         raise AudioRejected("too_long", f"{duration:.2f}s > {config.max_duration}s")
-    peak = float(np.abs(wav).max())
-    if peak <= 0 or 20 * math.log10(peak) < config.silence_threshold_db:
-        raise AudioRejected("silent", f"peak {peak:.2e} below {config.silence_threshold_db} dBFS")
+    if is_silent(wav, config.silence_threshold_db):
+        raise AudioRejected("silent", f"peak {float(np.abs(wav).max()):.2e} below {config.silence_threshold_db} dBFS")
+
+
+def is_silent(wav: np.ndarray, threshold_db: float) -> bool:
+    """True for an empty ``(N,)`` waveform or one whose absolute peak is below ``threshold_db`` dBFS."""
+    peak = float(np.abs(wav).max()) if len(wav) else 0.0
+    return peak <= 0 or 20 * math.log10(peak) < threshold_db
 
 
 def normalize_peak(wav: np.ndarray, level: float = 0.95) -> np.ndarray:

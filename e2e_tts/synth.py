@@ -39,7 +39,7 @@ from omegaconf import OmegaConf
 from torch.nn.utils.rnn import pad_sequence
 from tqdm import tqdm
 
-from e2e_tts.audio import LOG_FLOOR, AudioConfig, MelSpectrogram, load_audio, resample, write_audio
+from e2e_tts.audio import LOG_FLOOR, AudioConfig, MelSpectrogram, is_silent, load_audio, resample, write_audio
 from e2e_tts.models.flow import SCHEDULES
 from e2e_tts.models.masks import lengths_to_mask
 from e2e_tts.models.vocoder import griffin_lim
@@ -232,8 +232,7 @@ def dropout_reason(wav: np.ndarray, sample_rate: int, text: str, language: str, 
     """
     from e2e_tts.eval.failures import spoken_characters
 
-    peak = float(np.abs(wav).max()) if wav.size else 0.0
-    if peak <= 0 or 20 * math.log10(peak) < silence_threshold_db:
+    if is_silent(wav, silence_threshold_db):
         return "empty_audio"
     if len(wav) / sample_rate < min_seconds_per_char * spoken_characters(text, language):
         return "too_short_for_text"
