@@ -148,6 +148,18 @@ def mel_filterbank(sample_rate: int, n_fft: int, n_mels: int, f_min: float = 0.0
     return filters.float()
 
 
+def stft(wav: torch.Tensor, n_fft: int, hop_length: int, window: torch.Tensor) -> torch.Tensor:
+    """Complex STFT with the project's framing: ``(B, N)`` -> ``(B, n_fft // 2 + 1, N // hop)``.
+
+    Reflect padding by ``n_fft // 2`` (``center=True``) centres frame ``t`` on sample ``t * hop``; the trailing
+    frame that ``center=True`` adds beyond ``N // hop`` is dropped, so ``T`` frames always span ``T * hop``
+    samples (what the vocoder's inverse relies on).
+    """
+    spec = torch.stft(wav, n_fft, hop_length, window.shape[-1], window.to(wav.dtype), center=True,
+                      pad_mode="reflect", return_complex=True)
+    return spec[..., :wav.shape[-1] // hop_length]
+
+
 class MelSpectrogram(nn.Module):
     """Log-mel spectrogram: ``(B, N)`` or ``(N,)`` waveform -> ``(B, N // hop, n_mels)``.
 
@@ -166,15 +178,9 @@ class MelSpectrogram(nn.Module):
 
     def magnitude(self, wav: torch.Tensor) -> torch.Tensor:
         """Linear STFT magnitude ``(B, T, n_fft // 2 + 1)`` with ``T = N // hop``."""
-        cfg = self.config
         if wav.dim() == 1:
             wav = wav[None]
-        pad = cfg.n_fft // 2
-        padded = torch.nn.functional.pad(wav[:, None, :], (pad, pad), mode="reflect")[:, 0]
-        spec = torch.stft(padded, cfg.n_fft, cfg.hop_length, cfg.win_length, self.window.to(wav.dtype),
-                          center=False, return_complex=True)
-        frames = self.num_frames(wav.shape[-1])
-        return spec.abs()[..., :frames].transpose(1, 2)
+        return stft(wav, self.config.n_fft, self.config.hop_length, self.window).abs().transpose(1, 2)
 
     def forward(self, wav: torch.Tensor) -> torch.Tensor:
         mel = self.magnitude(wav) @ self.filters.T.to(wav.dtype)

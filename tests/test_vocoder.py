@@ -6,10 +6,10 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from e2e_tts.audio import AudioConfig, MelSpectrogram, load_audio
+from e2e_tts.audio import AudioConfig, MelSpectrogram, load_audio, stft
 from e2e_tts.models.vocoder import (PRESETS, Vocoder, VocoderConfig, VocoderDiscriminators, discriminator_loss,
                                     discriminator_step_loss, feature_matching_loss, generator_adversarial_loss,
-                                    generator_step_losses, griffin_lim, istft, mel_reconstruction_loss, stft)
+                                    generator_step_losses, griffin_lim, istft, mel_reconstruction_loss)
 
 AUDIO = AudioConfig()
 HOP = AUDIO.hop_length

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.parametrizations import weight_norm
 
-from e2e_tts.audio import LOG_FLOOR, AudioConfig, MelSpectrogram, mel_filterbank
+from e2e_tts.audio import LOG_FLOOR, AudioConfig, MelSpectrogram, mel_filterbank, stft
 
 
 @dataclass
@@ -116,17 +116,6 @@ PRESETS: dict[str, VocoderConfig] = {
     "paper": VocoderConfig(dim=512, intermediate_dim=1536, num_blocks=8, mpd_channels=[32, 128, 512, 1024, 1024],
                            mrd_channels=32),
 }
-
-
-def stft(wav: torch.Tensor, n_fft: int, hop_length: int, window: torch.Tensor) -> torch.Tensor:
-    """Complex STFT with the framing of :class:`MelSpectrogram`: ``(B, N)`` -> ``(B, n_fft // 2 + 1, N // hop)``.
-
-    Reflect padding by ``n_fft // 2`` (``center=True``) centres frame ``t`` on sample ``t * hop``; the trailing frame
-    that ``center=True`` adds beyond ``N // hop`` is dropped, as the mel analysis does.
-    """
-    spec = torch.stft(wav, n_fft, hop_length, window.shape[-1], window.to(wav.dtype), center=True,
-                      pad_mode="reflect", return_complex=True)
-    return spec[..., :wav.shape[-1] // hop_length]
 
 
 def istft(spec: torch.Tensor, hop_length: int, window: torch.Tensor, frame_mask: torch.Tensor | None = None
