@@ -333,11 +333,21 @@ class CharTokenizer:
         _write_kind_file(directory, self.KIND, chars=self.chars)
 
 
+# The phoneme tokenizer's symbols: printable ASCII and the Unicode blocks espeak-ng's IPA draws on for any
+# language. One id per code point, so "ɑː" is two ids and an English second of speech about 15 (it was 22 as
+# UTF-8 bytes, more than the 25 Hz token rate leaves for a CTC alignment).
+_IPA_BLOCKS = ((0x20, 0x7E), (0xC0, 0x24F), (0x250, 0x2FF), (0x300, 0x36F), (0x370, 0x3FF), (0x1D00, 0x1DBF),
+               (0x2016, 0x2016), (0x203F, 0x203F), (0x2191, 0x2198), (0x2C71, 0x2C71))
+_IPA_SYMBOLS = [chr(code) for first, last in _IPA_BLOCKS for code in range(first, last + 1)]
+PHONEME_INVENTORY_VERSION = 2  # 1 was UTF-8 bytes
+
+
 class PhonemeTokenizer:
-    """IPA phonemes from espeak-ng, as UTF-8 bytes (256 ids, no vocabulary file).
+    """IPA phonemes from espeak-ng, one id per IPA symbol (code point) of a fixed inventory; no vocabulary file.
 
     Words are separated by spaces and every clause ends in one of ``, . ? !`` (from the text's punctuation),
-    so pauses and question intonation survive: ``"Hello, world!"`` -> ``"həlˈoʊ, wˈɜːld!"``.
+    so pauses and question intonation survive: ``"Hello, world!"`` -> ``"həlˈoʊ, wˈɜːld!"``. Id 0 is the
+    unknown symbol (a code point outside the inventory); ``decode`` writes it as ``UNK_TEXT``.
 
     Args:
         language: espeak-ng voice, e.g. ``"en-us"``, ``"en-gb"``, ``"fr"``, ``"cmn"``.
@@ -346,15 +356,17 @@ class PhonemeTokenizer:
     """
 
     KIND = "phonemes"
+    UNK_ID = 0
+    UNK_TEXT = "\ufffd"
+    _IDS = {symbol: index + 1 for index, symbol in enumerate(_IPA_SYMBOLS)}
 
     def __init__(self, language: str = "en-us"):
         self.language = language
-        self._bytes = ByteTokenizer()
         _ESPEAK.clauses("", language)  # fails now, not in the middle of training, on an unknown language
 
     @property
     def vocab_size(self) -> int:
-        return self._bytes.vocab_size
+        return len(_IPA_SYMBOLS) + 1
 
     def phonemize(self, text: str) -> str:
         """Text -> IPA string, clause punctuation kept."""
@@ -370,14 +382,15 @@ class PhonemeTokenizer:
         return spoken
 
     def encode(self, text: str) -> list[int]:
-        return self._bytes.encode(self.phonemize(text))
+        return [self._IDS.get(symbol, self.UNK_ID) for symbol in self.phonemize(text)]
 
     def decode(self, ids: Sequence[int]) -> str:
         """Ids -> the IPA string (the text itself cannot be recovered)."""
-        return self._bytes.decode(ids)
+        ids = _checked_ids(ids, self.vocab_size, self.KIND)
+        return "".join(_IPA_SYMBOLS[i - 1] if i != self.UNK_ID else self.UNK_TEXT for i in ids)
 
     def save(self, directory: str | Path) -> None:
-        _write_kind_file(directory, self.KIND, language=self.language)
+        _write_kind_file(directory, self.KIND, language=self.language, inventory=PHONEME_INVENTORY_VERSION)
 
 
 # A clause ends at a run of , ; : . ? ! followed by a space, a closing quote/bracket or the end ("3.5" does not),
@@ -550,6 +563,9 @@ def load_text_tokenizer(directory: str | Path) -> TextTokenizer:
     if kind == "chars":
         return CharTokenizer.from_file(path)
     if kind == "phonemes":
+        if meta.get("inventory", 1) != PHONEME_INVENTORY_VERSION:
+            raise ValueError(f"{path}: phoneme ids of inventory {meta.get('inventory', 1)} (1 = UTF-8 bytes), but this "
+                             f"version encodes inventory {PHONEME_INVENTORY_VERSION}: retrain, or use the older release")
         return PhonemeTokenizer(meta["language"])
     if kind == "hf":
         return HFTokenizer(directory)

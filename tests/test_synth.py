@@ -217,9 +217,11 @@ def test_transcribe_audio_is_batch_invariant_and_resamples(synth):
     assert len(at_8k) == 1 and isinstance(at_8k[0], str)
 
 
-def test_phoneme_systems_are_verified_against_the_ipa_reference(fresh_synth, monkeypatch):
-    synth = fresh_synth
-    synth.system.text_tokenizer = PhonemeTokenizer("en-us")  # same 256 byte ids as the exported byte tokenizer
+def test_phoneme_systems_are_verified_against_the_ipa_reference(tmp_path, monkeypatch):
+    config = load_config(overrides=OVERRIDES)
+    torch.manual_seed(0)
+    system = TTSSystem(to_object(config.model), PhonemeTokenizer("en-us"), ["alice"])
+    synth = Synthesizer.from_pretrained(system.export(tmp_path / "export", config))
     ipa = synth.recognition_reference("Hello world.")
     assert ipa == PhonemeTokenizer("en-us").phonemize("Hello world.") and ipa != "Hello world."
     monkeypatch.setattr(synth, "transcribe_tokens", lambda tokens: [ipa] * len(tokens))

@@ -142,12 +142,13 @@ def phonemes():
     return PhonemeTokenizer("en-us")
 
 
-def test_phoneme_tokenizer_encodes_ipa_bytes(phonemes):
+def test_phoneme_tokenizer_gives_one_id_per_ipa_symbol(phonemes):
     ipa = phonemes.phonemize("Hello, world! How are you?")
     assert ipa == "həlˈoʊ, wˈɜːld! hˈaʊ ɑːɹ juː?"
     ids = phonemes.encode("Hello, world! How are you?")
-    assert phonemes.vocab_size == 256 and all(0 <= i < 256 for i in ids)
+    assert len(ids) == len(ipa) and all(0 < i < phonemes.vocab_size for i in ids)
     assert phonemes.decode(ids) == ipa
+    assert ids[ipa.index("ː")] == ids[ipa.rindex("ː")]  # the same symbol, the same id, wherever it stands
     assert phonemes.encode("cat") != phonemes.encode("dog")
     assert phonemes.encode("") == []
 
@@ -168,6 +169,29 @@ def test_phoneme_tokenizer_handles_read_in_context_and_non_ascii(phonemes):
     french = PhonemeTokenizer("fr").phonemize("J'aime le weekend et le football.")
     assert "(" not in french and french.endswith(".")
     assert PhonemeTokenizer("en-gb").phonemize("tomato") != phonemes.phonemize("tomato")
+
+
+@pytest.mark.parametrize("language, text", [("fr", "Bonjour le monde"), ("de", "Grüße aus Köln"), ("cmn", "你好世界"),
+                                            ("hi", "नमस्ते दुनिया"), ("ru", "Привет мир"), ("ar", "مرحبا بالعالم")])
+def test_phoneme_inventory_covers_espeak_ipa_of_other_languages(language, text):
+    tokenizer = PhonemeTokenizer(language)
+    ids = tokenizer.encode(text)
+    assert ids and PhonemeTokenizer.UNK_ID not in ids
+    assert tokenizer.decode(ids) == tokenizer.phonemize(text)
+
+
+def test_phoneme_tokenizer_maps_symbols_outside_the_inventory_to_unk(phonemes, monkeypatch):
+    monkeypatch.setattr(phonemes, "phonemize", lambda text: "a\u2603b")
+    ids = phonemes.encode("ignored")
+    assert ids[1] == PhonemeTokenizer.UNK_ID and phonemes.decode(ids) == "a" + PhonemeTokenizer.UNK_TEXT + "b"
+
+
+def test_byte_level_phoneme_exports_are_refused(tmp_path):
+    PhonemeTokenizer("en-us").save(tmp_path)
+    meta = json.loads((tmp_path / "text_tokenizer.json").read_text())
+    (tmp_path / "text_tokenizer.json").write_text(json.dumps({k: v for k, v in meta.items() if k != "inventory"}))
+    with pytest.raises(ValueError, match="UTF-8 bytes"):
+        load_text_tokenizer(tmp_path)
 
 
 def test_phoneme_tokenizer_rejects_unknown_language():

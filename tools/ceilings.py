@@ -1,16 +1,17 @@
-"""The ceilings that bound what a trained system can score, each through the same recogniser.
+"""The ceilings that bound what a trained system can score, each through the same recogniser and speaker judge.
 
-    python tools/ceilings.py --model exp/tiny_seed0/vocoder/export --manifest data/tiny/corpus/test.jsonl \
-        --speaker flite-rms --limit 30 --out exp/tiny_seed0/ceilings.json
+    python tools/ceilings.py --model exp/tiny_seed0/e2e/export --manifest data/tiny/corpus/test.jsonl \
+        --speaker flite-rms --limit 20 --out exp/tiny_seed0/ceilings.json
 
 Conditions, on the same utterances (a held-out split of the corpus):
-  ground_truth   the flite audio itself
-  griffin_lim    copy synthesis: ground-truth mel -> Griffin-Lim (no training)
-  vocoder        copy synthesis: ground-truth mel -> the export's vocoder
-  flow_tokens_*  ground-truth audio -> the export's speech tokenizer -> flow decoding of those tokens (prompted,
-                 as in synthesis, by another utterance of the same voice) -> vocoder or Griffin-Lim: the best
-                 the LLM could do if it predicted every token right
-Each is transcribed by ``--asr`` (default pocketsphinx) and scored with the Seed-TTS-Eval normaliser.
+  ground_truth             the flite audio itself
+  griffin_lim              copy synthesis: ground-truth mel -> Griffin-Lim (no training)
+  vocoder                  copy synthesis: ground-truth mel -> the export's vocoder
+  flow_tokens_vocoder      ground-truth audio -> the export's speech tokenizer -> flow decoding of those tokens
+  flow_tokens_griffin_lim  (prompted, as in synthesis, by another utterance of the same voice) -> vocoder or
+                           Griffin-Lim: the best the LLM could do if it predicted every token right
+Each is transcribed by ``--asr`` (default pocketsphinx), scored with the Seed-TTS-Eval normaliser, and compared
+with the prompt utterance by ``--similarity`` (default resemblyzer), as synthesis is.
 """
 
 from __future__ import annotations
@@ -25,63 +26,85 @@ import torch
 from e2e_tts.audio import load_audio
 from e2e_tts.data.manifest import read_jsonl
 from e2e_tts.eval.asr import build_asr
+from e2e_tts.eval.similarity import build_similarity
 from e2e_tts.eval.wer import score_utterances, summarize_wer
 from e2e_tts.models.vocoder import griffin_lim
 from e2e_tts.synth import Synthesizer
 
+CONDITIONS = ("ground_truth", "griffin_lim", "vocoder", "flow_tokens_vocoder", "flow_tokens_griffin_lim")
+
 
 @torch.inference_mode()
-def decode_conditions(synth: Synthesizer, wav: np.ndarray, prompt_wav: np.ndarray, seed: int
-                      ) -> dict[str, np.ndarray]:
-    """The waveform of every condition for one utterance ``(N,)`` at the model rate."""
+def decode_conditions(synth: Synthesizer, wav: np.ndarray, prompt_wav: np.ndarray, conditions: list[str],
+                      seed: int) -> dict[str, np.ndarray]:
+    """The waveform ``(N,)`` at the model rate of each requested condition for one utterance."""
     system, audio = synth.system, synth.audio_config
     mel = synth.mel(torch.from_numpy(wav))  # (1, T, n_mels)
-    ids, _ = synth.tokenize_audio(wav)
-    prompt_ids, prompt_mel = synth.tokenize_audio(prompt_wav)
-    speech = torch.cat([prompt_ids, ids])[None]
-    sampled, _ = system.flow.sample(speech, torch.ones_like(speech, dtype=torch.bool), system.codebook(),
-                                    prompt_mel=prompt_mel[None],
-                                    prompt_mask=torch.ones(1, prompt_mel.shape[0], dtype=torch.bool),
-                                    generator=torch.Generator().manual_seed(seed))
-    return {
-        "ground_truth": wav,
-        "griffin_lim": griffin_lim(mel, audio)[0].numpy(),
-        "vocoder": system.vocoder(mel)[0].numpy(),
-        "flow_tokens_vocoder": system.vocoder(sampled)[0].numpy(),
-        "flow_tokens_griffin_lim": griffin_lim(sampled, audio)[0].numpy(),
+    sampled = None
+    if any(c.startswith("flow_tokens") for c in conditions):
+        ids, _ = synth.tokenize_audio(wav)
+        prompt_ids, prompt_mel = synth.tokenize_audio(prompt_wav)
+        speech = torch.cat([prompt_ids, ids])[None]
+        sampled, _ = system.flow.sample(speech, torch.ones_like(speech, dtype=torch.bool), system.codebook(),
+                                        prompt_mel=prompt_mel[None],
+                                        prompt_mask=torch.ones(1, prompt_mel.shape[0], dtype=torch.bool),
+                                        generator=torch.Generator().manual_seed(seed))
+    decoders = {
+        "ground_truth": lambda: wav,
+        "griffin_lim": lambda: griffin_lim(mel, audio)[0].numpy(),
+        "vocoder": lambda: system.vocoder(mel)[0].numpy(),
+        "flow_tokens_vocoder": lambda: system.vocoder(sampled)[0].numpy(),
+        "flow_tokens_griffin_lim": lambda: griffin_lim(sampled, audio)[0].numpy(),
     }
+    torch.manual_seed(seed)  # Griffin-Lim's random initial phase
+    return {condition: decoders[condition]() for condition in conditions}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", required=True, help="export directory (with a trained vocoder)")
+    parser.add_argument("--model", required=True, help="export directory")
     parser.add_argument("--manifest", required=True, help="held-out corpus manifest (test.jsonl)")
     parser.add_argument("--speaker", default="flite-rms")
     parser.add_argument("--limit", type=int, default=30)
+    parser.add_argument("--conditions", default=",".join(CONDITIONS),
+                        help=f"comma-separated subset of {', '.join(CONDITIONS)} (leave out the vocoder rows for an "
+                             f"export whose vocoder is untrained)")
     parser.add_argument("--asr", default="pocketsphinx")
+    parser.add_argument("--similarity", default="resemblyzer", help="speaker judge spec, or 'none'")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", required=True, help="JSON with per-condition summaries and transcripts")
     args = parser.parse_args()
+    conditions = [c for c in args.conditions.split(",") if c]
+    unknown = sorted(set(conditions) - set(CONDITIONS))
+    if unknown or not conditions:
+        parser.error(f"unknown or no conditions {unknown}; choose from {', '.join(CONDITIONS)}")
 
     synth = Synthesizer.from_pretrained(args.model)
     asr = build_asr(args.asr)
+    judge = None if args.similarity == "none" else build_similarity(args.similarity)
     entries = sorted((e for e in read_jsonl(args.manifest) if e.speaker == args.speaker), key=lambda e: e.id)
     if len(entries) < 2:
         raise SystemExit(f"need two utterances of {args.speaker!r} in {args.manifest} (one is the prompt)")
     prompt, entries = entries[0], entries[1:args.limit + 1]
     prompt_wav, _ = load_audio(prompt.audio, synth.sample_rate)
-    rows: dict[str, list[tuple[str, str, str]]] = {}
+    rows: dict[str, list[tuple[str, str, str]]] = {c: [] for c in conditions}
+    similarities: dict[str, list[float]] = {c: [] for c in conditions}
     for entry in entries:
         wav, rate = load_audio(entry.audio, synth.sample_rate)
-        for condition, audio in decode_conditions(synth, wav, prompt_wav, args.seed).items():
-            rows.setdefault(condition, []).append((entry.id, entry.text, asr.transcribe([audio], rate)[0]))
-    report = {"model": args.model, "asr": args.asr, "speaker": args.speaker, "num_utterances": len(entries),
-              "prompt": prompt.id, "conditions": {}}
+        for condition, audio in decode_conditions(synth, wav, prompt_wav, conditions, args.seed).items():
+            rows[condition].append((entry.id, entry.text, asr.transcribe([audio], rate)[0]))
+            if judge is not None:
+                similarities[condition].append(judge.similarity(audio, prompt_wav, rate))
+    report = {"model": args.model, "asr": args.asr, "similarity": args.similarity, "speaker": args.speaker,
+              "num_utterances": len(entries), "prompt": prompt.id, "conditions": {}}
     for condition, scored_rows in rows.items():
         summary = summarize_wer(score_utterances(scored_rows, "en"))
+        sim = float(np.mean(similarities[condition])) if similarities[condition] else None
         report["conditions"][condition] = {"seedtts_wer": summary.seedtts_wer, "corpus_wer": summary.corpus_wer,
+                                           "similarity": sim,
                                            "transcripts": [{"utt": u, "ref": r, "hyp": h} for u, r, h in scored_rows]}
-        print(f"{condition:>13}: WER {summary.seedtts_wer:7.2f} %  (corpus {100 * summary.corpus_wer:6.2f} %)")
+        sim_text = "" if sim is None else f"  SIM {sim:.3f}"
+        print(f"{condition:>23}: WER {summary.seedtts_wer:7.2f} %  (corpus {100 * summary.corpus_wer:6.2f} %){sim_text}")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=1))
 
