@@ -49,6 +49,9 @@ class EngineConfig:
     log_every: int = 10
     save_every: int = 200
     keep_last: int = 2
+    # Also export the live weights every N updates to <output_dir>/exports/step_<N> (0: only the final export),
+    # so a run's quality can be measured against its training time (tools/wer_curve.py).
+    export_every: int = 0
     tensorboard: bool = True
     progress_bar: bool = True
 

@@ -11,7 +11,8 @@ What it does, in order:
  4. resume from ``<output_dir>/checkpoints/latest`` if it exists: engine state, data position, RNG states;
  5. step until ``stage.max_steps`` optimizer updates, logging every ``engine.log_every`` and checkpointing
     every ``engine.save_every``;
- 6. write a final checkpoint and the export (``<output_dir>/export``) that the next stage starts from.
+ 6. write a final checkpoint and the export (``<output_dir>/export``) that the next stage starts from
+    (and, with ``engine.export_every``, intermediate exports in ``<output_dir>/exports/step_<N>``).
 """
 
 from __future__ import annotations
@@ -142,17 +143,21 @@ def train(config: Any) -> Path:
                 window.clear()
             if step % config.engine.save_every == 0 and step < stage.max_steps:
                 save()
+            if config.engine.export_every and step % config.engine.export_every == 0 and step < stage.max_steps:
+                if engine.engine.zero_optimization_stage() == 3 and step % config.engine.save_every:
+                    save()  # ZeRO-3 exports are consolidated from the latest checkpoint
+                export(engine, system, config, checkpoints, dist, out / "exports" / f"step_{step:06d}")
             if step >= stage.max_steps:
                 break
     if engine.global_step > start_step or resumed is None:
         save()
     log.close()
-    return export(engine, system, config, checkpoints, dist)
+    return export(engine, system, config, checkpoints, dist, out / "export")
 
 
-def export(engine: TrainingEngine, system: TTSSystem, config: Any, checkpoints: Path, dist: Any) -> Path:
-    """Writes the stage's export from the live weights (ZeRO-3: gathered from the last checkpoint)."""
-    directory = Path(config.output_dir) / "export"
+def export(engine: TrainingEngine, system: TTSSystem, config: Any, checkpoints: Path, dist: Any,
+           directory: Path) -> Path:
+    """Writes an export of the live weights to ``directory`` (ZeRO-3: gathered from the last checkpoint)."""
     if engine.engine.zero_optimization_stage() == 3:
         state_dict = consolidated_state_dict(checkpoints) if dist.rank == 0 else None
     else:

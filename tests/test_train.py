@@ -95,6 +95,18 @@ def test_resume_is_exact(stage, shards, joint_export, tmp_path):
             torch.testing.assert_close(other[key], value, rtol=1e-5, atol=1e-6)
 
 
+def test_intermediate_exports_hold_the_weights_of_their_step(shards, tmp_path):
+    """``engine.export_every`` exports mid-stage weights: step 2 of a 3-step run equals a 2-step run's export."""
+    train(stage_config(shards, tmp_path / "long", "joint", 3, "engine.export_every=2"))
+    train(stage_config(shards, tmp_path / "short", "joint", 2))
+    assert sorted(p.name for p in (tmp_path / "long" / "exports").iterdir()) == ["step_000002"]
+    for name in ("tokenizer", "llm", "flow", "reward"):
+        middle = load_file(str(tmp_path / "long" / "exports" / "step_000002" / f"{name}.safetensors"))
+        short = load_file(str(tmp_path / "short" / "export" / f"{name}.safetensors"))
+        for key, value in short.items():
+            torch.testing.assert_close(middle[key], value, rtol=1e-5, atol=1e-6)
+
+
 def frozen_modules_are_untouched(stage: str, init: Path, out: Path, trainable: set[str]) -> None:
     for name in ("tokenizer", "llm", "flow", "reward", "vocoder"):
         before = load_file(str(init / f"{name}.safetensors"))
