@@ -41,6 +41,8 @@ class StageConfig:
             own losses), ``e2e`` (Gumbel-softmax through frozen flow and reward) or ``vocoder``.
         trainable: modules that receive gradients and optimizer state; all others are frozen in eval mode.
         init_from: export directory of the previous stage (None: random initialisation).
+        init_modules: the modules loaded from ``init_from`` (None: all of them); the others start from a fresh
+            random initialisation, e.g. a consumer trained from scratch on frozen tokens, or at another size.
         loss_weights: per-loss weights; keys ``llm``, ``flow``, ``reward`` (multitask) and ``flow``, ``asr``,
             ``speaker`` (e2e). A weight of 0 skips that loss entirely; at least one must be non-zero.
         kl_beta: weight of the per-position KL to the frozen reference LLM (e2e; DiffRO uses 0.1).
@@ -51,6 +53,7 @@ class StageConfig:
     objective: str = "multitask"
     trainable: List[str] = field(default_factory=lambda: ["tokenizer", "llm", "flow", "reward"])
     init_from: Optional[str] = None
+    init_modules: Optional[List[str]] = None
     # Empty by default: omegaconf merges mappings key by key, so defaults here would leak into every stage.
     loss_weights: Dict[str, float] = field(default_factory=dict)
     kl_beta: float = 0.1

@@ -125,6 +125,9 @@ class TTSSystem(nn.Module):
 
     def load_modules(self, directory: str | Path, modules: Sequence[str] = MODULES) -> None:
         """Loads the named modules' weights from an export (strict: every key must match)."""
+        unknown = sorted(set(modules) - set(MODULES))
+        if unknown:
+            raise ValueError(f"unknown module(s) {unknown}; known: {', '.join(MODULES)}")
         for name in modules:
             path = Path(directory) / f"{name}.safetensors"
             if not path.is_file():

@@ -33,7 +33,7 @@ from e2e_tts.data.shards import read_shard_list
 from e2e_tts.engine import TrainingEngine, capture_rng, consolidated_state_dict, restore_rng, setup_distributed
 from e2e_tts.metrics import MetricsLogger
 from e2e_tts.objectives import build_objective
-from e2e_tts.system import SPEAKERS_FILE, TTSSystem
+from e2e_tts.system import MODULES, SPEAKERS_FILE, TTSSystem
 from e2e_tts.text import build_text_tokenizer, load_text_tokenizer
 
 logger = logging.getLogger("e2e_tts.train")
@@ -71,7 +71,7 @@ def build_system(config: Any) -> TTSSystem:
         export = Path(stage.init_from)
         system = TTSSystem(models, load_text_tokenizer(export), json.loads((export / SPEAKERS_FILE).read_text()),
                            to_object(config.audio))
-        system.load_modules(export)
+        system.load_modules(export, MODULES if stage.init_modules is None else list(stage.init_modules))
     else:
         system = TTSSystem(models, build_text_tokenizer(to_object(config.text)),
                            speakers_from_shards(list(config.data.shards)), to_object(config.audio))

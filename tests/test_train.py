@@ -107,6 +107,21 @@ def test_intermediate_exports_hold_the_weights_of_their_step(shards, tmp_path):
             torch.testing.assert_close(middle[key], value, rtol=1e-5, atol=1e-6)
 
 
+def test_init_modules_loads_only_the_named_modules(shards, joint_export, tmp_path):
+    """A consumer can restart from scratch (here at another size) on the previous stage's frozen tokenizer."""
+    config = stage_config(shards, tmp_path / "fresh", "separate", 1, f"stage.init_from={joint_export}",
+                          "stage.init_modules=[tokenizer,llm,reward]", "model.flow.depth=2")
+    train(config)
+    export = tmp_path / "fresh" / "export"
+    for key, value in load_file(str(joint_export / "tokenizer.safetensors")).items():
+        assert torch.equal(load_file(str(export / "tokenizer.safetensors"))[key], value)
+    # the joint flow has one block: loading it into this two-block flow would have failed
+    assert any(key.startswith("transformer.blocks.1.") for key in load_file(str(export / "flow.safetensors")))
+    with pytest.raises(ValueError, match="unknown module"):
+        train(stage_config(shards, tmp_path / "typo", "separate", 1, f"stage.init_from={joint_export}",
+                           "stage.init_modules=[tokenizr]"))
+
+
 def frozen_modules_are_untouched(stage: str, init: Path, out: Path, trainable: set[str]) -> None:
     for name in ("tokenizer", "llm", "flow", "reward", "vocoder"):
         before = load_file(str(init / f"{name}.safetensors"))
