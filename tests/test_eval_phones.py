@@ -1,0 +1,118 @@
+"""Phone error rate judge: dictionary lookup, pocketsphinx allphone recognition on real flite speech, PER maths."""
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from e2e_tts.audio import resample
+from e2e_tts.eval.phones import (PocketsphinxPhones, UnknownWordError, default_dictionary, is_speech_phone,
+                                 phone_error_rates, read_pronunciations, reference_phones)
+from e2e_tts.eval.wer import EmptyReferenceError
+
+SENTENCES = ("The plane was given clearance to land.", "She traced the circumstances of her birth.")
+
+
+def flite_speech(tmp_path: Path, text: str, voice: str = "rms") -> tuple[np.ndarray, int]:
+    if shutil.which("flite") is None:
+        pytest.skip("Debian flite is not installed (apt-get install flite)")
+    path = tmp_path / f"{voice}_{abs(hash(text))}.wav"
+    subprocess.run(["flite", "-voice", voice, "-t", text, "-o", str(path)], check=True)
+    wav, rate = sf.read(str(path), dtype="float32")
+    return wav, rate
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Reference phones
+# ---------------------------------------------------------------------------------------------------------------
+
+def test_reference_phones_from_the_shipped_dictionary():
+    # "the" has the alternate "the(2) DH IY"; "read" has "read(2) R IY D": the first pronunciation wins.
+    assert reference_phones("The cat, READ!") == ["DH", "AH", "K", "AE", "T", "R", "EH", "D"]
+    assert reference_phones("don't") == ["D", "OW", "N", "T"]  # the apostrophe survives normalisation
+
+
+def test_stress_digits_removed_and_alternates_ignored(tmp_path):
+    dictionary = tmp_path / "stressed.dict"
+    dictionary.write_text("record(2) R EH1 K ER0 D\nrecord R IH0 K AO1 R D\nwellknown W EH1 L N OW2 N\n")
+    # An alternate listed before the main entry still loses: "(2)" marks it, not its position.
+    assert reference_phones("Record well-known.", dictionary) == ["R", "IH", "K", "AO", "R", "D",
+                                                                  "W", "EH", "L", "N", "OW", "N"]
+
+
+def test_unknown_word_names_the_word(tmp_path):
+    with pytest.raises(UnknownWordError, match="word 'zzxqv' of reference 'The zzxqv sat.'"):
+        reference_phones("The zzxqv sat.")
+    dictionary = tmp_path / "broken.dict"
+    dictionary.write_text("cat K AE T\ndog\n")
+    with pytest.raises(ValueError, match="broken.dict:2: word 'dog' has no phones"):
+        reference_phones("cat", dictionary)
+
+
+def test_silence_and_fillers_are_not_speech_phones():
+    assert [unit for unit in ("SIL", "+NSN+", "+SPN+", "+BREATH+", "AH", "K") if is_speech_phone(unit)] == ["AH", "K"]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Recognition
+# ---------------------------------------------------------------------------------------------------------------
+
+def test_flite_speech_scores_far_better_than_time_reversed_speech(tmp_path):
+    speech = [flite_speech(tmp_path, text) for text in SENTENCES]
+    rate = speech[0][1]
+    wavs = [wav for wav, _ in speech]
+    references = [reference_phones(text) for text in SENTENCES]
+    judge = PocketsphinxPhones()
+
+    forward = judge.recognize(wavs, rate)
+    assert all(phones and all(is_speech_phone(phone) for phone in phones) for phones in forward)
+    dictionary_phones = {phone for phones in read_pronunciations(default_dictionary()).values() for phone in phones}
+    assert set().union(*forward) <= dictionary_phones  # same symbols as the reference, so the rate is meaningful
+    forward_per = phone_error_rates(references, forward)
+    reversed_per = phone_error_rates(references, judge.recognize([wav[::-1].copy() for wav in wavs], rate))
+    assert forward_per["corpus_per"] < 55 < 75 < reversed_per["corpus_per"]
+    assert max(forward_per["per"]) < min(reversed_per["per"])
+
+    # The judge resamples itself: the same speech at 24 kHz scores about the same.
+    upsampled = judge.recognize([resample(wav, rate, 24000) for wav in wavs], 24000)
+    assert abs(phone_error_rates(references, upsampled)["corpus_per"] - forward_per["corpus_per"]) < 10
+
+
+def test_recognize_rejects_bad_audio():
+    judge = PocketsphinxPhones()
+    with pytest.raises(ValueError, match="waveform 1 must be mono"):
+        judge.recognize([np.zeros(1600, np.float32), np.zeros((2, 1600), np.float32)], 16000)
+    with pytest.raises(ValueError, match="sample_rate must be positive"):
+        judge.recognize([np.zeros(1600, np.float32)], 0)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Rates
+# ---------------------------------------------------------------------------------------------------------------
+
+def test_phone_error_rates_by_hand():
+    references = [["K", "AE", "T"], ["D", "AO", "G", "Z", "R", "AH", "N", "S", "IY", "T"]]
+    hypotheses = [["K", "AH", "T", "S"],  # 1 substitution + 1 insertion of 3 -> 66.7%
+                  ["D", "AO", "G", "Z", "R", "AH", "N", "S", "IY"]]  # 1 deletion of 10 -> 10%
+    scores = phone_error_rates(references, hypotheses)
+    assert scores["per"] == pytest.approx([200 / 3, 10.0])
+    assert scores["mean_per"] == pytest.approx((200 / 3 + 10) / 2)  # every utterance weighs the same
+    assert scores["corpus_per"] == pytest.approx(100 * 3 / 13)  # every phone weighs the same
+    assert scores["num_utterances"] == 2
+    # Nothing recognised: all deletions; more insertions than reference phones: above 100%.
+    assert phone_error_rates([["AH", "K"]], [[]])["per"] == [100.0]
+    assert phone_error_rates([["AH"]], [["B", "AH", "K"]])["per"] == [200.0]
+
+
+def test_phone_error_rates_rejects_bad_input():
+    with pytest.raises(ValueError, match="2 references but 1 hypotheses"):
+        phone_error_rates([["AH"], ["K"]], [["AH"]])
+    with pytest.raises(ValueError, match="at least one utterance"):
+        phone_error_rates([], [])
+    with pytest.raises(EmptyReferenceError, match="utterance 1: the reference has no phones"):
+        phone_error_rates([["AH"], []], [["AH"], ["K"]])
+    with pytest.raises(ValueError, match="utterance 0: hypothesis phone 'A H' is empty or holds whitespace"):
+        phone_error_rates([["AH"]], [["A H"]])
