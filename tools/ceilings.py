@@ -10,8 +10,9 @@ Conditions, on the same utterances (a held-out split of the corpus):
   flow_tokens_vocoder      ground-truth audio -> the export's speech tokenizer -> flow decoding of those tokens
   flow_tokens_griffin_lim  (prompted, as in synthesis, by another utterance of the same voice) -> vocoder or
                            Griffin-Lim: the best the LLM could do if it predicted every token right
-Each is transcribed by ``--asr`` (default pocketsphinx), scored with the Seed-TTS-Eval normaliser, and compared
-with the prompt utterance by ``--similarity`` (default resemblyzer), as synthesis is.
+Each is transcribed by ``--asr`` (default pocketsphinx), scored with the Seed-TTS-Eval normaliser, compared
+with the prompt utterance by ``--similarity`` (default resemblyzer), as synthesis is, and decoded into phones by
+pocketsphinx for the phone error rate (e2e_tts.eval.phones), which still moves where word WER is past 100 %.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import torch
 from e2e_tts.audio import load_audio
 from e2e_tts.data.manifest import read_jsonl
 from e2e_tts.eval.asr import build_asr
+from e2e_tts.eval.phones import PocketsphinxPhones, phone_error_rates, reference_phones
 from e2e_tts.eval.similarity import build_similarity
 from e2e_tts.eval.wer import score_utterances, summarize_wer
 from e2e_tts.models.vocoder import griffin_lim
@@ -82,6 +84,7 @@ def main() -> None:
     synth = Synthesizer.from_pretrained(args.model)
     asr = build_asr(args.asr)
     judge = None if args.similarity == "none" else build_similarity(args.similarity)
+    phone_judge = PocketsphinxPhones()
     entries = sorted((e for e in read_jsonl(args.manifest) if e.speaker == args.speaker), key=lambda e: e.id)
     if len(entries) < 2:
         raise SystemExit(f"need two utterances of {args.speaker!r} in {args.manifest} (one is the prompt)")
@@ -89,10 +92,12 @@ def main() -> None:
     prompt_wav, _ = load_audio(prompt.audio, synth.sample_rate)
     rows: dict[str, list[tuple[str, str, str]]] = {c: [] for c in conditions}
     similarities: dict[str, list[float]] = {c: [] for c in conditions}
+    phones: dict[str, list[list[str]]] = {c: [] for c in conditions}
     for entry in entries:
         wav, rate = load_audio(entry.audio, synth.sample_rate)
         for condition, audio in decode_conditions(synth, wav, prompt_wav, conditions, args.seed).items():
             rows[condition].append((entry.id, entry.text, asr.transcribe([audio], rate)[0]))
+            phones[condition].append(phone_judge.recognize([audio], rate)[0])
             if judge is not None:
                 similarities[condition].append(judge.similarity(audio, prompt_wav, rate))
     report = {"model": args.model, "asr": args.asr, "similarity": args.similarity, "speaker": args.speaker,
@@ -100,11 +105,13 @@ def main() -> None:
     for condition, scored_rows in rows.items():
         summary = summarize_wer(score_utterances(scored_rows, "en"))
         sim = float(np.mean(similarities[condition])) if similarities[condition] else None
+        per = phone_error_rates([reference_phones(text) for _, text, _ in scored_rows], phones[condition])
         report["conditions"][condition] = {"seedtts_wer": summary.seedtts_wer, "corpus_wer": summary.corpus_wer,
-                                           "similarity": sim,
+                                           "mean_per": per["mean_per"], "similarity": sim,
                                            "transcripts": [{"utt": u, "ref": r, "hyp": h} for u, r, h in scored_rows]}
         sim_text = "" if sim is None else f"  SIM {sim:.3f}"
-        print(f"{condition:>23}: WER {summary.seedtts_wer:7.2f} %  (corpus {100 * summary.corpus_wer:6.2f} %){sim_text}")
+        print(f"{condition:>23}: WER {summary.seedtts_wer:7.2f} %  (corpus {100 * summary.corpus_wer:6.2f} %)  "
+              f"PER {per['mean_per']:6.2f} %{sim_text}")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=1))
 

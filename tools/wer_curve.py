@@ -1,4 +1,4 @@
-"""Recogniser WER and speaker similarity against training time, from the intermediate exports of a run.
+"""Recogniser WER, phone error rate and speaker similarity against training time, from a run's exports.
 
     python tools/wer_curve.py exp/tiny_seed0 --meta exp/tiny_seed0/eval/meta.lst --limit 20 \
         --out exp/tiny_seed0/wer_curve.json --plot exp/tiny_seed0/wer_curve.png
@@ -6,7 +6,8 @@
 A run trained with ``engine.export_every=N`` holds ``<stage>/exports/step_<k>`` beside each stage's final
 ``<stage>/export``. Every export of the synthesis stages found (in pipeline order) synthesises the first
 ``--limit`` lines of ``--meta`` into ``<run>/curve/<stage>_step_<k>/`` (kept, so a rerun only scores what is new)
-and is scored by the Seed-TTS-Eval harness. The time axis is the run's cumulative training wall time, read
+and is scored by the Seed-TTS-Eval harness and the phone judge (e2e_tts.eval.phones: word WER stays above 100 %
+until speech is nearly intelligible, phone error rate moves earlier). The time axis is the run's cumulative training wall time, read
 from the stages' ``metrics.jsonl`` (a resumed stage's clock restarts; the segments are added up).
 """
 
@@ -21,7 +22,9 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from e2e_tts.eval.asr import build_asr
-from e2e_tts.eval.seedtts import read_seedtts_meta, run_seedtts, synthesize_missing
+from e2e_tts.eval.phones import PocketsphinxPhones, phone_error_rates, reference_phones
+from e2e_tts.eval.seedtts import (ground_truth_wav_paths, read_first_channel, read_seedtts_meta, run_seedtts,
+                                  synthesize_missing, synthesized_wav_paths)
 from e2e_tts.eval.similarity import build_similarity
 from e2e_tts.synth import SynthesisConfig, Synthesizer
 
@@ -72,12 +75,22 @@ def curve_points(run: Path) -> list[dict]:
     return points
 
 
+def mean_phone_error_rate(judge: PocketsphinxPhones, texts: list[str], wav_paths: list[str | None]) -> float | None:
+    """Mean per-utterance PER (%) of the wavs that exist (None if none does)."""
+    pairs = [(text, path) for text, path in zip(texts, wav_paths) if path is not None and Path(path).is_file()]
+    if not pairs:
+        return None
+    hypotheses = [judge.recognize([wav], rate)[0] for wav, rate in (read_first_channel(p) for _, p in pairs)]
+    return phone_error_rates([reference_phones(text) for text, _ in pairs], hypotheses)["mean_per"]
+
+
 def plot(points: list[dict], ground_truth: dict | None, path: Path) -> None:
-    figure = Figure(figsize=(9, 3.4), layout="constrained")
+    figure = Figure(figsize=(13, 3.4), layout="constrained")
     FigureCanvasAgg(figure)
-    wer_axis, sim_axis = figure.subplots(1, 2)
+    axes = figure.subplots(1, 3)
     minutes = [p["train_seconds"] / 60 for p in points]
-    for axis, key, label in ((wer_axis, "wer", "recogniser WER (%)"), (sim_axis, "sim", "speaker similarity")):
+    panels = (("wer", "recogniser WER (%)"), ("per", "phone error rate (%)"), ("sim", "speaker similarity"))
+    for axis, (key, label) in zip(axes, panels):
         axis.plot(minutes, [p[key] for p in points], marker="o", color="black")
         for stage in dict.fromkeys(p["stage"] for p in points):
             first = next(p for p in points if p["stage"] == stage)
@@ -115,7 +128,8 @@ def main() -> None:
     meta.parent.mkdir(parents=True, exist_ok=True)
     meta.write_text("\n".join(lines) + "\n", encoding="utf-8")
     items = read_seedtts_meta(meta)
-    asr, similarity = build_asr(args.asr), build_similarity(args.similarity)
+    asr, similarity, phone_judge = build_asr(args.asr), build_similarity(args.similarity), PocketsphinxPhones()
+    texts = [item.text for item in items]
     config = SynthesisConfig(seed=args.seed, vocoder=args.vocoder)
     ground_truth = None
     for index, point in enumerate(points):
@@ -124,12 +138,14 @@ def main() -> None:
         _, missing = synthesize_missing(items, wavs, synthesizer, config)
         result = run_seedtts(meta, wavs, asr, similarity, "en", ground_truth=index == 0, missing_reasons=missing)
         summary = result["summary"]
-        point.update(wer=summary["seedtts_wer"], sim=summary["sim"], num_scored=summary["num_wer_scored"])
+        point.update(wer=summary["seedtts_wer"], sim=summary["sim"], num_scored=summary["num_wer_scored"],
+                     per=mean_phone_error_rate(phone_judge, texts, synthesized_wav_paths(items, wavs)))
         if index == 0:
             truth = result["ground_truth"]["summary"]
-            ground_truth = {"wer": truth["seedtts_wer"], "sim": truth["sim"]}
+            ground_truth = {"wer": truth["seedtts_wer"], "sim": truth["sim"],
+                            "per": mean_phone_error_rate(phone_judge, texts, ground_truth_wav_paths(items))}
         print(f"{point['stage']:>9} step {point['step']:6d}  {point['train_seconds'] / 60:6.1f} min  "
-              f"WER {point['wer']:7.2f} %  SIM {point['sim']:.3f}", flush=True)
+              f"WER {point['wer']:7.2f} %  PER {point['per']:6.2f} %  SIM {point['sim']:.3f}", flush=True)
     args.out.write_text(json.dumps({"run": str(args.run), "meta": str(meta), "vocoder": args.vocoder,
                                     "asr": args.asr, "similarity": args.similarity, "ground_truth": ground_truth,
                                     "points": points}, indent=1))
