@@ -123,9 +123,9 @@ def main() -> None:
     points = curve_points(args.run)
     if not points:
         raise SystemExit(f"no exports of {', '.join(PIPELINE)} under {args.run}")
-    meta = args.out.parent / f"{args.out.stem}.meta.lst"
+    # beside the full list: its wav paths are relative to the list's folder
+    meta = Path(args.meta).with_name(f"{Path(args.meta).stem}.first{args.limit}.lst")
     lines = Path(args.meta).read_text(encoding="utf-8").splitlines()[:args.limit]
-    meta.parent.mkdir(parents=True, exist_ok=True)
     meta.write_text("\n".join(lines) + "\n", encoding="utf-8")
     items = read_seedtts_meta(meta)
     asr, similarity, phone_judge = build_asr(args.asr), build_similarity(args.similarity), PocketsphinxPhones()
@@ -144,8 +144,8 @@ def main() -> None:
             truth = result["ground_truth"]["summary"]
             ground_truth = {"wer": truth["seedtts_wer"], "sim": truth["sim"],
                             "per": mean_phone_error_rate(phone_judge, texts, ground_truth_wav_paths(items))}
-        print(f"{point['stage']:>9} step {point['step']:6d}  {point['train_seconds'] / 60:6.1f} min  "
-              f"WER {point['wer']:7.2f} %  PER {point['per']:6.2f} %  SIM {point['sim']:.3f}", flush=True)
+        print(f"{point['stage']:>9} step {point['step']:6d}  {point['train_seconds'] / 60:6.1f} min  WER {point['wer']} %  "
+              f"PER {point['per']} %  SIM {point['sim']}  ({point['num_scored']} of {len(items)} scored)", flush=True)
     args.out.write_text(json.dumps({"run": str(args.run), "meta": str(meta), "vocoder": args.vocoder,
                                     "asr": args.asr, "similarity": args.similarity, "ground_truth": ground_truth,
                                     "points": points}, indent=1))
