@@ -1,6 +1,13 @@
-"""Shared by the tests: micro model sizes and a clean environment for child processes."""
+"""Shared by the tests: micro model sizes, a clean environment for child processes, real flite speech."""
 
 import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
 
 LAUNCHER_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 
@@ -27,3 +34,14 @@ MICRO_MODEL_OVERRIDES = [
     "model.reward.max_text_length=24",
     "model.vocoder.dim=16", "model.vocoder.intermediate_dim=32", "model.vocoder.num_blocks=1",
 ]
+
+
+def flite(tmp_path: Path, voice: str, text: str) -> tuple[np.ndarray, int]:
+    """``text`` spoken by Debian flite's ``voice``: waveform ``(N,)`` float32 and its rate; skips the test without
+    flite."""
+    if shutil.which("flite") is None:
+        pytest.skip("Debian flite is not installed (apt-get install flite)")
+    path = tmp_path / f"{voice}_{abs(hash(text))}.wav"
+    subprocess.run(["flite", "-voice", voice, "-t", text, "-o", str(path)], check=True)
+    wav, rate = sf.read(str(path), dtype="float32")
+    return wav, rate

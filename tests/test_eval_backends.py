@@ -4,8 +4,6 @@ official architectures (Whisper, WavLM + ECAPA-TDNN) built and loaded from local
 import importlib.util
 import math
 import re
-import shutil
-import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +16,7 @@ from e2e_tts.eval.asr import RewardModelASR, build_asr, parse_asr_spec
 from e2e_tts.eval.ecapa_tdnn import PRESETS, EcapaTdnnWavLM, WavLM
 from e2e_tts.eval.similarity import build_similarity, mean_similarity, sinc_resample
 from e2e_tts.eval.wer import score_utterance
+from shared import flite
 
 CARDS = Path("/usr/share/pocketsphinx/test/data/cards")
 
@@ -26,15 +25,6 @@ CARDS = Path("/usr/share/pocketsphinx/test/data/cards")
 def _offline(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     torch.manual_seed(0)
-
-
-def flite(tmp_path: Path, voice: str, text: str) -> tuple[np.ndarray, int]:
-    if shutil.which("flite") is None:
-        pytest.skip("Debian flite is not installed")
-    path = tmp_path / f"{voice}_{abs(hash(text))}.wav"
-    subprocess.run(["flite", "-voice", voice, "-t", text, "-o", str(path)], check=True)
-    wav, rate = sf.read(str(path), dtype="float32")
-    return wav, rate
 
 
 # ---------------------------------------------------------------------------------------------------------------

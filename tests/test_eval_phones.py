@@ -1,28 +1,15 @@
 """Phone error rate judge: dictionary lookup, pocketsphinx allphone recognition on real flite speech, PER maths."""
 
-import shutil
-import subprocess
-from pathlib import Path
-
 import numpy as np
 import pytest
-import soundfile as sf
 
 from e2e_tts.audio import resample
 from e2e_tts.eval.phones import (PocketsphinxPhones, UnknownWordError, default_dictionary, is_speech_phone,
                                  phone_error_rates, read_pronunciations, reference_phones)
 from e2e_tts.eval.wer import EmptyReferenceError
+from shared import flite
 
 SENTENCES = ("The plane was given clearance to land.", "She traced the circumstances of her birth.")
-
-
-def flite_speech(tmp_path: Path, text: str, voice: str = "rms") -> tuple[np.ndarray, int]:
-    if shutil.which("flite") is None:
-        pytest.skip("Debian flite is not installed (apt-get install flite)")
-    path = tmp_path / f"{voice}_{abs(hash(text))}.wav"
-    subprocess.run(["flite", "-voice", voice, "-t", text, "-o", str(path)], check=True)
-    wav, rate = sf.read(str(path), dtype="float32")
-    return wav, rate
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -61,7 +48,7 @@ def test_silence_and_fillers_are_not_speech_phones():
 # ---------------------------------------------------------------------------------------------------------------
 
 def test_flite_speech_scores_far_better_than_time_reversed_speech(tmp_path):
-    speech = [flite_speech(tmp_path, text) for text in SENTENCES]
+    speech = [flite(tmp_path, "rms", text) for text in SENTENCES]
     rate = speech[0][1]
     wavs = [wav for wav, _ in speech]
     references = [reference_phones(text) for text in SENTENCES]

@@ -75,17 +75,22 @@ class PocketsphinxASR:
     name = "pocketsphinx"
 
     def transcribe(self, wavs: Sequence[np.ndarray], sample_rate: int) -> list[str]:
-        check_waveforms(wavs, sample_rate)
-        decoder = _pocketsphinx_decoder()
-        texts = []
-        for wav in wavs:
-            pcm = np.clip(resample(np.asarray(wav, dtype=np.float32), sample_rate, ASR_RATE), -1.0, 1.0)
-            decoder.start_utt()
-            decoder.process_raw((pcm * 32767).astype(np.int16).tobytes(), full_utt=True)
-            decoder.end_utt()
-            hypothesis = decoder.hyp()
-            texts.append(hypothesis.hypstr if hypothesis is not None else "")
-        return texts
+        return pocketsphinx_hypotheses(_pocketsphinx_decoder(), wavs, sample_rate)
+
+
+def pocketsphinx_hypotheses(decoder: Any, wavs: Sequence[np.ndarray], sample_rate: int) -> list[str]:
+    """Runs a pocketsphinx ``Decoder`` on mono waveforms ``(N,)`` (validated, resampled to 16 kHz, 16-bit PCM);
+    returns each hypothesis string ("" when it has none)."""
+    check_waveforms(wavs, sample_rate)
+    texts = []
+    for wav in wavs:
+        pcm = np.clip(resample(np.asarray(wav, dtype=np.float32), sample_rate, ASR_RATE), -1.0, 1.0)
+        decoder.start_utt()
+        decoder.process_raw((pcm * 32767).astype(np.int16).tobytes(), full_utt=True)
+        decoder.end_utt()
+        hypothesis = decoder.hyp()
+        texts.append(hypothesis.hypstr if hypothesis is not None else "")
+    return texts
 
 
 class WhisperASR:

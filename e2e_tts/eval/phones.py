@@ -25,8 +25,7 @@ from typing import Any, Sequence
 import jiwer
 import numpy as np
 
-from e2e_tts.audio import resample
-from e2e_tts.eval.asr import ASR_RATE, check_waveforms
+from e2e_tts.eval.asr import pocketsphinx_hypotheses
 from e2e_tts.eval.normalize import normalize_for_wer
 from e2e_tts.eval.wer import EmptyReferenceError
 
@@ -132,20 +131,10 @@ class PocketsphinxPhones:
         """Mono waveforms ``(N,)`` at ``sample_rate`` (resampled to 16 kHz here) -> recognised phones of each.
 
         Raises:
-            ValueError: for a bad rate or waveform (see :func:`check_waveforms`).
+            ValueError: for a bad rate or waveform (see :func:`e2e_tts.eval.asr.check_waveforms`).
         """
-        check_waveforms(wavs, sample_rate)
-        decoder = _allphone_decoder(self.language_weight, self.beam)
-        results = []
-        for wav in wavs:
-            pcm = np.clip(resample(np.asarray(wav, dtype=np.float32), sample_rate, ASR_RATE), -1.0, 1.0)
-            decoder.start_utt()
-            decoder.process_raw((pcm * 32767).astype(np.int16).tobytes(), full_utt=True)
-            decoder.end_utt()
-            hypothesis = decoder.hyp()
-            units = hypothesis.hypstr.split() if hypothesis is not None else []
-            results.append([unit for unit in units if is_speech_phone(unit)])
-        return results
+        hypotheses = pocketsphinx_hypotheses(_allphone_decoder(self.language_weight, self.beam), wavs, sample_rate)
+        return [[unit for unit in hypothesis.split() if is_speech_phone(unit)] for hypothesis in hypotheses]
 
 
 def phone_error_rates(references: Sequence[list[str]], hypotheses: Sequence[list[str]]) -> dict:
