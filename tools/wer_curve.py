@@ -44,16 +44,16 @@ def cumulative_seconds(metrics_path: Path) -> dict[int, float]:
     return seconds
 
 
-def stage_exports(stage_dir: Path) -> list[tuple[int, Path]]:
-    """``(step, export dir)`` of a stage, intermediate ones first and the final export last."""
+def stage_exports(stage_dir: Path, seconds: dict[int, float]) -> list[tuple[int, Path]]:
+    """``(step, export dir)`` of a stage, intermediate ones first and the final export last (at the last step
+    of ``seconds``, the stage's :func:`cumulative_seconds`)."""
     found = []
     for path in sorted((stage_dir / "exports").glob("step_*")):
         match = STEP_DIR.search(path.name)
         if match and (path / "config.yaml").is_file():
             found.append((int(match.group(1)), path))
-    metrics = cumulative_seconds(stage_dir / "metrics.jsonl")
-    if (stage_dir / "export").is_dir() and metrics:
-        found.append((max(metrics), stage_dir / "export"))
+    if (stage_dir / "export").is_dir() and seconds:
+        found.append((max(seconds), stage_dir / "export"))
     return found
 
 
@@ -65,7 +65,7 @@ def curve_points(run: Path) -> list[dict]:
         if not (stage_dir / "metrics.jsonl").is_file():
             continue
         seconds = cumulative_seconds(stage_dir / "metrics.jsonl")
-        for step, export in stage_exports(stage_dir):
+        for step, export in stage_exports(stage_dir, seconds):
             if step not in seconds:
                 raise SystemExit(f"{export}: step {step} is not in {stage_dir / 'metrics.jsonl'}; export at "
                                  f"multiples of engine.log_every")
