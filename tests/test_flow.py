@@ -109,38 +109,46 @@ def test_loss_is_a_finite_scalar_and_trains(codebook):
     assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
 
 
-def test_loss_uses_the_ot_path_and_scores_only_target_frames(codebook):
-    """Checks x_t and the regression target against the formula, and that the loss reaches the
-    network output only on valid frames after the prompt (exact zero gradient elsewhere)."""
-    model = make_model()
+@pytest.mark.parametrize("source", ["noise", "prior"])
+def test_loss_uses_the_ot_path_and_scores_only_target_frames(codebook, source):
+    """Checks x_t and the regression target against the formula (from noise, or from noise around the prior
+    mel), and that the loss reaches the network output only on valid frames after the prompt (exact zero
+    gradient elsewhere) and never reaches the prior head."""
+    model = make_model(source=source)
     mel, mel_mask, ids, speech_mask = make_batch([6, 4])
     draws = draws_for([12, 8], 12, prompt_frames=[5, 0], keep=[True, True])
-    inputs, outputs = Capture(model.input_proj), Capture(model.output_proj)
-    loss = model.loss(mel, mel_mask, ids, speech_mask, codebook, draws=draws)
-    loss.backward()
+    inputs, outputs, priors = Capture(model.input_proj), Capture(model.output_proj), Capture(model.prior_proj)
+    terms = model.loss_terms(mel, mel_mask, ids, speech_mask, codebook, draws=draws)
+    terms["cfm"].backward()
+    assert model.prior_proj.weight.grad is None
 
     valid = mel_mask[..., None]
     x1 = torch.where(valid, model.normalize(mel), torch.zeros_like(mel))
     t = draws.time[:, None, None]
     sigma = SMALL.sigma_min
-    x_t = (1 - (1 - sigma) * t) * draws.noise + t * x1
+    x0 = draws.noise + (priors.outputs[0].detach() if source == "prior" else 0.0)
+    x_t = (1 - (1 - sigma) * t) * x0 + t * x1
     torch.testing.assert_close(inputs.inputs[0][..., :N_MELS][mel_mask], x_t[mel_mask])
 
     predicted = outputs.outputs[0]
     scored = mel_mask.clone()
     scored[0, :5] = False
-    target = x1 - (1 - sigma) * draws.noise
+    target = x1 - (1 - sigma) * x0
     expected = (predicted - target).square()[scored].mean()
-    torch.testing.assert_close(loss, expected)
+    torch.testing.assert_close(terms["cfm"], expected)
     grad = predicted.grad.abs().sum(-1)
     assert (grad[~scored] == 0).all()
     assert (grad[scored] > 0).all()
+    # the prior regresses the normalised mel on every valid frame, prompt included
+    torch.testing.assert_close(terms["prior"], (priors.outputs[0] - x1).square()[mel_mask].mean())
+    torch.testing.assert_close(model.weighted_loss(terms), terms["cfm"] + SMALL.prior_weight * terms["prior"])
 
 
 def test_condition_channels_prompt_span_and_cfg_dropout(codebook):
     """Prompt channels hold the normalised mel on the prompt span only; a dropped row sees no
     tokens, no prompt and no speaker."""
-    model = make_model(speaker_embedding_dim=8)
+    # from plain noise: the prior source would hand the dropped row its tokens through x_t
+    model = make_model(speaker_embedding_dim=8, source="noise")
     mel, mel_mask, ids, speech_mask = make_batch([6, 6])
     speaker = torch.randn(2, 8)
     inputs = Capture(model.input_proj)
@@ -155,7 +163,8 @@ def test_condition_channels_prompt_span_and_cfg_dropout(codebook):
     # the dropped row's loss must not change with its tokens, prompt-condition or speaker
     def row_loss(keep: bool, ids_row, speaker_row) -> torch.Tensor:
         one = draws_for([12], 12, prompt_frames=[4], keep=[keep])
-        return model.loss(mel[1:], mel_mask[1:], ids_row, speech_mask[1:], codebook, speaker_row, draws=one)
+        return model.loss_terms(mel[1:], mel_mask[1:], ids_row, speech_mask[1:], codebook, speaker_row,
+                                draws=one)["cfm"]
 
     other_ids, other_speaker = (ids[1:] + 7) % 81, torch.randn(1, 8)
     assert row_loss(False, ids[1:], speaker[1:]) == row_loss(False, other_ids, other_speaker)
@@ -170,19 +179,23 @@ def test_loss_is_invariant_to_padding_per_row(codebook):
     gen = torch.Generator().manual_seed(1)
     noise = torch.randn(2, 16, N_MELS, generator=gen)
     batch_draws = FlowMatchingDraws(noise, torch.tensor([0.25, 0.8]), torch.tensor([3, 2]), torch.tensor([True, True]))
-    batch_loss = model.loss(mel, mel_mask, ids, speech_mask, codebook, draws=batch_draws)
+    batch_terms = model.loss_terms(mel, mel_mask, ids, speech_mask, codebook, draws=batch_draws)
+    batch_loss = model.weighted_loss(batch_terms)
 
-    row_losses, row_targets = [], []
+    row_terms, row_targets, row_frames = [], [], []
     for row, (frames, tokens) in enumerate([(10, 5), (16, 8)]):
         rows = slice(row, row + 1)
         row_draws = FlowMatchingDraws(noise[rows, :frames], batch_draws.time[rows], batch_draws.prompt_frames[rows],
                                       batch_draws.keep_condition[rows])
-        row_losses.append(model.loss(mel[rows, :frames], mel_mask[rows, :frames], ids[rows, :tokens],
-                                     speech_mask[rows, :tokens], codebook, draws=row_draws))
+        row_terms.append(model.loss_terms(mel[rows, :frames], mel_mask[rows, :frames], ids[rows, :tokens],
+                                          speech_mask[rows, :tokens], codebook, draws=row_draws))
         row_targets.append(frames - int(batch_draws.prompt_frames[row]))
-    # the batch loss is the frame-weighted mean of the per-row losses
-    expected = sum(loss * n for loss, n in zip(row_losses, row_targets)) / sum(row_targets)
-    torch.testing.assert_close(batch_loss, expected)
+        row_frames.append(frames)
+    # each batch term is the frame-weighted mean of the per-row terms: target frames for the flow matching
+    # loss, all valid frames for the prior
+    for name, weights in (("cfm", row_targets), ("prior", row_frames)):
+        expected = sum(terms[name] * n for terms, n in zip(row_terms, weights)) / sum(weights)
+        torch.testing.assert_close(batch_terms[name], expected)
 
     # junk in the padding (mel, token ids, noise) changes nothing
     mel2, ids2, noise2 = mel.clone(), ids.clone(), noise.clone()
@@ -303,13 +316,14 @@ def test_sample_shapes_masks_and_prompt_continuation(codebook):
     assert out_mask.sum(1).tolist() == [8, 5]
     torch.testing.assert_close(out, out2)
 
-    # one Euler step of size 1 from the generator's noise: the returned frames are those after the prompt
-    velocity = Capture(model.output_proj)
+    # one Euler step of size 1 from the generator's noise (scaled by the temperature) around the prior mel: the
+    # returned frames are those after the prompt
+    velocity, priors = Capture(model.output_proj), Capture(model.prior_proj)
     with torch.no_grad():
         out, _ = model.sample(ids, speech_mask, codebook, prompt, prompt_mask, solver="euler", nfe=1,
-                              cfg_strength=0.0, generator=torch.Generator().manual_seed(3))
+                              cfg_strength=0.0, temperature=0.5, generator=torch.Generator().manual_seed(3))
     noise = torch.randn(2, 12, N_MELS, generator=torch.Generator().manual_seed(3))
-    full = model.denormalize(noise + velocity.outputs[0])
+    full = model.denormalize(0.5 * noise + priors.outputs[0] + velocity.outputs[0])
     torch.testing.assert_close(out[0], full[0, 4:12])
     torch.testing.assert_close(out[1, :5], full[1, 3:8])
 
@@ -320,6 +334,56 @@ def test_token_features_are_zero_past_the_tokens(codebook):
     features = model.embed_tokens(ids, speech_mask, codebook, 12)
     assert features.shape == (2, 12, SMALL.dim)
     assert (features[1, 8:] == 0).all() and (features[1, :8].abs().sum(-1) > 0).all()
+
+
+def test_token_encoder_gives_each_frame_the_whole_utterance(codebook):
+    """The upsampler's convs see a few tokens either side; the token encoder lets a change of the first token
+    reach the last frame, and without it the last frame cannot hear it."""
+    _, _, ids, speech_mask = make_batch([6])
+    changed = ids.clone()
+    changed[0, 0] = (ids[0, 0] + 40) % 81
+    for depth, reaches in ((1, True), (0, False)):
+        model = make_model(encoder_depth=depth)
+        before = model.embed_tokens(ids, speech_mask, codebook, 12)[0, -1]
+        after = model.embed_tokens(changed, speech_mask, codebook, 12)[0, -1]
+        assert bool((before - after).abs().max() > 1e-6) == reaches, depth
+
+
+def test_prior_head_and_switching_it_off(codebook):
+    model = make_model()
+    mel, mel_mask, ids, speech_mask = make_batch([6, 4])
+    with torch.no_grad():
+        prior = model.prior(ids, speech_mask, codebook)
+    assert prior.shape == (2, 12, N_MELS)
+    assert (prior[1, 8:] == math.log(LOG_FLOOR)).all() and torch.isfinite(prior).all()
+
+    plain = make_model(prior_weight=0.0, source="noise")
+    assert plain.prior_proj is None
+    terms = plain.loss_terms(mel, mel_mask, ids, speech_mask, codebook, generator=torch.Generator().manual_seed(0))
+    assert set(terms) == {"cfm"} and plain.weighted_loss(terms) is terms["cfm"]
+    with pytest.raises(ValueError, match="no prior head"):
+        plain.prior(ids, speech_mask, codebook)
+    with pytest.raises(ValueError, match="encoder_depth and prior_weight"):
+        make_model(prior_weight=-1.0, source="noise")
+    with pytest.raises(ValueError, match="needs a trained prior head"):
+        make_model(prior_weight=0.0, source="prior")
+    with pytest.raises(ValueError, match="source must be"):
+        make_model(source="data")
+    with pytest.raises(ValueError, match="temperature"):
+        make_model(temperature=0.0)
+
+
+def test_an_untrained_velocity_field_ends_at_the_prior(codebook):
+    """From the prior source, a flow whose velocity is still zero samples the prior mel itself (at a vanishing
+    temperature): a young flow degrades towards the prior instead of towards noise."""
+    model = make_model()
+    torch.nn.init.zeros_(model.output_proj.weight)
+    torch.nn.init.zeros_(model.output_proj.bias)
+    _, _, ids, speech_mask = make_batch([6, 4])
+    with torch.no_grad():
+        sampled, mask = model.sample(ids, speech_mask, codebook, nfe=4, temperature=1e-6)
+        prior = model.prior(ids, speech_mask, codebook)
+    torch.testing.assert_close(sampled[mask], prior[mask], atol=1e-4, rtol=0)
 
 
 @pytest.mark.parametrize("solver,calls_per_step", [("euler", 1), ("midpoint", 2), ("rk4", 4)])

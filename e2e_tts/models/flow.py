@@ -5,8 +5,18 @@ velocity of the optimal-transport conditional flow (Lipman et al.; CosyVoice 3 /
 
     x_t = (1 - (1 - sigma_min) t) x0 + t x1,     target u = x1 - (1 - sigma_min) x0,
 
-from noise ``x0 ~ N(0, I)`` at ``t = 0`` to the normalised mel ``x1`` at ``t = 1``. Its input per mel
+from a source ``x0`` at ``t = 0`` to the normalised mel ``x1`` at ``t = 1``. The source is noise
+``N(0, I)`` (``source="noise"``, CosyVoice) or noise around the prior head's mel, ``N(mu, I)``
+(``source="prior"``, Grad-TTS / PriorGrad): the flow then only learns the residual detail, and an
+undertrained velocity field still ends near the prior instead of in noise. Its input per mel
 frame is ``[x_t, prompt mel (zeros outside the prompt span), upsampled speech tokens]``.
+
+The token condition is built once per utterance, outside the ODE: speech-token embeddings -> a
+transformer token encoder at the token rate (CosyVoice's conformer encoder, 6 blocks there) -> repeat to
+the mel rate -> residual convs. A linear *prior* head maps those features to the mel and is trained with
+a masked MSE against it (Matcha-TTS's prior loss): the condition then carries the spectral envelope from
+the first updates, instead of the DiT having to discover it through the noisy flow-matching target, which
+is what a small flow on a short budget cannot do (recipes/tiny/README.md).
 
 Zero-shot synthesis is in-context infilling: the speech tokens cover prompt + target (prompt tokens
 first), the prompt's mel frames are given as condition, and the ODE fills in the frames after them.
@@ -17,7 +27,8 @@ trimmed); rows where ``|m - n * ratio| > ratio`` (more than one token apart) are
 then tokens and audio do not belong together.
 
 CFG follows CosyVoice: ``v = v_cond + w (v_cond - v_uncond)``, where the unconditional branch sees
-no tokens, no prompt and no speaker (dropped together with probability ``cfg_dropout`` in training).
+no tokens, no prompt and no speaker (dropped together with probability ``cfg_dropout`` in training); from the
+prior source it still starts at the prior mel, so guidance then amplifies what the explicit condition adds.
 """
 
 from __future__ import annotations
@@ -37,6 +48,7 @@ from e2e_tts.models.masks import lengths_to_mask, prefix_lengths
 from e2e_tts.models.speech_embedding import SpeechEmbedding
 
 SCHEDULES = ("linear", "cosine", "sway")
+SOURCES = ("noise", "prior")
 SWAY_COEF_RANGE = (-1.0, 1.0 / (math.pi / 2 - 1))  # outside it the sway grid is not monotone
 
 
@@ -46,6 +58,12 @@ class FlowConfig:
 
     Attributes:
         dim, depth, heads, ff_mult, dropout: the DiT.
+        encoder_depth: transformer blocks of the token encoder (same width and heads); 0 = none.
+        prior_weight: weight of the prior loss (MSE of the prior head's mel against the target mel, in
+            normalised units) in :meth:`FlowDecoder.loss`; 0 = no prior head.
+        source: where the flow starts, "noise" (N(0, I)) or "prior" (N(mu, I), mu = the prior head's mel,
+            not differentiated through the flow loss); "prior" needs ``prior_weight > 0``.
+        temperature: scale of the source noise in sampling (Matcha-TTS samples at 0.667).
         n_mels: mel channels (e2e_tts.audio.AudioConfig.n_mels).
         token_mel_ratio: mel frames per speech token (50 Hz mel / 25 Hz tokens = 2).
         codebook_dim: dimension of one tokenizer code (FSQ: number of levels).
@@ -72,6 +90,9 @@ class FlowConfig:
     heads: int = 4
     ff_mult: float = 2.0
     dropout: float = 0.0
+    encoder_depth: int = 2
+    prior_weight: float = 1.0
+    source: str = "prior"
     n_mels: int = 80
     token_mel_ratio: int = 2
     codebook_dim: int = 4
@@ -90,14 +111,18 @@ class FlowConfig:
     schedule: str = "cosine"
     sway_coef: float = -1.0
     cfg_strength: float = 0.7
+    temperature: float = 1.0
     ode_tolerance: float = 1e-3
 
 
 PRESETS: dict[str, FlowConfig] = {
     "tiny": FlowConfig(),
     # CosyVoice 3's DiT (dim 1024, 22 blocks, 16 heads of 64, ff_mult 2) widened to 1280 / 20 heads
-    # of 64 to reach the paper's ~0.5B flow decoder; FSQ 3^8 codebook -> 8-dim codes.
-    "paper": FlowConfig(dim=1280, depth=22, heads=20, ff_mult=2.0, codebook_dim=8, dropout=0.1),
+    # of 64, 18 DiT blocks after CosyVoice's 6-block token encoder: 0.52B, the paper's ~0.5B flow decoder;
+    # FSQ 3^8 codebook -> 8-dim codes.
+    # Its source is CosyVoice's plain noise; the tiny flow starts from the prior, which a short budget needs.
+    "paper": FlowConfig(dim=1280, depth=18, heads=20, ff_mult=2.0, codebook_dim=8, dropout=0.1, encoder_depth=6,
+                        source="noise"),
 }
 
 
@@ -205,9 +230,22 @@ class FlowDecoder(nn.Module):
                 raise ValueError(f"{name} must be a probability in [0, 1], got {getattr(config, name)}")
         if config.mel_std <= 0:
             raise ValueError(f"mel_std must be positive, got {config.mel_std}")
+        if config.source not in SOURCES:
+            raise ValueError(f"source must be one of {SOURCES}, got {config.source!r}")
+        if config.source == "prior" and config.prior_weight <= 0:
+            raise ValueError("source='prior' needs a trained prior head: set prior_weight > 0")
+        if config.temperature <= 0:
+            raise ValueError(f"temperature must be positive, got {config.temperature}")
+        if config.encoder_depth < 0 or config.prior_weight < 0:
+            raise ValueError(f"encoder_depth and prior_weight must be >= 0, got {config.encoder_depth}, "
+                             f"{config.prior_weight}")
         self.config = config
         dim, n_mels = config.dim, config.n_mels
         self.speech_embedding = SpeechEmbedding(config.codebook_dim, dim)
+        self.token_encoder = None
+        if config.encoder_depth > 0:
+            self.token_encoder = TransformerStack(dim, config.encoder_depth, config.heads, config.ff_mult,
+                                                  config.dropout)
         self.token_upsampler = TokenUpsampler(dim, config.token_mel_ratio, config.upsample_conv_layers,
                                               config.upsample_kernel_size)
         self.input_proj = nn.Linear(2 * n_mels + dim, dim)
@@ -218,6 +256,8 @@ class FlowDecoder(nn.Module):
         self.transformer = TransformerStack(dim, config.depth, config.heads, config.ff_mult, config.dropout,
                                             cond_dim=dim)
         self.output_proj = nn.Linear(dim, n_mels)
+        # only built when trained: a parameter without a gradient would stall ZeRO's gradient reduction
+        self.prior_proj = nn.Linear(dim, n_mels) if config.prior_weight > 0 else None
 
     def num_parameters(self) -> int:
         """Total parameter count (works on the meta device)."""
@@ -260,8 +300,31 @@ class FlowDecoder(nn.Module):
             ``(B, num_frames, dim)``, zero past each row's ``n * ratio`` frames.
         """
         ratio = self.config.token_mel_ratio
-        token_frames = lengths_to_mask(self._token_lengths(speech, speech_mask) * ratio, speech.shape[1] * ratio)
-        return self.token_upsampler(self.speech_embedding(speech, codebook), token_frames)[:, :num_frames]
+        lengths = self._token_lengths(speech, speech_mask)
+        features = self.speech_embedding(speech, codebook)
+        if self.token_encoder is not None:
+            # padded tokens are masked keys, and the upsampler zeroes their frames before every conv
+            features, _ = self.token_encoder(features, mask=lengths_to_mask(lengths, speech.shape[1]))
+        token_frames = lengths_to_mask(lengths * ratio, speech.shape[1] * ratio)
+        return self.token_upsampler(features, token_frames)[:, :num_frames]
+
+    def prior(self, speech: torch.Tensor, speech_mask: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
+        """The prior head's mel estimate from the tokens alone (no ODE, no prompt): a diagnostic of how much
+        of the mel the token condition carries.
+
+        Args: as :meth:`embed_tokens`.
+        Returns:
+            log-mel ``(B, N * ratio, n_mels)`` (natural log), silence past each row's frames.
+        Raises:
+            ValueError: for a flow built with ``prior_weight=0`` (no prior head).
+        """
+        if self.prior_proj is None:
+            raise ValueError("this flow has no prior head (prior_weight=0)")
+        ratio = self.config.token_mel_ratio
+        num_frames = speech.shape[1] * ratio
+        valid = lengths_to_mask(self._token_lengths(speech, speech_mask) * ratio, num_frames)
+        mel = self.denormalize(self.prior_proj(self.embed_tokens(speech, speech_mask, codebook, num_frames)))
+        return mel.masked_fill(~valid[..., None], math.log(LOG_FLOOR))
 
     def velocity(self, x: torch.Tensor, time: torch.Tensor, tokens: torch.Tensor, prompt: torch.Tensor,
                  mask: torch.Tensor, keep_condition: torch.Tensor,
@@ -310,6 +373,13 @@ class FlowDecoder(nn.Module):
             raise ValueError(f"row {int(frames.argmin())} has no mel frames or no tokens")
         return frames
 
+    def source_point(self, noise: torch.Tensor, mu: torch.Tensor | None) -> torch.Tensor:
+        """``x0``: the noise itself, or the noise around the (detached) prior mel ``mu`` ``(B, T, n_mels)``, so
+        that the flow loss trains the velocity field and only the prior loss trains the prior head."""
+        if self.config.source == "noise":
+            return noise
+        return noise + mu.detach()
+
     def draw(self, frames: torch.Tensor, num_frames: int, generator: torch.Generator | None = None,
              dtype: torch.dtype = torch.float32) -> FlowMatchingDraws:
         """Draws noise, time, prompt span and CFG dropout for a batch (no prompt, no dropout in eval mode).
@@ -338,7 +408,21 @@ class FlowDecoder(nn.Module):
     def loss(self, mel: torch.Tensor, mel_mask: torch.Tensor, speech: torch.Tensor, speech_mask: torch.Tensor,
              codebook: torch.Tensor, speaker_embedding: torch.Tensor | None = None, *,
              draws: FlowMatchingDraws | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Masked conditional flow-matching loss (MSE on valid frames after the prompt prefix).
+        """``cfm + prior_weight * prior`` of :meth:`loss_terms` (same arguments): the scalar a trainer minimises."""
+        terms = self.loss_terms(mel, mel_mask, speech, speech_mask, codebook, speaker_embedding, draws=draws,
+                                generator=generator)
+        return self.weighted_loss(terms)
+
+    def weighted_loss(self, terms: dict[str, torch.Tensor]) -> torch.Tensor:
+        """``cfm + prior_weight * prior`` of the terms :meth:`loss_terms` returned."""
+        return terms["cfm"] + self.config.prior_weight * terms["prior"] if "prior" in terms else terms["cfm"]
+
+    def loss_terms(self, mel: torch.Tensor, mel_mask: torch.Tensor, speech: torch.Tensor, speech_mask: torch.Tensor,
+                   codebook: torch.Tensor, speaker_embedding: torch.Tensor | None = None, *,
+                   draws: FlowMatchingDraws | None = None, generator: torch.Generator | None = None
+                   ) -> dict[str, torch.Tensor]:
+        """Masked conditional flow-matching loss (MSE on valid frames after the prompt prefix) and the prior loss
+        (MSE of the prior head on every valid frame; the prior head never sees the prompt mel).
 
         Args:
             mel: log-mel ``(B, T_mel, n_mels)`` (natural log, e2e_tts.audio.MelSpectrogram).
@@ -351,7 +435,8 @@ class FlowDecoder(nn.Module):
             draws: fixed random choices, shaped for ``T = max aligned frames``; drawn from
                 ``generator`` when None.
         Returns:
-            scalar loss, averaged over target frames and mel channels of the whole batch.
+            ``{"cfm": scalar, "prior": scalar}`` (no "prior" without a prior head), each averaged over its frames
+            and mel channels of the whole batch.
         """
         if mel.dim() != 3 or mel.shape[-1] != self.config.n_mels:
             raise ValueError(f"mel must be (B, T, {self.config.n_mels}), got {tuple(mel.shape)}")
@@ -371,14 +456,19 @@ class FlowDecoder(nn.Module):
         x1 = self.normalize(mel[:, :num_frames]) * valid[..., None]
         prompt = x1 * in_prompt[..., None]
         t = draws.time.to(mel.dtype)[:, None, None]
-        x0, sigma = draws.noise, self.config.sigma_min
+        tokens = self.embed_tokens(speech, speech_mask, codebook, num_frames)
+        mu = self.prior_proj(tokens) if self.prior_proj is not None else None
+        x0, sigma = self.source_point(draws.noise, mu), self.config.sigma_min
         x_t = (1 - (1 - sigma) * t) * x0 + t * x1
         target = x1 - (1 - sigma) * x0
-        tokens = self.embed_tokens(speech, speech_mask, codebook, num_frames)
         predicted = self.velocity(x_t, draws.time, tokens, prompt, valid, draws.keep_condition, speaker_embedding)
         scored = (valid & ~in_prompt)[..., None].to(mel.dtype)
         squared_error = (predicted - target).square() * scored
-        return squared_error.sum() / (scored.sum() * self.config.n_mels).clamp(min=1)
+        terms = {"cfm": squared_error.sum() / (scored.sum() * self.config.n_mels).clamp(min=1)}
+        if mu is not None:
+            prior_error = (mu - x1).square() * valid[..., None].to(mel.dtype)
+            terms["prior"] = prior_error.sum() / (valid.sum() * self.config.n_mels).clamp(min=1)
+        return terms
 
     # ---- sampling -----------------------------------------------------------------------------
 
@@ -386,7 +476,7 @@ class FlowDecoder(nn.Module):
                prompt_mel: torch.Tensor | None = None, prompt_mask: torch.Tensor | None = None,
                speaker_embedding: torch.Tensor | None = None, *, solver: str | None = None, nfe: int | None = None,
                schedule: str | None = None, sway_coef: float | None = None, cfg_strength: float | None = None,
-               generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+               temperature: float | None = None, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Generates the mel frames that follow the prompt (zero-shot in-context synthesis).
 
         Runs with autograd as the caller sets it: wrap in ``torch.no_grad()`` for inference.
@@ -403,7 +493,7 @@ class FlowDecoder(nn.Module):
             solver: torchdiffeq method. Fixed-grid solvers take exactly ``nfe`` steps; adaptive ones
                 (dopri5, ...) choose their own steps within ``ode_tolerance``, so ``nfe`` only sets
                 the output grid there and the call count is not ``nfe``.
-            nfe, schedule, sway_coef, cfg_strength: see :class:`FlowConfig` (None = config default).
+            nfe, schedule, sway_coef, cfg_strength, temperature: see :class:`FlowConfig` (None = config default).
             generator: source of the initial noise.
         Returns:
             mel ``(B, T_out, n_mels)`` (natural-log, silence on padding) and its mask ``(B, T_out)``,
@@ -415,6 +505,7 @@ class FlowDecoder(nn.Module):
         schedule = cfg.schedule if schedule is None else schedule
         sway_coef = cfg.sway_coef if sway_coef is None else sway_coef
         cfg_strength = cfg.cfg_strength if cfg_strength is None else cfg_strength
+        temperature = cfg.temperature if temperature is None else temperature
         batch, device, dtype = speech.shape[0], codebook.device, self.output_proj.weight.dtype
         self._check_speaker(speaker_embedding, batch)
         total = self._token_lengths(speech, speech_mask) * cfg.token_mel_ratio
@@ -461,7 +552,9 @@ class FlowDecoder(nn.Module):
             # padded frames stay at their noise, so they cannot steer an adaptive solver's step size
             return v * valid[..., None].to(v.dtype)
 
-        x0 = torch.randn(batch, num_frames, cfg.n_mels, generator=generator, device=device, dtype=dtype)
+        noise = temperature * torch.randn(batch, num_frames, cfg.n_mels, generator=generator, device=device,
+                                          dtype=dtype)
+        x0 = self.source_point(noise, self.prior_proj(tokens) if self.prior_proj is not None else None)
         grid = time_grid(nfe, schedule, sway_coef, device).to(dtype)
         x1 = odeint(field, x0, grid, method=solver, rtol=cfg.ode_tolerance, atol=cfg.ode_tolerance)[-1]
 

@@ -56,7 +56,9 @@ class MultiTaskObjective(nn.Module):
             losses["llm"] = system.llm.loss(out)
             metrics["llm_acc"] = system.llm.accuracy(out).item()
         if "flow" in self.weights:
-            losses["flow"] = system.flow.loss(batch["mel"], batch["mel_mask"], speech, tokens.mask, codebook)
+            terms = system.flow.loss_terms(batch["mel"], batch["mel_mask"], speech, tokens.mask, codebook)
+            losses["flow"] = system.flow.weighted_loss(terms)
+            metrics.update({f"flow_{k}": v.item() for k, v in terms.items()})
         if "reward" in self.weights:
             out = system.reward(speech, tokens.mask, codebook, batch["text_ids"], batch["text_mask"],
                                 speaker=system.speaker_ids(batch["speaker"], speech.device))
