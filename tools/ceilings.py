@@ -10,6 +10,8 @@ Conditions, on the same utterances (a held-out split of the corpus):
   flow_tokens_vocoder      ground-truth audio -> the export's speech tokenizer -> flow decoding of those tokens
   flow_tokens_griffin_lim  (prompted, as in synthesis, by another utterance of the same voice) -> vocoder or
                            Griffin-Lim: the best the LLM could do if it predicted every token right
+  flow_prior_griffin_lim   the same tokens -> the flow's prior head (no ODE, no prompt) -> Griffin-Lim: what
+                           the token condition alone carries (flows with a prior head only)
 Each is transcribed by ``--asr`` (default pocketsphinx), scored with the Seed-TTS-Eval normaliser, compared
 with the prompt utterance by ``--similarity`` (default resemblyzer), as synthesis is, and decoded into phones by
 pocketsphinx for the phone error rate (e2e_tts.eval.phones), which still moves where word WER is past 100 %.
@@ -33,7 +35,8 @@ from e2e_tts.eval.wer import score_utterances, summarize_wer
 from e2e_tts.models.vocoder import griffin_lim
 from e2e_tts.synth import Synthesizer
 
-CONDITIONS = ("ground_truth", "griffin_lim", "vocoder", "flow_tokens_vocoder", "flow_tokens_griffin_lim")
+CONDITIONS = ("ground_truth", "griffin_lim", "vocoder", "flow_tokens_vocoder", "flow_tokens_griffin_lim",
+              "flow_prior_griffin_lim")
 
 
 @torch.inference_mode()
@@ -42,21 +45,25 @@ def decode_conditions(synth: Synthesizer, wav: np.ndarray, prompt_wav: np.ndarra
     """The waveform ``(N,)`` at the model rate of each requested condition for one utterance."""
     system, audio = synth.system, synth.audio_config
     mel = synth.mel(torch.from_numpy(wav))  # (1, T, n_mels)
-    sampled = None
-    if any(c.startswith("flow_tokens") for c in conditions):
+    sampled = prior = None
+    if any(c.startswith("flow_") for c in conditions):
         ids, _ = synth.tokenize_audio(wav)
         prompt_ids, prompt_mel = synth.tokenize_audio(prompt_wav)
         speech = torch.cat([prompt_ids, ids])[None]
-        sampled, _ = system.flow.sample(speech, torch.ones_like(speech, dtype=torch.bool), system.codebook(),
-                                        prompt_mel=prompt_mel[None],
+        speech_mask = torch.ones_like(speech, dtype=torch.bool)
+    if any(c.startswith("flow_tokens") for c in conditions):
+        sampled, _ = system.flow.sample(speech, speech_mask, system.codebook(), prompt_mel=prompt_mel[None],
                                         prompt_mask=torch.ones(1, prompt_mel.shape[0], dtype=torch.bool),
                                         generator=torch.Generator().manual_seed(seed))
+    if "flow_prior_griffin_lim" in conditions:
+        prior = system.flow.prior(speech, speech_mask, system.codebook())[:, prompt_mel.shape[0]:]
     decoders = {
         "ground_truth": lambda: wav,
         "griffin_lim": lambda: griffin_lim(mel, audio)[0].numpy(),
         "vocoder": lambda: system.vocoder(mel)[0].numpy(),
         "flow_tokens_vocoder": lambda: system.vocoder(sampled)[0].numpy(),
         "flow_tokens_griffin_lim": lambda: griffin_lim(sampled, audio)[0].numpy(),
+        "flow_prior_griffin_lim": lambda: griffin_lim(prior, audio)[0].numpy(),
     }
     torch.manual_seed(seed)  # Griffin-Lim's random initial phase
     return {condition: decoders[condition]() for condition in conditions}
