@@ -41,8 +41,9 @@ CONDITIONS = ("ground_truth", "griffin_lim", "vocoder", "flow_tokens_vocoder", "
 
 @torch.inference_mode()
 def decode_conditions(synth: Synthesizer, wav: np.ndarray, prompt_wav: np.ndarray, conditions: list[str],
-                      seed: int) -> dict[str, np.ndarray]:
-    """The waveform ``(N,)`` at the model rate of each requested condition for one utterance."""
+                      seed: int, flow_settings: dict[str, float | None]) -> dict[str, np.ndarray]:
+    """The waveform ``(N,)`` at the model rate of each requested condition for one utterance; ``flow_settings``
+    (cfg_strength, temperature, nfe; None = the export's config) go to the flow's sampler."""
     system, audio = synth.system, synth.audio_config
     mel = synth.mel(torch.from_numpy(wav))  # (1, T, n_mels)
     sampled = prior = None
@@ -54,7 +55,7 @@ def decode_conditions(synth: Synthesizer, wav: np.ndarray, prompt_wav: np.ndarra
     if any(c.startswith("flow_tokens") for c in conditions):
         sampled, _ = system.flow.sample(speech, speech_mask, system.codebook(), prompt_mel=prompt_mel[None],
                                         prompt_mask=torch.ones(1, prompt_mel.shape[0], dtype=torch.bool),
-                                        generator=torch.Generator().manual_seed(seed))
+                                        generator=torch.Generator().manual_seed(seed), **flow_settings)
     if "flow_prior_griffin_lim" in conditions:
         prior = system.flow.prior(speech, speech_mask, system.codebook())[:, prompt_mel.shape[0]:]
     decoders = {
@@ -81,6 +82,9 @@ def main() -> None:
     parser.add_argument("--asr", default="pocketsphinx")
     parser.add_argument("--similarity", default="resemblyzer", help="speaker judge spec, or 'none'")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--cfg-strength", type=float, help="flow CFG strength (default: the export's config)")
+    parser.add_argument("--temperature", type=float, help="flow source-noise temperature (default: the config)")
+    parser.add_argument("--nfe", type=int, help="flow ODE steps (default: the export's config)")
     parser.add_argument("--out", required=True, help="JSON with per-condition summaries and transcripts")
     args = parser.parse_args()
     conditions = [c for c in args.conditions.split(",") if c]
@@ -97,17 +101,18 @@ def main() -> None:
         raise SystemExit(f"need two utterances of {args.speaker!r} in {args.manifest} (one is the prompt)")
     prompt, entries = entries[0], entries[1:args.limit + 1]
     prompt_wav, _ = load_audio(prompt.audio, synth.sample_rate)
+    flow_settings = {"cfg_strength": args.cfg_strength, "temperature": args.temperature, "nfe": args.nfe}
     rows: dict[str, list[tuple[str, str, str]]] = {c: [] for c in conditions}
     similarities: dict[str, list[float]] = {c: [] for c in conditions}
     phones: dict[str, list[list[str]]] = {c: [] for c in conditions}
     for entry in entries:
         wav, rate = load_audio(entry.audio, synth.sample_rate)
-        for condition, audio in decode_conditions(synth, wav, prompt_wav, conditions, args.seed).items():
+        for condition, audio in decode_conditions(synth, wav, prompt_wav, conditions, args.seed, flow_settings).items():
             rows[condition].append((entry.id, entry.text, asr.transcribe([audio], rate)[0]))
             phones[condition].append(phone_judge.recognize([audio], rate)[0])
             if judge is not None:
                 similarities[condition].append(judge.similarity(audio, prompt_wav, rate))
-    report = {"model": args.model, "asr": args.asr, "similarity": args.similarity, "speaker": args.speaker,
+    report = {"model": args.model, "flow_settings": flow_settings, "asr": args.asr, "similarity": args.similarity, "speaker": args.speaker,
               "num_utterances": len(entries), "prompt": prompt.id, "conditions": {}}
     for condition, scored_rows in rows.items():
         summary = summarize_wer(score_utterances(scored_rows, "en"))

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The tiny recipe: a flite corpus on one CPU, every training stage, synthesis and evaluation.
 #
-#   bash recipes/tiny/run.sh                       # everything (21 min on 2 cores)
+#   bash recipes/tiny/run.sh                       # everything (20 min on 2 cores)
 #   bash recipes/tiny/run.sh --quick               # a few steps per stage: checks the plumbing (CI)
 #   bash recipes/tiny/run.sh --stage 3 --stop-stage 4
 #   bash recipes/tiny/run.sh --cascade             # the baseline: cascade tokenizer, separate, no e2e
@@ -54,7 +54,7 @@ if $quick; then
   shard_size=30
   exp=${exp}_quick; data=${data}_quick
 else
-  # Measured 21 minutes on 2 CPU cores, within the 30-minute demo budget (stage times in recipes/tiny/README.md).
+  # Measured 19.6 minutes on 2 CPU cores, within the 30-minute demo budget (stage times in recipes/tiny/README.md).
   sentences=2000; joint_steps=300; separate_steps=700; e2e_steps=60; vocoder_steps=${vocoder_steps:-0}; test_items=50
   shard_size=200
 fi
