@@ -42,3 +42,50 @@ def test_wer_curve_refuses_an_export_at_an_unlogged_step(tmp_path):
     write_stage(tmp_path, "joint", [(2, 10.0), (4, 20.0)], exports=[3])
     with pytest.raises(SystemExit, match="log_every"):
         wer_curve.curve_points(tmp_path)
+
+
+def test_ceilings_decode_every_condition_at_the_utterance_length_with_the_given_flow_settings(tmp_path):
+    """On a micro export with random weights: each condition gives audio of the utterance's length, the prior
+    condition is the prior head's mel (no ODE), and the sampler settings reach the flow."""
+    import numpy as np
+    import torch
+
+    from e2e_tts.config import load_config, to_object
+    from e2e_tts.models.vocoder import griffin_lim
+    from e2e_tts.synth import Synthesizer
+    from e2e_tts.system import TTSSystem
+    from e2e_tts.text import ByteTokenizer
+    from shared import MICRO_MODEL_OVERRIDES
+
+    ceilings = load_tool("ceilings")
+    config = load_config(overrides=MICRO_MODEL_OVERRIDES)
+    torch.manual_seed(0)
+    synth = Synthesizer.from_pretrained(TTSSystem(to_object(config.model), ByteTokenizer(), ["a"]).export(
+        tmp_path / "export", config))
+    rng = np.random.default_rng(0)
+    wav, prompt = (0.1 * rng.standard_normal(n).astype(np.float32) for n in (6400, 3200))
+    seen = {}
+    sample = synth.system.flow.sample
+
+    def spy_sample(*args, **kwargs):
+        seen.update(kwargs)
+        return sample(*args, **kwargs)
+
+    synth.system.flow.sample = spy_sample
+    settings = {"cfg_strength": 0.0, "temperature": 0.5, "nfe": 2}
+    audio = ceilings.decode_conditions(synth, wav, prompt, list(ceilings.CONDITIONS), seed=0, flow_settings=settings)
+    assert set(audio) == set(ceilings.CONDITIONS)
+    assert {k: seen[k] for k in settings} == settings
+    for condition, samples in audio.items():
+        assert abs(len(samples) - len(wav)) <= 2 * 320, condition  # at most one speech token apart
+
+    ids, _ = synth.tokenize_audio(wav)
+    prompt_ids, prompt_mel = synth.tokenize_audio(prompt)
+    speech = torch.cat([prompt_ids, ids])[None]
+    with torch.no_grad():
+        prior = synth.system.flow.prior(speech, torch.ones_like(speech, dtype=torch.bool), synth.system.codebook())
+    torch.manual_seed(0)
+    expected = griffin_lim(prior[:, prompt_mel.shape[0]:], synth.audio_config)[0].numpy()
+    only_prior = ceilings.decode_conditions(synth, wav, prompt, ["flow_prior_griffin_lim"], seed=0,
+                                            flow_settings=settings)
+    np.testing.assert_allclose(only_prior["flow_prior_griffin_lim"], expected, atol=1e-6)
