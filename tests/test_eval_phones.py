@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 
-from e2e_tts.audio import resample
+from e2e_tts.audio import resample, write_audio
 from e2e_tts.eval.phones import (PocketsphinxPhones, UnknownWordError, default_dictionary, is_speech_phone,
-                                 phone_error_rates, read_pronunciations, reference_phones)
+                                 mean_phone_error_rate, phone_error_rates, read_pronunciations, reference_phones)
 from e2e_tts.eval.wer import EmptyReferenceError
 from shared import flite
 
@@ -103,3 +103,26 @@ def test_phone_error_rates_rejects_bad_input():
         phone_error_rates([["AH"], []], [["AH"], ["K"]])
     with pytest.raises(ValueError, match="utterance 0: hypothesis phone 'A H' is empty or holds whitespace"):
         phone_error_rates([["AH"]], [["A H"]])
+
+
+class ScriptedPhones:
+    """A phone judge that answers from a script, keyed by the waveform's length."""
+
+    def __init__(self, answers: dict[int, list[str]]):
+        self.answers, self.calls = answers, 0
+
+    def recognize(self, wavs, sample_rate):
+        self.calls += 1
+        return [self.answers[len(wav)] for wav in wavs]
+
+
+def test_mean_phone_error_rate_scores_the_wavs_that_exist(tmp_path):
+    for name, samples in (("a", 1600), ("b", 3200)):
+        write_audio(tmp_path / f"{name}.wav", np.zeros(samples, dtype=np.float32), 16000)
+    judge = ScriptedPhones({1600: ["K", "AE", "T"], 3200: ["D", "AO", "G", "Z"]})
+    texts = ["cat", "dog", "cow"]
+    paths = [str(tmp_path / "a.wav"), str(tmp_path / "b.wav"), str(tmp_path / "missing.wav")]
+    # "cat" exact (0 %), "dog" with one insertion (1 error in 3 phones); the missing wav is not scored
+    assert mean_phone_error_rate(judge, texts, paths) == pytest.approx(100.0 / 6)
+    assert judge.calls == 2
+    assert mean_phone_error_rate(judge, texts, [None, None, str(tmp_path / "missing.wav")]) is None

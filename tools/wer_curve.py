@@ -22,9 +22,9 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from e2e_tts.eval.asr import build_asr
-from e2e_tts.eval.phones import PocketsphinxPhones, phone_error_rates, reference_phones
-from e2e_tts.eval.seedtts import (ground_truth_wav_paths, read_first_channel, read_seedtts_meta, run_seedtts,
-                                  synthesize_missing, synthesized_wav_paths)
+from e2e_tts.eval.phones import PocketsphinxPhones, mean_phone_error_rate
+from e2e_tts.eval.seedtts import (ground_truth_wav_paths, read_seedtts_meta, run_seedtts, synthesize_missing,
+                                  synthesized_wav_paths)
 from e2e_tts.eval.similarity import build_similarity
 from e2e_tts.synth import SynthesisConfig, Synthesizer
 
@@ -73,15 +73,6 @@ def curve_points(run: Path) -> list[dict]:
                            "train_seconds": elapsed + seconds[step]})
         elapsed += seconds[max(seconds)]
     return points
-
-
-def mean_phone_error_rate(judge: PocketsphinxPhones, texts: list[str], wav_paths: list[str | None]) -> float | None:
-    """Mean per-utterance PER (%) of the wavs that exist (None if none does)."""
-    pairs = [(text, path) for text, path in zip(texts, wav_paths) if path is not None and Path(path).is_file()]
-    if not pairs:
-        return None
-    hypotheses = [judge.recognize([wav], rate)[0] for wav, rate in (read_first_channel(p) for _, p in pairs)]
-    return phone_error_rates([reference_phones(text) for text, _ in pairs], hypotheses)["mean_per"]
 
 
 def plot(points: list[dict], ground_truth: dict | None, path: Path) -> None:

@@ -26,6 +26,7 @@ import jiwer
 import numpy as np
 
 from e2e_tts.eval.asr import pocketsphinx_hypotheses
+from e2e_tts.eval.seedtts import read_first_channel
 from e2e_tts.eval.normalize import normalize_for_wer
 from e2e_tts.eval.wer import EmptyReferenceError
 
@@ -170,3 +171,14 @@ def phone_error_rates(references: Sequence[list[str]], hypotheses: Sequence[list
         errors, total = errors + utterance_errors, total + len(reference)
     return {"per": rates, "mean_per": float(np.mean(rates)), "corpus_per": 100.0 * errors / total,
             "num_utterances": len(rates)}
+
+
+def mean_phone_error_rate(judge: PocketsphinxPhones, texts: Sequence[str], wav_paths: Sequence[str | None]
+                          ) -> float | None:
+    """Mean per-utterance PER (%) of the wavs that exist, each against its text's reference phones (None if no
+    wav exists): the rate that still moves where word WER is past 100 %."""
+    pairs = [(text, path) for text, path in zip(texts, wav_paths) if path is not None and Path(path).is_file()]
+    if not pairs:
+        return None
+    hypotheses = [judge.recognize([wav], rate)[0] for wav, rate in (read_first_channel(p) for _, p in pairs)]
+    return phone_error_rates([reference_phones(text) for text, _ in pairs], hypotheses)["mean_per"]
