@@ -476,7 +476,8 @@ class FlowDecoder(nn.Module):
                prompt_mel: torch.Tensor | None = None, prompt_mask: torch.Tensor | None = None,
                speaker_embedding: torch.Tensor | None = None, *, solver: str | None = None, nfe: int | None = None,
                schedule: str | None = None, sway_coef: float | None = None, cfg_strength: float | None = None,
-               temperature: float | None = None, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+               temperature: float | None = None, generator: torch.Generator | None = None
+               ) -> tuple[torch.Tensor, torch.Tensor]:
         """Generates the mel frames that follow the prompt (zero-shot in-context synthesis).
 
         Runs with autograd as the caller sets it: wrap in ``torch.no_grad()`` for inference.
