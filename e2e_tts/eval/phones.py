@@ -26,8 +26,8 @@ import jiwer
 import numpy as np
 
 from e2e_tts.eval.asr import pocketsphinx_hypotheses
-from e2e_tts.eval.seedtts import read_first_channel
 from e2e_tts.eval.normalize import normalize_for_wer
+from e2e_tts.eval.seedtts import read_first_channel
 from e2e_tts.eval.wer import EmptyReferenceError
 
 SILENCE_PHONE = "SIL"
