@@ -45,8 +45,9 @@ def test_wer_curve_refuses_an_export_at_an_unlogged_step(tmp_path):
 
 
 def test_ceilings_decode_every_condition_at_the_utterance_length_with_the_given_flow_settings(tmp_path):
-    """On a micro export with random weights: each condition gives audio of the utterance's length, the prior
-    condition is the prior head's mel (no ODE), and the sampler settings reach the flow."""
+    """On a micro export with random weights: each condition of the true audio gives audio of the utterance's
+    length, the prior conditions are the prior head's mel (no ODE) of the true or the LLM's tokens, and the sampler
+    settings reach the flow."""
     import numpy as np
     import torch
 
@@ -73,19 +74,30 @@ def test_ceilings_decode_every_condition_at_the_utterance_length_with_the_given_
 
     synth.system.flow.sample = spy_sample
     settings = {"cfg_strength": 0.0, "temperature": 0.5, "nfe": 2}
-    audio = ceilings.decode_conditions(synth, wav, prompt, list(ceilings.CONDITIONS), seed=0, flow_settings=settings)
+    text, prompt_text = "hello there", "hi"
+    audio = ceilings.decode_conditions(synth, wav, text, prompt, prompt_text, list(ceilings.CONDITIONS), seed=0,
+                                       flow_settings=settings)
     assert set(audio) == set(ceilings.CONDITIONS)
     assert {k: seen[k] for k in settings} == settings
     for condition, samples in audio.items():
-        assert abs(len(samples) - len(wav)) <= 2 * 320, condition  # at most one speech token apart
+        if not condition.startswith("llm_"):  # the LLM chooses its own length
+            assert abs(len(samples) - len(wav)) <= 2 * 320, condition  # at most one speech token apart
 
-    ids, _ = synth.tokenize_audio(wav)
-    prompt_ids, prompt_mel = synth.tokenize_audio(prompt)
-    speech = torch.cat([prompt_ids, ids])[None]
-    with torch.no_grad():
-        prior = synth.system.flow.prior(speech, torch.ones_like(speech, dtype=torch.bool), synth.system.codebook())
-    torch.manual_seed(0)
-    expected = griffin_lim(prior[:, prompt_mel.shape[0]:], synth.audio_config)[0].numpy()
-    only_prior = ceilings.decode_conditions(synth, wav, prompt, ["flow_prior_griffin_lim"], seed=0,
-                                            flow_settings=settings)
-    np.testing.assert_allclose(only_prior["flow_prior_griffin_lim"], expected, atol=1e-6)
+    def prior_audio(ids):
+        prompt_ids, prompt_mel = synth.tokenize_audio(prompt)
+        speech = torch.cat([prompt_ids, ids])[None]
+        with torch.no_grad():
+            prior = synth.system.flow.prior(speech, torch.ones_like(speech, dtype=torch.bool),
+                                            synth.system.codebook())
+        torch.manual_seed(0)
+        return griffin_lim(prior[:, prompt_mel.shape[0]:], synth.audio_config)[0].numpy()
+
+    only_prior = ceilings.decode_conditions(synth, wav, text, prompt, prompt_text, ["flow_prior_griffin_lim"],
+                                            seed=0, flow_settings=settings)
+    np.testing.assert_allclose(only_prior["flow_prior_griffin_lim"], prior_audio(synth.tokenize_audio(wav)[0]),
+                               atol=1e-6)
+    encoded = synth.encode_prompt(prompt, prompt_text)
+    llm_ids = synth.system.llm.generate([synth.prepare_text(text)[1]], synth.system.codebook(),
+                                        prompt_text_ids=[encoded.text_ids], prompt_speech_ids=[encoded.speech_ids],
+                                        generator=torch.Generator().manual_seed(0))[0]
+    np.testing.assert_allclose(audio["llm_prior_griffin_lim"], prior_audio(llm_ids), atol=1e-6)

@@ -12,6 +12,11 @@ Conditions, on the same utterances (a held-out split of the corpus):
                            Griffin-Lim: the best the LLM could do if it predicted every token right
   flow_prior_griffin_lim   the same tokens -> the flow's prior head (no ODE, no prompt) -> Griffin-Lim: what
                            the token condition alone carries (flows with a prior head only)
+  llm_flow_griffin_lim     the utterance's text -> the LLM's free-running tokens (prompted, sampled as synthesis
+                           samples) -> flow -> Griffin-Lim: synthesis of text whose audio is known
+  llm_prior_griffin_lim    the LLM's tokens -> prior head -> Griffin-Lim: the LLM judged without the ODE's noise
+Against the flow_* rows, the llm_* rows measure what the LLM loses; on the training manifest (``--manifest
+.../train.jsonl``) they tell an LLM that has not learnt its own data from one that does not generalise.
 Each is transcribed by ``--asr`` (default pocketsphinx), scored with the Seed-TTS-Eval normaliser, compared
 with the prompt utterance by ``--similarity`` (default resemblyzer), as synthesis is, and decoded into phones by
 pocketsphinx for the phone error rate (e2e_tts.eval.phones), which still moves where word WER is past 100 %.
@@ -33,41 +38,63 @@ from e2e_tts.eval.phones import PocketsphinxPhones, phone_error_rates, reference
 from e2e_tts.eval.similarity import build_similarity
 from e2e_tts.eval.wer import score_utterances, summarize_wer
 from e2e_tts.models.vocoder import griffin_lim
-from e2e_tts.synth import Synthesizer
+from e2e_tts.synth import SynthesisConfig, Synthesizer
 
 CONDITIONS = ("ground_truth", "griffin_lim", "vocoder", "flow_tokens_vocoder", "flow_tokens_griffin_lim",
-              "flow_prior_griffin_lim")
+              "flow_prior_griffin_lim", "llm_flow_griffin_lim", "llm_prior_griffin_lim")
 
 
 @torch.inference_mode()
-def decode_conditions(synth: Synthesizer, wav: np.ndarray, prompt_wav: np.ndarray, conditions: list[str],
-                      seed: int, flow_settings: dict[str, float | None]) -> dict[str, np.ndarray]:
-    """The waveform ``(N,)`` at the model rate of each requested condition for one utterance; ``flow_settings``
-    (cfg_strength, temperature, nfe; None = the export's config) go to the flow's sampler."""
+def decode_conditions(synth: Synthesizer, wav: np.ndarray, text: str, prompt_wav: np.ndarray, prompt_text: str,
+                      conditions: list[str], seed: int, flow_settings: dict[str, float | None]
+                      ) -> dict[str, np.ndarray]:
+    """The waveform ``(N,)`` at the model rate of each requested condition for one utterance (``text`` is its
+    transcript); ``flow_settings`` (cfg_strength, temperature, nfe; None = the export's config) go to the flow's
+    sampler."""
     system, audio = synth.system, synth.audio_config
     mel = synth.mel(torch.from_numpy(wav))  # (1, T, n_mels)
-    sampled = prior = None
-    if any(c.startswith("flow_") for c in conditions):
-        ids, _ = synth.tokenize_audio(wav)
-        prompt_ids, prompt_mel = synth.tokenize_audio(prompt_wav)
-        speech = torch.cat([prompt_ids, ids])[None]
-        speech_mask = torch.ones_like(speech, dtype=torch.bool)
-    if any(c.startswith("flow_tokens") for c in conditions):
-        sampled, _ = system.flow.sample(speech, speech_mask, system.codebook(), prompt_mel=prompt_mel[None],
-                                        prompt_mask=torch.ones(1, prompt_mel.shape[0], dtype=torch.bool),
-                                        generator=torch.Generator().manual_seed(seed), **flow_settings)
-    if "flow_prior_griffin_lim" in conditions:
-        prior = system.flow.prior(speech, speech_mask, system.codebook())[:, prompt_mel.shape[0]:]
+    prompt = synth.encode_prompt(prompt_wav, prompt_text)
+    prompt_frames = prompt.mel.shape[0]
+
+    def sample(ids: torch.Tensor) -> torch.Tensor:
+        """Flow samples of the frames after the prompt, from prompt + ``ids`` ``(T,)``: ``(1, frames, n_mels)``."""
+        speech = torch.cat([prompt.speech_ids, ids])[None]
+        mel, _ = system.flow.sample(speech, torch.ones_like(speech, dtype=torch.bool), system.codebook(),
+                                    prompt_mel=prompt.mel[None], generator=torch.Generator().manual_seed(seed),
+                                    **flow_settings)
+        return mel
+
+    def prior(ids: torch.Tensor) -> torch.Tensor:
+        """The prior head's mel of the frames after the prompt: ``(1, frames, n_mels)``."""
+        speech = torch.cat([prompt.speech_ids, ids])[None]
+        return system.flow.prior(speech, torch.ones_like(speech, dtype=torch.bool), system.codebook()
+                                 )[:, prompt_frames:]
+
+    true_ids = synth.tokenize_audio(wav)[0] if any(c.startswith("flow_") for c in conditions) else None
+    llm_ids = None
+    if any(c.startswith("llm_") for c in conditions):
+        sampling = SynthesisConfig()
+        llm_ids = system.llm.generate(
+            [synth.prepare_text(text)[1]], system.codebook(), prompt_text_ids=[prompt.text_ids],
+            prompt_speech_ids=[prompt.speech_ids], temperature=sampling.temperature, top_k=sampling.top_k,
+            top_p=sampling.top_p, repetition_aware=sampling.repetition_aware, min_len_ratio=sampling.min_len_ratio,
+            max_len_ratio=sampling.max_len_ratio, generator=torch.Generator().manual_seed(seed))[0]
+    sampled = sample(true_ids) if any(c.startswith("flow_tokens") for c in conditions) else None
     decoders = {
         "ground_truth": lambda: wav,
         "griffin_lim": lambda: griffin_lim(mel, audio)[0].numpy(),
         "vocoder": lambda: system.vocoder(mel)[0].numpy(),
         "flow_tokens_vocoder": lambda: system.vocoder(sampled)[0].numpy(),
         "flow_tokens_griffin_lim": lambda: griffin_lim(sampled, audio)[0].numpy(),
-        "flow_prior_griffin_lim": lambda: griffin_lim(prior, audio)[0].numpy(),
+        "flow_prior_griffin_lim": lambda: griffin_lim(prior(true_ids), audio)[0].numpy(),
+        "llm_flow_griffin_lim": lambda: griffin_lim(sample(llm_ids), audio)[0].numpy(),
+        "llm_prior_griffin_lim": lambda: griffin_lim(prior(llm_ids), audio)[0].numpy(),
     }
-    torch.manual_seed(seed)  # Griffin-Lim's random initial phase
-    return {condition: decoders[condition]() for condition in conditions}
+    decoded = {}
+    for condition in conditions:
+        torch.manual_seed(seed)  # Griffin-Lim's random initial phase, whichever conditions come before
+        decoded[condition] = decoders[condition]()
+    return decoded
 
 
 def main() -> None:
@@ -107,7 +134,9 @@ def main() -> None:
     phones: dict[str, list[list[str]]] = {c: [] for c in conditions}
     for entry in entries:
         wav, rate = load_audio(entry.audio, synth.sample_rate)
-        for condition, audio in decode_conditions(synth, wav, prompt_wav, conditions, args.seed, flow_settings).items():
+        decoded = decode_conditions(synth, wav, entry.text, prompt_wav, prompt.text, conditions, args.seed,
+                                    flow_settings)
+        for condition, audio in decoded.items():
             rows[condition].append((entry.id, entry.text, asr.transcribe([audio], rate)[0]))
             phones[condition].append(phone_judge.recognize([audio], rate)[0])
             if judge is not None:
