@@ -15,13 +15,16 @@ REPO = Path(__file__).resolve().parents[1]
 @pytest.mark.skipif(shutil.which("flite") is None, reason="Debian flite is not installed")
 def test_quick_recipe_runs_every_stage(tmp_path):
     data, exp = tmp_path / "data", tmp_path / "exp"
-    run = subprocess.run(["bash", "recipes/tiny/run.sh", "--quick", "--data", str(data), "--exp", str(exp)],
+    # A schedule flag and an override after "--" (every stage logs every update) ride along.
+    run = subprocess.run(["bash", "recipes/tiny/run.sh", "--quick", "--data", str(data), "--exp", str(exp),
+                          "--separate-steps", "3", "--", "engine.log_every=1"],
                          cwd=REPO, env=child_env(), capture_output=True, text=True, timeout=1200)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     out = Path(f"{exp}_quick_seed0")
-    for stage in ("joint", "separate", "e2e", "vocoder"):
+    for stage, steps in (("joint", 4), ("separate", 3), ("e2e", 2), ("vocoder", 2)):
         metrics = [json.loads(line) for line in (out / stage / "metrics.jsonl").read_text().splitlines()]
-        assert metrics and all(m["loss"] == m["loss"] for m in metrics), stage  # logged, and not NaN
+        assert [m["step"] for m in metrics] == list(range(1, steps + 1)), stage
+        assert all(m["loss"] == m["loss"] for m in metrics), stage  # not NaN
         assert sorted(p.name for p in (out / stage / "export").glob("*.safetensors")) == [
             "flow.safetensors", "llm.safetensors", "reward.safetensors", "tokenizer.safetensors",
             "vocoder.safetensors"]

@@ -7,6 +7,8 @@
 #   bash recipes/tiny/run.sh --cascade             # the baseline: cascade tokenizer, separate, no e2e
 #   bash recipes/tiny/run.sh --voices kal16,awb,rms,slt --vocoder-steps 4000   # multi-speaker, trained vocoder
 #   NPROC=2 bash recipes/tiny/run.sh               # two processes through torchrun (gloo)
+#   bash recipes/tiny/run.sh --joint-steps 600 --separate-steps 3000 --exp exp/long -- engine.export_every=500
+#                                                  # a longer schedule; overrides after -- go to every training stage
 #
 # Stages: 0 corpus, 1 shards, 2 joint (or cascade), 3 separate, 4 e2e, 5 vocoder, 6 synthesize held-out
 # sentences in voice rms (prompted by an rms test utterance) and evaluate them, 7 report. Every training
@@ -26,6 +28,8 @@ vocoder_steps=
 data=data/tiny
 exp=exp/tiny
 seed=0
+joint_steps= separate_steps= e2e_steps=
+overrides=()
 while (($#)); do
   case "$1" in
     --stage) stage=$2; shift 2 ;;
@@ -37,6 +41,10 @@ while (($#)); do
     --seed) seed=$2; shift 2 ;;
     --voices) voices=$2; shift 2 ;;
     --vocoder-steps) vocoder_steps=$2; shift 2 ;;
+    --joint-steps) joint_steps=$2; shift 2 ;;
+    --separate-steps) separate_steps=$2; shift 2 ;;
+    --e2e-steps) e2e_steps=$2; shift 2 ;;
+    --) shift; overrides=("$@"); break ;;
     *) echo "unknown argument: $1" >&2; exit 2 ;;
   esac
 done
@@ -50,12 +58,14 @@ declare -A seconds
 
 # Sizes of the budget: full demo vs quick plumbing check.
 if $quick; then
-  sentences=120; joint_steps=4; separate_steps=4; e2e_steps=2; vocoder_steps=${vocoder_steps:-2}; test_items=3
+  sentences=120; vocoder_steps=${vocoder_steps:-2}; test_items=3
+  joint_steps=${joint_steps:-4}; separate_steps=${separate_steps:-4}; e2e_steps=${e2e_steps:-2}
   shard_size=30
   exp=${exp}_quick; data=${data}_quick
 else
   # Measured 19.6 minutes on 2 CPU cores, within the 30-minute demo budget (stage times in recipes/tiny/README.md).
-  sentences=2000; joint_steps=300; separate_steps=700; e2e_steps=60; vocoder_steps=${vocoder_steps:-0}; test_items=50
+  sentences=2000; vocoder_steps=${vocoder_steps:-0}; test_items=50
+  joint_steps=${joint_steps:-300}; separate_steps=${separate_steps:-700}; e2e_steps=${e2e_steps:-60}
   shard_size=200
 fi
 [[ $cascade == true ]] && exp=${exp}_cascade
@@ -72,7 +82,7 @@ train() {  # train NAME STEPS [overrides...]
     set -- "$@" data.resampled=true data.steps_per_epoch=100
   fi
   "${launcher[@]}" "${config[@]}" -c "stages/$name.yaml" "${common[@]}" output_dir="$exp/$name" \
-    stage.max_steps="$steps" stage.optim.total_steps="$steps" "$@"
+    stage.max_steps="$steps" stage.optim.total_steps="$steps" "$@" ${overrides[@]+"${overrides[@]}"}
 }
 
 timed() {  # timed N COMMAND...: runs a stage and records its wall time
