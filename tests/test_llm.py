@@ -11,7 +11,7 @@ import transformers  # noqa: E402
 from vector_quantize_pytorch import FSQ  # noqa: E402
 
 from e2e_tts.models import sampling  # noqa: E402
-from e2e_tts.models.llm import IGNORE_INDEX, PRESETS, LLMConfig, SpeechLLM  # noqa: E402
+from e2e_tts.models.llm import IGNORE_INDEX, PRESETS, LLMConfig, SpeechLLM, diagonal_guide_loss  # noqa: E402
 from e2e_tts.vocab import TokenLayout  # noqa: E402
 
 TEXT_VOCAB = 40
@@ -74,6 +74,84 @@ def test_loss_and_accuracy_average_valid_targets(model):
     expected_accuracy = (out.logits[valid].argmax(-1) == out.targets[valid]).float().mean()
     torch.testing.assert_close(model.accuracy(out), expected_accuracy)
     assert model.loss(out).item() == pytest.approx(torch.log(torch.tensor(82.0)).item(), rel=0.2)
+
+
+def packed_attention(text_len, speech_len, target):
+    """Attention ``(1, 1, N, N)`` of a packed ``SOS text TASK speech`` row: the position predicting speech step
+    ``s`` puts all its weight on key ``target(s)``; other rows attend to themselves."""
+    length = text_len + 2 + speech_len
+    attention = torch.eye(length)
+    for s in range(speech_len + 1):
+        row = text_len + 1 + s
+        attention[row] = 0.0
+        attention[row, target(s)] = 1.0
+    return attention[None, None]
+
+
+def test_diagonal_guide_loss_is_low_on_the_diagonal_and_high_off_it():
+    text_len, speech_len = 10, 16
+    lengths = torch.tensor([text_len]), torch.tensor([speech_len])
+
+    def loss(target):
+        return diagonal_guide_loss(packed_attention(text_len, speech_len, target), *lengths, sigma=0.2).item()
+
+    diagonal = loss(lambda s: 1 + min(text_len - 1, round(s * text_len / speech_len)))
+    reversed_text = loss(lambda s: text_len - min(text_len - 1, round(s * text_len / speech_len)))
+    stuck_on_first = loss(lambda s: 1)
+    on_speech_history = loss(lambda s: text_len + 1 + s)  # attends to itself, never to the text
+    assert diagonal < 0.05
+    assert on_speech_history == pytest.approx(1.0)
+    assert reversed_text > 0.5 and stuck_on_first > 0.4
+
+
+def test_diagonal_guide_loss_ignores_padding_and_averages_rows():
+    """A row padded into a longer batch scores as alone; junk in padded positions changes nothing."""
+    def row(text_len, speech_len, length):
+        attention = packed_attention(text_len, speech_len, lambda s: 1 + (s * 7) % text_len)
+        padded = torch.rand(1, 1, length, length)  # junk everywhere outside the row
+        n = attention.shape[-1]
+        padded[..., :n, :n] = attention
+        padded[..., :n, n:] = 0.0
+        return padded
+
+    alone = [diagonal_guide_loss(row(t, s, t + 2 + s), torch.tensor([t]), torch.tensor([s]), 0.2)
+             for t, s in ((5, 9), (8, 4))]
+    batch = torch.cat([row(5, 9, 16), row(8, 4, 16)])
+    both = diagonal_guide_loss(batch, torch.tensor([5, 8]), torch.tensor([9, 4]), 0.2)
+    # The mean runs over the valid prediction positions of all rows: 10 and 5 of them.
+    torch.testing.assert_close(both, (10 * alone[0] + 5 * alone[1]) / 15)
+
+
+def test_guided_llm_returns_a_guide_loss_in_training_only_with_unchanged_logits():
+    torch.manual_seed(0)
+    plain = SpeechLLM(LLMConfig(), LAYOUT).eval()
+    guided = SpeechLLM(LLMConfig(guide_weight=1.0, guide_layers=[1], guide_heads=2), LAYOUT)
+    guided.load_state_dict(plain.state_dict())
+    batch = ragged_batch([4, 6], [7, 3])
+    guided.eval()
+    assert guided(*batch, CODEBOOK).guide_loss is None and plain(*batch, CODEBOOK).guide_loss is None
+    # The eager attention that returns the weights computes the same function as the fused kernels.
+    torch.testing.assert_close(guided(*batch, CODEBOOK).logits, plain(*batch, CODEBOOK).logits, atol=1e-5,
+                               rtol=1e-4)
+    guided.train()
+    out = guided(*batch, CODEBOOK)
+    assert 0.0 < out.guide_loss.item() < 1.0
+    out.guide_loss.backward()
+    layers = guided.decoder.model.layers
+    head_dim = guided.hidden_size // LLMConfig().num_heads
+    query_grad = layers[1].self_attn.q_proj.weight.grad
+    assert query_grad[:2 * head_dim].abs().sum() > 0  # the two guided heads learn
+    assert query_grad[2 * head_dim:].abs().sum() == 0  # the others are free
+    assert layers[2].self_attn.q_proj.weight.grad is None  # nothing after the guided layer is involved
+
+
+def test_guide_config_errors():
+    with pytest.raises(ValueError, match="guide_layers"):
+        LLMConfig(guide_weight=1.0)
+    with pytest.raises(ValueError, match="guide_sigma"):
+        LLMConfig(guide_sigma=0.0)
+    with pytest.raises(ValueError, match="outside a decoder of 4 layers"):
+        SpeechLLM(LLMConfig(guide_weight=1.0, guide_layers=[4]), LAYOUT)
 
 
 def test_one_hot_probabilities_and_codes_match_hard_ids(model):

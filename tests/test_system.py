@@ -60,6 +60,20 @@ def test_joint_stage_gradients_reach_the_tokenizer_from_each_consumer(system, co
     assert encoder_grads and any(g.abs().sum() > 0 for g in encoder_grads)
 
 
+def test_guided_attention_adds_to_the_llm_loss_in_training_only():
+    models = small_models()
+    models = dataclasses.replace(models, llm=dataclasses.replace(models.llm, guide_weight=0.5, guide_layers=[1],
+                                                                 guide_heads=1))
+    torch.manual_seed(0)
+    system = TTSSystem(models, ByteTokenizer(), speakers=["a", "b"])
+    objective = MultiTaskObjective(system, StageConfig(trainable=["tokenizer", "llm"], loss_weights={"llm": 1.0}))
+    _, metrics = objective.train()(make_batch())
+    assert 0 < metrics["llm_guide"] < 1
+    assert metrics["llm"] == pytest.approx(metrics["llm_nll"] + 0.5 * metrics["llm_guide"], rel=1e-5)
+    _, metrics = objective.eval()(make_batch())
+    assert "llm_guide" not in metrics and "llm_nll" not in metrics
+
+
 def test_separate_stage_never_touches_the_frozen_tokenizer(system):
     system.set_trainable(["llm", "flow", "reward"])
     stage = StageConfig(trainable=["llm", "flow", "reward"], loss_weights={"llm": 1.0, "flow": 1.0, "reward": 1.0})

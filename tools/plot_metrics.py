@@ -17,8 +17,9 @@ from matplotlib.figure import Figure
 
 STAGES = ("joint", "cascade", "separate", "e2e", "vocoder")
 CURVES = {  # what each stage optimises, in the names its objective logs
-    "joint": ("loss", "llm", "flow_cfm", "flow_prior", "reward"), "cascade": ("loss", "reward"),
-    "separate": ("loss", "llm", "flow_cfm", "flow_prior", "reward"), "e2e": ("loss", "flow", "asr", "speaker", "kl"),
+    "joint": ("loss", "llm", "llm_guide", "flow_cfm", "flow_prior", "reward"), "cascade": ("loss", "reward"),
+    "separate": ("loss", "llm", "llm_guide", "flow_cfm", "flow_prior", "reward"),
+    "e2e": ("loss", "flow", "asr", "speaker", "kl"),
     "vocoder": ("vocoder_mel", "vocoder_adversarial", "vocoder_feature_matching", "discriminator"),
 }
 

@@ -9,11 +9,17 @@ next-token loss reaches the tokenizer).
 The model only ever predicts speech: the output head is restricted to the rows of the ``V`` speech ids plus
 EOS, so logits live on a ``V + 1`` space where index ``V`` is EOS. Generation and the Gumbel relaxation
 both work there, which also makes every non-speech id impossible to emit by construction.
+
+A decoder-only model learns to continue speech long before it learns to follow the text; until its attention
+runs monotonically along the text, its tokens for a new sentence are speech, but other words. On a short
+budget an optional *guided attention* loss (Tachibana et al., DC-TTS) shortens that: a few heads of some layers
+are pulled towards the diagonal band of the text (:func:`diagonal_guide_loss`). It acts in training only;
+generation is unchanged.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
 import torch
@@ -49,6 +55,11 @@ class LLMConfig:
         initializer_range: std of fresh weights (also the rows added to a pretrained checkpoint).
         pretrained_path: local Hugging Face checkpoint directory to start from (never downloaded). When set,
             the checkpoint defines the shape and the shape fields above are not used.
+        guide_weight: weight of the guided-attention loss in training (0 = none; then attention runs on the fused
+            kernels, else on the eager path, which returns the weights).
+        guide_layers: decoder layers whose first ``guide_heads`` heads are guided.
+        guide_heads: guided heads per guided layer.
+        guide_sigma: width of the diagonal band, in fractions of the text and speech lengths (DC-TTS: 0.2).
     """
 
     architecture: str = "qwen2"
@@ -66,6 +77,10 @@ class LLMConfig:
     tie_word_embeddings: bool = False
     initializer_range: float = 0.02
     pretrained_path: Optional[str] = None
+    guide_weight: float = 0.0
+    guide_layers: list[int] = field(default_factory=list)
+    guide_heads: int = 2
+    guide_sigma: float = 0.2
 
     def __post_init__(self) -> None:
         if self.architecture not in ARCHITECTURES:
@@ -76,6 +91,11 @@ class LLMConfig:
         if self.head_dim is None and self.hidden_size % self.num_heads:
             raise ValueError(f"LLMConfig.hidden_size {self.hidden_size} is not divisible by num_heads "
                              f"{self.num_heads}; set head_dim")
+        if self.guide_weight < 0 or self.guide_sigma <= 0:
+            raise ValueError(f"LLMConfig needs guide_weight >= 0 and guide_sigma > 0, got {self.guide_weight} and "
+                             f"{self.guide_sigma}")
+        if self.guide_weight > 0 and (not self.guide_layers or self.guide_heads < 1):
+            raise ValueError("LLMConfig.guide_weight > 0 needs guide_layers and guide_heads >= 1")
 
 
 PRESETS: dict[str, LLMConfig] = {
@@ -103,12 +123,45 @@ class LLMOutput(transformers.utils.ModelOutput):
         targets: ``(B, S + 1)`` speech ids, then ``V`` (EOS), then ``IGNORE_INDEX``; None when the speech
             input was soft and no ids were given.
         hidden: ``(B, S + 1, H)`` final hidden states that produced the logits.
+        guide_loss: scalar guided-attention loss (unweighted), in training with ``guide_weight > 0``; else None.
     """
 
     logits: Optional[torch.Tensor] = None
     mask: Optional[torch.Tensor] = None
     targets: Optional[torch.Tensor] = None
     hidden: Optional[torch.Tensor] = None
+    guide_loss: Optional[torch.Tensor] = None
+
+
+def diagonal_guide_loss(attention: torch.Tensor, text_lengths: torch.Tensor, speech_lengths: torch.Tensor,
+                        sigma: float) -> torch.Tensor:
+    """Share of attention outside the text's diagonal band, averaged over heads and prediction positions.
+
+    Rows are ``SOS text TASK speech``; the position predicting speech step ``s`` (``s = 0 .. S_b``, the last one
+    predicts EOS) should attend to text position ``j`` (``1 .. L_b``) near ``(j - 0.5) / L_b = s / S_b``. Its
+    band weight is ``exp(-(that difference)^2 / (2 sigma^2))`` on text keys and 0 elsewhere (speech history,
+    specials), and the loss is ``1 - sum_j attention * band`` (DC-TTS's guided attention, as a mass).
+
+    Args:
+        attention: ``(B, H, N, N)`` softmax weights of the guided heads over one packed batch.
+        text_lengths, speech_lengths: ``(B,)``.
+        sigma: band width in fractions of the lengths.
+    Returns:
+        a scalar in [0, 1].
+    """
+    batch, heads, length, _ = attention.shape
+    steps = torch.arange(int(speech_lengths.max()) + 1, device=attention.device)
+    source = (text_lengths[:, None] + 1 + steps[None, :]).clamp(max=length - 1)  # (B, S + 1)
+    rows = attention.gather(2, source[:, None, :, None].expand(batch, heads, -1, length))  # (B, H, S + 1, N)
+    keys = torch.arange(length, device=attention.device)
+    text_position = (keys[None, :] - 0.5) / text_lengths[:, None]  # (B, N)
+    is_text = (keys[None, :] >= 1) & (keys[None, :] <= text_lengths[:, None])
+    progress = steps[None, :] / speech_lengths[:, None].clamp(min=1)  # (B, S + 1)
+    band = torch.exp(-(text_position[:, None, :] - progress[:, :, None]) ** 2 / (2 * sigma ** 2))
+    band = band * is_text[:, None, :]  # (B, S + 1, N)
+    outside = 1.0 - (rows.float() * band[:, None]).sum(-1)  # (B, H, S + 1)
+    valid = (steps[None, :] <= speech_lengths[:, None]).float()  # (B, S + 1)
+    return (outside * valid[:, None]).sum() / (valid.sum() * heads)
 
 
 def _hf_classes(architecture: str) -> tuple[type, type]:
@@ -197,6 +250,14 @@ class SpeechLLM(nn.Module):
             self.decoder = _load_decoder(config, layout)
         self.hidden_size = self.decoder.config.hidden_size
         self.speech_embedding = SpeechEmbedding(config.codebook_dim, self.hidden_size)
+        if config.guide_weight > 0:
+            shape = self.decoder.config
+            bad = [k for k in config.guide_layers if not 0 <= k < shape.num_hidden_layers]
+            if bad or config.guide_heads > shape.num_attention_heads:
+                raise ValueError(f"guide_layers {list(config.guide_layers)} / guide_heads {config.guide_heads} "
+                                 f"outside a decoder of {shape.num_hidden_layers} layers and "
+                                 f"{shape.num_attention_heads} heads")
+            self.decoder.set_attn_implementation("eager")  # the fused kernels return no attention weights
 
     def num_parameters(self) -> int:
         """Number of distinct parameters (tied weights counted once)."""
@@ -292,8 +353,16 @@ class SpeechLLM(nn.Module):
 
         embeds, attention_mask = self._pack(text_ids, text_lengths, speech, speech_lengths, codebook)
         positions = torch.arange(embeds.shape[1], device=embeds.device).expand(embeds.shape[0], -1)
-        hidden = self.decoder.model(inputs_embeds=embeds, attention_mask=attention_mask.long(),
-                                    position_ids=positions, use_cache=False).last_hidden_state
+        guided = self.training and self.config.guide_weight > 0
+        decoded = self.decoder.model(inputs_embeds=embeds, attention_mask=attention_mask.long(),
+                                     position_ids=positions, use_cache=False, output_attentions=guided)
+        hidden = decoded.last_hidden_state
+        guide_loss = None
+        if guided:
+            heads = self.config.guide_heads
+            guide_loss = torch.stack([
+                diagonal_guide_loss(decoded.attentions[k][:, :heads], text_lengths, speech_lengths,
+                                    self.config.guide_sigma) for k in self.config.guide_layers]).mean()
 
         # The hidden state at TASK predicts speech token 0; the one at speech token s predicts token s + 1.
         num_steps = speech.shape[1] + 1
@@ -309,7 +378,7 @@ class SpeechLLM(nn.Module):
                                                                                 IGNORE_INDEX)
             targets[rows[:, 0], speech_lengths] = self.layout.speech_vocab_size
         return LLMOutput(logits=self.speech_logits(prediction_hidden), mask=mask, targets=targets,
-                         hidden=prediction_hidden)
+                         hidden=prediction_hidden, guide_loss=guide_loss)
 
     @staticmethod
     def loss(output: LLMOutput) -> torch.Tensor:

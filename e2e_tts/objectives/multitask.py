@@ -55,6 +55,10 @@ class MultiTaskObjective(nn.Module):
                              speech_ids=tokens.ids)
             losses["llm"] = system.llm.loss(out)
             metrics["llm_acc"] = system.llm.accuracy(out).item()
+            if out.guide_loss is not None:  # guided attention (training only): part of the LLM's loss
+                metrics["llm_nll"] = losses["llm"].item()
+                metrics["llm_guide"] = out.guide_loss.item()
+                losses["llm"] = losses["llm"] + system.llm.config.guide_weight * out.guide_loss
         if "flow" in self.weights:
             terms = system.flow.loss_terms(batch["mel"], batch["mel_mask"], speech, tokens.mask, codebook)
             losses["flow"] = system.flow.weighted_loss(terms)
