@@ -101,3 +101,41 @@ def test_ceilings_decode_every_condition_at_the_utterance_length_with_the_given_
                                         prompt_text_ids=[encoded.text_ids], prompt_speech_ids=[encoded.speech_ids],
                                         generator=torch.Generator().manual_seed(0))[0]
     np.testing.assert_allclose(audio["llm_prior_griffin_lim"], prior_audio(llm_ids), atol=1e-6)
+
+
+def test_llm_alignment_monotonicity_tells_a_diagonal_from_stripes():
+    import numpy as np
+
+    alignment = load_tool("llm_alignment")
+    steps, text = 30, 12
+    diagonal = np.zeros((steps, text))
+    diagonal[np.arange(steps), np.arange(steps) * text // steps] = 1.0
+    stripes = np.tile(np.random.default_rng(0).random(text), (steps, 1))  # the same text positions at every step
+    assert alignment.monotonicity(diagonal) == pytest.approx(1.0, abs=0.01)
+    assert alignment.monotonicity(diagonal[:, ::-1]) == pytest.approx(-1.0, abs=0.01)
+    assert alignment.monotonicity(stripes) == 0.0
+
+
+def test_llm_alignment_maps_cover_the_prediction_steps_and_the_text(tmp_path):
+    """On a micro export: one (S + 1, L) map per layer, each row a share of that position's attention."""
+    import torch
+
+    from e2e_tts.config import load_config, to_object
+    from e2e_tts.synth import Synthesizer
+    from e2e_tts.system import TTSSystem
+    from e2e_tts.text import ByteTokenizer
+    from shared import MICRO_MODEL_OVERRIDES
+
+    alignment = load_tool("llm_alignment")
+    config = load_config(overrides=MICRO_MODEL_OVERRIDES)
+    torch.manual_seed(0)
+    synth = Synthesizer.from_pretrained(TTSSystem(to_object(config.model), ByteTokenizer(), ["a"]).export(
+        tmp_path / "export", config))
+    synth.system.llm.decoder.set_attn_implementation("eager")
+    text_ids, speech_ids = torch.tensor([5, 9, 2, 7]), torch.tensor([1, 3, 3, 0, 2, 4])
+    maps, nll = alignment.text_attention(synth, text_ids, speech_ids)
+    assert len(maps) == synth.system.llm.decoder.config.num_hidden_layers
+    for matrix in maps:
+        assert matrix.shape == (len(speech_ids) + 1, len(text_ids))
+        assert (matrix >= 0).all() and (matrix.sum(1) <= 1 + 1e-5).all()
+    assert nll > 0
