@@ -39,7 +39,8 @@ from omegaconf import OmegaConf
 from torch.nn.utils.rnn import pad_sequence
 from tqdm import tqdm
 
-from e2e_tts.audio import LOG_FLOOR, AudioConfig, MelSpectrogram, is_silent, load_audio, resample, write_audio
+from e2e_tts.audio import (LOG_FLOOR, AudioConfig, MelSpectrogram, is_silent, load_audio, normalize_peak, resample,
+                           write_audio)
 from e2e_tts.models.flow import SCHEDULES
 from e2e_tts.models.masks import lengths_to_mask
 from e2e_tts.models.vocoder import griffin_lim
@@ -273,7 +274,7 @@ class Synthesizer:
         if system.flow.config.speaker_embedding_dim is not None:
             raise ValueError("the flow was built with speaker_embedding_dim, but synthesis has no speaker encoder "
                              "to provide one")
-        self.mel = MelSpectrogram(audio_config).to(self.device)
+        self._mel = MelSpectrogram(audio_config).to(self.device)
         self._verifiers: dict[str, _Verifier] = {}
 
     @classmethod
@@ -294,6 +295,16 @@ class Synthesizer:
         return max(self.system.tokenizer.config.frames_per_token * cfg.hop_length, cfg.n_fft // 2 + 1)
 
     # ---- inputs -----------------------------------------------------------------------------------------------
+
+    def log_mel(self, audio: np.ndarray) -> torch.Tensor:
+        """The training features of a waveform ``(N,)`` at the model rate: ``(1, T, n_mels)`` on the model's device.
+
+        Peak-normalised first, as the shards store every training utterance (e2e_tts.data.shards): the tokenizer
+        and the flow's prompt condition only ever saw that level, and at another one the tokenizer gives other
+        ids (about 10 % of flite's raw-level ids agreed with its training-level ids).
+        """
+        audio = normalize_peak(np.asarray(audio, dtype=np.float32), self.audio_config.peak_level)
+        return self._mel(torch.from_numpy(audio).to(self.device))
 
     def prepare_text(self, text: str, what: str = "text") -> tuple[str, torch.Tensor]:
         """Checks, normalises and tokenizes one text.
@@ -347,7 +358,7 @@ class Synthesizer:
             raise ValueError(f"audio has {len(audio)} samples at {self.sample_rate} Hz, fewer than one speech "
                              f"token needs ({self.min_samples})")
         with torch.inference_mode():
-            mel = self.mel(torch.from_numpy(audio).to(self.device))  # (1, T, n_mels)
+            mel = self.log_mel(audio)
             ids, _ = self.system.tokenizer.encode(mel, torch.ones(mel.shape[:2], dtype=torch.bool, device=self.device))
         frames = ids.shape[1] * self.system.tokenizer.config.frames_per_token
         return ids[0].cpu(), mel[0, :frames]
@@ -581,7 +592,7 @@ class Synthesizer:
             tokens = [torch.zeros(0, dtype=torch.long) for _ in audios]
             if long_enough:
                 with torch.inference_mode():
-                    mels = {i: self.mel(torch.from_numpy(audios[i]).to(self.device))[0] for i in long_enough}
+                    mels = {i: self.log_mel(audios[i])[0] for i in long_enough}
                 frames = torch.tensor([mels[i].shape[0] for i in long_enough], device=self.device)
                 mel = pad_sequence([mels[i] for i in long_enough], batch_first=True)
                 mask = lengths_to_mask(frames, mel.shape[1])

@@ -66,6 +66,30 @@ def test_from_pretrained_loads_every_weight(export, synth):
     assert synth.sample_rate == 16000 and not synth.system.training
 
 
+def test_audio_is_tokenized_with_the_features_it_was_trained_on(synth, tmp_path):
+    """A file's features at inference are the data pipeline's features of the same file written into a shard
+    (which peak-normalises it), whatever the file's level: the tokenizer sees the level it was trained on."""
+    import webdataset as wds
+
+    from e2e_tts.data.features import SampleFeaturizer, SampleFilter
+    from e2e_tts.data.manifest import ManifestEntry
+    from e2e_tts.data.shards import write_shards
+
+    rate = synth.sample_rate
+    t = np.arange(rate) / rate
+    wav = 0.2 * np.sin(2 * np.pi * 150 * t) + 0.02 * np.random.default_rng(1).standard_normal(rate)
+    sf.write(tmp_path / "utt.wav", wav.astype(np.float32), rate, subtype="FLOAT")
+    entry = ManifestEntry(id="utt", audio=str(tmp_path / "utt.wav"), text="hello", speaker="alice")
+    write_shards([entry], tmp_path / "shards", synth.audio_config, workers=1)
+    raw = next(iter(wds.WebDataset(str(tmp_path / "shards" / "train-000000.tar"), shardshuffle=False)))
+    featurizer = SampleFeaturizer(synth.audio_config, synth.system.text_tokenizer, SampleFilter(0.0, 100.0))
+    trained_on = featurizer(raw)["mel"]
+    for level in (1.0, 0.25, 3.0):
+        inferred = synth.log_mel((wav * level).astype(np.float32))[0]
+        # 16-bit FLAC in the shard: equal up to quantisation noise
+        torch.testing.assert_close(inferred, trained_on, atol=2e-2, rtol=0)
+
+
 def test_synthesize_without_prompt_gives_audio_of_the_generated_tokens(synth):
     texts = ["Hello world.", "It costs $5."]
     results = synth.synthesize(texts, config=SynthesisConfig(**FAST))

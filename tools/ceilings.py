@@ -52,7 +52,7 @@ def decode_conditions(synth: Synthesizer, wav: np.ndarray, text: str, prompt_wav
     transcript); ``flow_settings`` (cfg_strength, temperature, nfe; None = the export's config) go to the flow's
     sampler."""
     system, audio = synth.system, synth.audio_config
-    mel = synth.mel(torch.from_numpy(wav))  # (1, T, n_mels)
+    mel = synth.log_mel(wav)  # (1, T, n_mels), at the training level
     prompt = synth.encode_prompt(prompt_wav, prompt_text)
     prompt_frames = prompt.mel.shape[0]
 
