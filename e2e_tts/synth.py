@@ -418,15 +418,9 @@ class Synthesizer:
     def _synthesize_rows(self, text_ids: list[torch.Tensor], prompt: Optional[Prompt], config: SynthesisConfig,
                          generator: torch.Generator) -> list[tuple[torch.Tensor, np.ndarray, dict[str, float]]]:
         """LLM -> flow -> vocoder for one batch of rows; returns (tokens, wav, timings) per row."""
-        system, device, batch = self.system, self.device, len(text_ids)
+        device, batch = self.device, len(text_ids)
         start = time.perf_counter()
-        tokens = system.llm.generate(
-            text_ids, system.codebook(),
-            prompt_text_ids=None if prompt is None else [prompt.text_ids] * batch,
-            prompt_speech_ids=None if prompt is None else [prompt.speech_ids] * batch,
-            temperature=config.temperature, top_k=config.top_k, top_p=config.top_p,
-            repetition_aware=config.repetition_aware, min_len_ratio=config.min_len_ratio,
-            max_len_ratio=config.max_len_ratio, generator=generator)
+        tokens = self.generate_tokens(text_ids, prompt, config, generator)
         seconds = {"llm": _elapsed(start, device)}
 
         # A row that stopped at once has nothing to decode: it becomes empty audio (a dropout).
@@ -446,6 +440,19 @@ class Synthesizer:
         shares = weights / weights.sum()
         return [(tokens[b], wavs[b], {stage: float(total * shares[b]) for stage, total in seconds.items()})
                 for b in range(batch)]
+
+    def generate_tokens(self, text_ids: list[torch.Tensor], prompt: Optional[Prompt], config: SynthesisConfig,
+                        generator: torch.Generator) -> list[torch.Tensor]:
+        """The LLM's speech ids ``(T_b,)`` for each row of text ids (after the prompt's, if any), sampled with
+        ``config``'s LLM settings."""
+        batch = len(text_ids)
+        return self.system.llm.generate(
+            text_ids, self.system.codebook(),
+            prompt_text_ids=None if prompt is None else [prompt.text_ids] * batch,
+            prompt_speech_ids=None if prompt is None else [prompt.speech_ids] * batch,
+            temperature=config.temperature, top_k=config.top_k, top_p=config.top_p,
+            repetition_aware=config.repetition_aware, min_len_ratio=config.min_len_ratio,
+            max_len_ratio=config.max_len_ratio, generator=generator)
 
     def _decode_tokens(self, tokens: list[torch.Tensor], prompt: Optional[Prompt], config: SynthesisConfig,
                        generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:

@@ -73,12 +73,8 @@ def decode_conditions(synth: Synthesizer, wav: np.ndarray, text: str, prompt_wav
     true_ids = synth.tokenize_audio(wav)[0] if any(c.startswith("flow_") for c in conditions) else None
     llm_ids = None
     if any(c.startswith("llm_") for c in conditions):
-        sampling = SynthesisConfig()
-        llm_ids = system.llm.generate(
-            [synth.prepare_text(text)[1]], system.codebook(), prompt_text_ids=[prompt.text_ids],
-            prompt_speech_ids=[prompt.speech_ids], temperature=sampling.temperature, top_k=sampling.top_k,
-            top_p=sampling.top_p, repetition_aware=sampling.repetition_aware, min_len_ratio=sampling.min_len_ratio,
-            max_len_ratio=sampling.max_len_ratio, generator=torch.Generator().manual_seed(seed))[0]
+        llm_ids = synth.generate_tokens([synth.prepare_text(text)[1]], prompt, SynthesisConfig(),
+                                        torch.Generator().manual_seed(seed))[0]
     sampled = sample(true_ids) if any(c.startswith("flow_tokens") for c in conditions) else None
     decoders = {
         "ground_truth": lambda: wav,

@@ -48,13 +48,11 @@ def text_attention(synth: Synthesizer, text_ids: torch.Tensor, speech_ids: torch
                    ) -> tuple[list[np.ndarray], float]:
     """Teacher-forced pass of one utterance: per layer the head-averaged attention ``(S + 1, L)`` of the positions
     that predict speech (TASK and every speech token) to the ``L`` text positions, and the speech-token NLL."""
-    llm = synth.system.llm
     captured: list[torch.Tensor] = []
     hooks = [layer.self_attn.register_forward_hook(lambda _m, _i, out: captured.append(out[1]))
-             for layer in llm.decoder.model.layers]
+             for layer in synth.system.llm.decoder.model.layers]
     try:
-        out = llm(text_ids[None], torch.ones(1, len(text_ids), dtype=torch.bool), speech_ids[None],
-                  torch.ones(1, len(speech_ids), dtype=torch.bool), synth.system.codebook())
+        nll = teacher_forced_nll(synth, text_ids, speech_ids)
     finally:
         for hook in hooks:
             hook.remove()
@@ -62,12 +60,12 @@ def text_attention(synth: Synthesizer, text_ids: torch.Tensor, speech_ids: torch
     predicting = slice(text_len + 1, text_len + 2 + len(speech_ids))  # TASK, then each speech token
     # Row layout is SOS text TASK speech: the text sits at positions 1..L.
     maps = [weights[0].float().mean(0)[predicting, 1:text_len + 1].numpy() for weights in captured]
-    return maps, float(llm.loss(out))
+    return maps, nll
 
 
 @torch.inference_mode()
-def other_text_nll(synth: Synthesizer, text_ids: torch.Tensor, speech_ids: torch.Tensor) -> float:
-    """Teacher-forced speech-token NLL of ``speech_ids`` under someone else's ``text_ids``."""
+def teacher_forced_nll(synth: Synthesizer, text_ids: torch.Tensor, speech_ids: torch.Tensor) -> float:
+    """Teacher-forced speech-token NLL of ``speech_ids`` ``(S,)`` after ``text_ids`` ``(L,)``."""
     out = synth.system.llm(text_ids[None], torch.ones(1, len(text_ids), dtype=torch.bool), speech_ids[None],
                            torch.ones(1, len(speech_ids), dtype=torch.bool), synth.system.codebook())
     return float(synth.system.llm.loss(out))
@@ -113,7 +111,7 @@ def main() -> None:
         maps, nll = text_attention(synth, text_ids, speech_ids)
         other_text = utterances[(index + 1) % len(utterances)][1]
         rows.append({"utt": entry.id, "text": entry.text, "nll_right": nll,
-                     "nll_other": other_text_nll(synth, other_text, speech_ids),
+                     "nll_other": teacher_forced_nll(synth, other_text, speech_ids),
                      "text_mass": [float(m.sum(1).mean()) for m in maps],
                      "monotonicity": [monotonicity(m) for m in maps], "maps": maps})
     layers = len(rows[0]["maps"])
