@@ -143,6 +143,27 @@ def test_guided_llm_returns_a_guide_loss_in_training_only_with_unchanged_logits(
     assert query_grad[:2 * head_dim].abs().sum() > 0  # the two guided heads learn
     assert query_grad[2 * head_dim:].abs().sum() == 0  # the others are free
     assert layers[2].self_attn.q_proj.weight.grad is None  # nothing after the guided layer is involved
+    assert guided(*batch, CODEBOOK, guide=False).guide_loss is None  # the e2e stage asks for none
+
+
+def test_llm_returns_every_layers_attention_on_request_on_the_eager_path_only():
+    torch.manual_seed(0)
+    llm = SpeechLLM(LLMConfig(), LAYOUT).eval()
+    batch = ragged_batch([4, 6], [7, 3])
+    assert llm(*batch, CODEBOOK).attentions is None
+    with pytest.raises(ValueError, match="eager"):
+        llm(*batch, CODEBOOK, return_attentions=True)
+    fused = llm(*batch, CODEBOOK).logits
+    llm.decoder.set_attn_implementation("eager")
+    out = llm(*batch, CODEBOOK, return_attentions=True)
+    torch.testing.assert_close(out.logits, fused, atol=1e-5, rtol=1e-4)
+    config = llm.decoder.config
+    packed = max(1 + t + 1 + s for t, s in [(4, 7), (6, 3)])  # each row packs SOS text TASK speech
+    assert len(out.attentions) == config.num_hidden_layers
+    assert all(a.shape == (2, config.num_attention_heads, packed, packed) for a in out.attentions)
+    # Softmax rows over the keys, causal: nothing attends to a later position.
+    torch.testing.assert_close(out.attentions[0].sum(-1), torch.ones(2, config.num_attention_heads, packed))
+    assert out.attentions[0].triu(diagonal=1).abs().max() == 0
 
 
 def test_guide_config_errors():

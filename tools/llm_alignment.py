@@ -28,6 +28,7 @@ from matplotlib.figure import Figure
 
 from e2e_tts.audio import load_audio
 from e2e_tts.data.manifest import read_jsonl
+from e2e_tts.models.llm import LLMOutput
 from e2e_tts.synth import Synthesizer
 
 PLOTTED_UTTERANCES = 4
@@ -48,27 +49,21 @@ def text_attention(synth: Synthesizer, text_ids: torch.Tensor, speech_ids: torch
                    ) -> tuple[list[np.ndarray], float]:
     """Teacher-forced pass of one utterance: per layer the head-averaged attention ``(S + 1, L)`` of the positions
     that predict speech (TASK and every speech token) to the ``L`` text positions, and the speech-token NLL."""
-    captured: list[torch.Tensor] = []
-    hooks = [layer.self_attn.register_forward_hook(lambda _m, _i, out: captured.append(out[1]))
-             for layer in synth.system.llm.decoder.model.layers]
-    try:
-        nll = teacher_forced_nll(synth, text_ids, speech_ids)
-    finally:
-        for hook in hooks:
-            hook.remove()
+    out = teacher_forced(synth, text_ids, speech_ids, return_attentions=True)
     text_len = len(text_ids)
     predicting = slice(text_len + 1, text_len + 2 + len(speech_ids))  # TASK, then each speech token
     # Row layout is SOS text TASK speech: the text sits at positions 1..L.
-    maps = [weights[0].float().mean(0)[predicting, 1:text_len + 1].numpy() for weights in captured]
-    return maps, nll
+    maps = [weights[0].float().mean(0)[predicting, 1:text_len + 1].numpy() for weights in out.attentions]
+    return maps, float(synth.system.llm.loss(out))
 
 
 @torch.inference_mode()
-def teacher_forced_nll(synth: Synthesizer, text_ids: torch.Tensor, speech_ids: torch.Tensor) -> float:
-    """Teacher-forced speech-token NLL of ``speech_ids`` ``(S,)`` after ``text_ids`` ``(L,)``."""
-    out = synth.system.llm(text_ids[None], torch.ones(1, len(text_ids), dtype=torch.bool), speech_ids[None],
-                           torch.ones(1, len(speech_ids), dtype=torch.bool), synth.system.codebook())
-    return float(synth.system.llm.loss(out))
+def teacher_forced(synth: Synthesizer, text_ids: torch.Tensor, speech_ids: torch.Tensor,
+                   return_attentions: bool = False) -> LLMOutput:
+    """The LLM's teacher-forced pass over ``speech_ids`` ``(S,)`` after ``text_ids`` ``(L,)``, as a batch of one."""
+    return synth.system.llm(text_ids[None], torch.ones(1, len(text_ids), dtype=torch.bool), speech_ids[None],
+                            torch.ones(1, len(speech_ids), dtype=torch.bool), synth.system.codebook(),
+                            return_attentions=return_attentions)
 
 
 def plot(maps: list[np.ndarray], layer: int, titles: list[str], path: Path) -> None:
@@ -111,7 +106,7 @@ def main() -> None:
         maps, nll = text_attention(synth, text_ids, speech_ids)
         other_text = utterances[(index + 1) % len(utterances)][1]
         rows.append({"utt": entry.id, "text": entry.text, "nll_right": nll,
-                     "nll_other": teacher_forced_nll(synth, other_text, speech_ids),
+                     "nll_other": float(synth.system.llm.loss(teacher_forced(synth, other_text, speech_ids))),
                      "text_mass": [float(m.sum(1).mean()) for m in maps],
                      "monotonicity": [monotonicity(m) for m in maps], "maps": maps})
     layers = len(rows[0]["maps"])

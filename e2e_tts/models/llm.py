@@ -123,7 +123,10 @@ class LLMOutput(transformers.utils.ModelOutput):
         targets: ``(B, S + 1)`` speech ids, then ``V`` (EOS), then ``IGNORE_INDEX``; None when the speech
             input was soft and no ids were given.
         hidden: ``(B, S + 1, H)`` final hidden states that produced the logits.
-        guide_loss: scalar guided-attention loss (unweighted), in training with ``guide_weight > 0``; else None.
+        guide_loss: scalar guided-attention loss (unweighted), in training with ``guide_weight > 0`` unless the
+            caller asked for none; else None.
+        attentions: per decoder layer the softmax weights ``(B, heads, N, N)`` over the packed rows
+            (``SOS text TASK speech``), when asked for with ``return_attentions``; else None.
     """
 
     logits: Optional[torch.Tensor] = None
@@ -131,6 +134,7 @@ class LLMOutput(transformers.utils.ModelOutput):
     targets: Optional[torch.Tensor] = None
     hidden: Optional[torch.Tensor] = None
     guide_loss: Optional[torch.Tensor] = None
+    attentions: Optional[tuple[torch.Tensor, ...]] = None
 
 
 def diagonal_guide_loss(attention: torch.Tensor, text_lengths: torch.Tensor, speech_lengths: torch.Tensor,
@@ -319,7 +323,8 @@ class SpeechLLM(nn.Module):
 
     def forward(self, text_ids: torch.Tensor, text_mask: torch.Tensor, speech: torch.Tensor,
                 speech_mask: torch.Tensor, codebook: torch.Tensor,
-                speech_ids: Optional[torch.Tensor] = None) -> LLMOutput:
+                speech_ids: Optional[torch.Tensor] = None, guide: bool = True,
+                return_attentions: bool = False) -> LLMOutput:
         """Teacher-forced next-token logits over ``[V speech codes, EOS]``.
 
         Args:
@@ -329,6 +334,9 @@ class SpeechLLM(nn.Module):
             speech_mask: ``(B, S)`` bool, right-padded.
             codebook: the tokenizer's enumerated codebook ``(V, Dc)``.
             speech_ids: ``(B, S)`` target ids when ``speech`` is soft (defaults to ``speech`` when it is ids).
+            guide: compute the guided-attention loss (in training, with ``guide_weight > 0``). An objective that
+                does not train the alignment passes False and saves keeping every layer's attention.
+            return_attentions: also return every layer's attention weights (needs the eager attention path).
         Returns:
             :class:`LLMOutput` with logits ``(B, S + 1, V + 1)``.
         """
@@ -351,11 +359,15 @@ class SpeechLLM(nn.Module):
             speech_ids = speech_ids.masked_fill(~speech_mask, 0)
             self.layout.speech_to_llm(speech_ids)  # validates the id range
 
+        if return_attentions and self.decoder.config._attn_implementation != "eager":
+            raise ValueError("return_attentions needs the eager attention path (the fused kernels return no "
+                             "weights): call decoder.set_attn_implementation('eager') first")
         embeds, attention_mask = self._pack(text_ids, text_lengths, speech, speech_lengths, codebook)
         positions = torch.arange(embeds.shape[1], device=embeds.device).expand(embeds.shape[0], -1)
-        guided = self.training and self.config.guide_weight > 0
+        guided = guide and self.training and self.config.guide_weight > 0
         decoded = self.decoder.model(inputs_embeds=embeds, attention_mask=attention_mask.long(),
-                                     position_ids=positions, use_cache=False, output_attentions=guided)
+                                     position_ids=positions, use_cache=False,
+                                     output_attentions=guided or return_attentions)
         hidden = decoded.last_hidden_state
         guide_loss = None
         if guided:
@@ -378,7 +390,8 @@ class SpeechLLM(nn.Module):
                                                                                 IGNORE_INDEX)
             targets[rows[:, 0], speech_lengths] = self.layout.speech_vocab_size
         return LLMOutput(logits=self.speech_logits(prediction_hidden), mask=mask, targets=targets,
-                         hidden=prediction_hidden, guide_loss=guide_loss)
+                         hidden=prediction_hidden, guide_loss=guide_loss,
+                         attentions=decoded.attentions if return_attentions else None)
 
     @staticmethod
     def loss(output: LLMOutput) -> torch.Tensor:

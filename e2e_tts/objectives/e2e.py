@@ -57,7 +57,8 @@ class EndToEndObjective(nn.Module):
         codebook = system.codebook()
         with torch.no_grad():
             tokens = system.tokenizer(batch["mel"], batch["mel_mask"])
-        out = system.llm(batch["text_ids"], batch["text_mask"], tokens.ids, tokens.mask, codebook)
+        # The alignment was trained in the earlier stages: no guided-attention loss here.
+        out = system.llm(batch["text_ids"], batch["text_mask"], tokens.ids, tokens.mask, codebook, guide=False)
         num_tokens = tokens.ids.shape[1]
         vocab = codebook.shape[0]
         # Positions 0..S-1 predict the speech tokens; EOS (last column) is not a codebook point.
