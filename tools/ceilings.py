@@ -56,19 +56,20 @@ def decode_conditions(synth: Synthesizer, wav: np.ndarray, text: str, prompt_wav
     prompt = synth.encode_prompt(prompt_wav, prompt_text)
     prompt_frames = prompt.mel.shape[0]
 
+    def after_prompt(ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Prompt tokens then ``ids`` ``(T,)``, as the flow takes them: ids ``(1, P + T)`` and their mask."""
+        speech = torch.cat([prompt.speech_ids, ids])[None]
+        return speech, torch.ones_like(speech, dtype=torch.bool)
+
     def sample(ids: torch.Tensor) -> torch.Tensor:
         """Flow samples of the frames after the prompt, from prompt + ``ids`` ``(T,)``: ``(1, frames, n_mels)``."""
-        speech = torch.cat([prompt.speech_ids, ids])[None]
-        mel, _ = system.flow.sample(speech, torch.ones_like(speech, dtype=torch.bool), system.codebook(),
-                                    prompt_mel=prompt.mel[None], generator=torch.Generator().manual_seed(seed),
-                                    **flow_settings)
+        mel, _ = system.flow.sample(*after_prompt(ids), system.codebook(), prompt_mel=prompt.mel[None],
+                                    generator=torch.Generator().manual_seed(seed), **flow_settings)
         return mel
 
     def prior(ids: torch.Tensor) -> torch.Tensor:
         """The prior head's mel of the frames after the prompt: ``(1, frames, n_mels)``."""
-        speech = torch.cat([prompt.speech_ids, ids])[None]
-        return system.flow.prior(speech, torch.ones_like(speech, dtype=torch.bool), system.codebook()
-                                 )[:, prompt_frames:]
+        return system.flow.prior(*after_prompt(ids), system.codebook())[:, prompt_frames:]
 
     true_ids = synth.tokenize_audio(wav)[0] if any(c.startswith("flow_") for c in conditions) else None
     llm_ids = None
