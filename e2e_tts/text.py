@@ -10,15 +10,14 @@ Ids are ``0 .. vocab_size - 1``; :class:`e2e_tts.vocab.TokenLayout` shifts them 
 
 from __future__ import annotations
 
-import ctypes
 import json
-import os
 import re
-import threading
 import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Optional, Protocol, Sequence, runtime_checkable
+
+from e2e_tts.espeak import ESPEAK
 
 TOKENIZER_FILE = "text_tokenizer.json"
 TOKENIZER_KINDS = ("bytes", "chars", "phonemes", "hf")
@@ -362,7 +361,7 @@ class PhonemeTokenizer:
 
     def __init__(self, language: str = "en-us"):
         self.language = language
-        _ESPEAK.clauses("", language)  # fails now, not in the middle of training, on an unknown language
+        ESPEAK.clauses("", language)  # fails now, not in the middle of training, on an unknown language
 
     @property
     def vocab_size(self) -> int:
@@ -373,7 +372,7 @@ class PhonemeTokenizer:
         spoken = ""
         for i, piece in enumerate(_CLAUSE_BREAK.split(text)):
             if i % 2 == 0:  # text between clause breaks
-                phonemes = " ".join(p for p in _ESPEAK.clauses(piece, self.language) if p)
+                phonemes = " ".join(p for p in ESPEAK.clauses(piece, self.language) if p)
                 phonemes = re.sub(r"\s+", " ", _LANGUAGE_SWITCH.sub("", phonemes)).strip()
                 if phonemes:
                     spoken = f"{spoken} {phonemes}" if spoken else phonemes
@@ -406,79 +405,6 @@ def _clause_mark(punctuation: str) -> str:
         if mark in punctuation:
             return mark
     return ","  # , ; : and lone dashes are all a short pause
-
-
-class _EspeakVoice(ctypes.Structure):
-    _fields_ = [("name", ctypes.c_char_p), ("languages", ctypes.c_char_p), ("identifier", ctypes.c_char_p),
-                ("gender", ctypes.c_ubyte), ("age", ctypes.c_ubyte), ("variant", ctypes.c_ubyte),
-                ("xx1", ctypes.c_ubyte), ("score", ctypes.c_int), ("spare", ctypes.c_void_p)]
-
-
-class _Espeak:
-    """The process's single libespeak-ng (from ``espeakng-loader``), initialised lazily.
-
-    The library is not thread-safe and keeps its voice and buffers in globals, so every call holds one lock.
-    A forked child (data-loader worker) gets a fresh lock (the parent's may have been held by another thread
-    at fork time) and re-initialises the library, since the parent may have been half-way through a call.
-    """
-
-    AUDIO_OUTPUT_SYNCHRONOUS = 2
-    INITIALIZE_DONT_EXIT = 0x8000  # return an error instead of calling exit() when the data is missing
-    CHARS_UTF8 = 1
-    PHONEMES_IPA = 0x02
-
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self._lib: Optional[ctypes.CDLL] = None
-        self._initialised_pid: Optional[int] = None
-        self._voice: Optional[str] = None
-
-    def renew_lock(self) -> None:
-        self.lock = threading.Lock()
-
-    def clauses(self, text: str, language: str) -> list[str]:
-        """IPA of each clause of ``text`` as espeak-ng splits it (punctuation dropped)."""
-        buffer = ctypes.create_string_buffer(text.encode("utf-8"))
-        cursor = ctypes.c_char_p(ctypes.addressof(buffer))
-        phonemes = []
-        with self.lock:
-            self._initialise()
-            self._select_voice(language)
-            while cursor.value:  # espeak moves the cursor clause by clause and sets it to NULL at the end
-                clause = self._lib.espeak_TextToPhonemes(ctypes.byref(cursor), self.CHARS_UTF8, self.PHONEMES_IPA)
-                phonemes.append((clause or b"").decode("utf-8", errors="replace").strip())
-        return phonemes
-
-    def _initialise(self) -> None:
-        if self._initialised_pid == os.getpid():
-            return
-        import espeakng_loader
-
-        if self._lib is None:
-            lib = ctypes.CDLL(espeakng_loader.get_library_path())
-            lib.espeak_Initialize.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_int]
-            lib.espeak_SetVoiceByProperties.argtypes = [ctypes.POINTER(_EspeakVoice)]
-            lib.espeak_TextToPhonemes.argtypes = [ctypes.POINTER(ctypes.c_char_p), ctypes.c_int, ctypes.c_int]
-            lib.espeak_TextToPhonemes.restype = ctypes.c_char_p
-            self._lib = lib
-        data_path = espeakng_loader.get_data_path().encode()
-        if self._lib.espeak_Initialize(self.AUDIO_OUTPUT_SYNCHRONOUS, 0, data_path, self.INITIALIZE_DONT_EXIT) <= 0:
-            raise RuntimeError(f"espeak-ng failed to initialise with data at {data_path.decode()}")
-        self._initialised_pid = os.getpid()
-        self._voice = None
-
-    def _select_voice(self, language: str) -> None:
-        if language == self._voice:
-            return
-        # By properties, not by name: SetVoiceByName rejects "en-gb"-style names.
-        spec = _EspeakVoice(languages=language.encode())
-        if self._lib.espeak_SetVoiceByProperties(ctypes.byref(spec)) != 0:
-            raise ValueError(f"espeak-ng has no voice for language {language!r}")
-        self._voice = language
-
-
-_ESPEAK = _Espeak()
-os.register_at_fork(after_in_child=_ESPEAK.renew_lock)
 
 
 class HFTokenizer:

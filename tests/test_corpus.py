@@ -14,6 +14,7 @@ from e2e_tts.data.corpus import (EngineUnavailable, FliteEngine, get_engine, mak
 from e2e_tts.data.manifest import read_jsonl
 from e2e_tts.data.sentences import (build_sentence_lists, clean_sentence, corpus_sentences, heldout_sentences,
                                     looks_like_clause, pool_sentences, sentence_key, split_sentences)
+from e2e_tts.text import PhonemeTokenizer
 
 needs_flite = pytest.mark.skipif(shutil.which("flite") is None, reason="Debian flite is not installed "
                                                                        "(apt-get install flite)")
@@ -117,6 +118,15 @@ def test_espeak_engine_synthesises_languages_and_variants():
         engine.language("xx-nowhere")
     with pytest.raises(ValueError, match="unknown espeak variant"):
         engine.language("en-us+nobody")
+
+
+def test_espeak_engine_voice_never_leaks_into_the_phoneme_front_end():
+    pytest.importorskip("espeakng_loader")
+    english = PhonemeTokenizer("en-us")
+    before = english.phonemize("the house is red")
+    get_engine("espeak").synthesize("la maison est rouge", "fr")  # the one library now speaks French
+    # Used to come out as "(en)ðə(fr) ˈuz ...": the front end trusted a voice it had selected earlier.
+    assert english.phonemize("the house is red") == before
 
 
 @pytest.mark.skipif(shutil.which("text2wave") is None, reason="Debian festival is not installed")

@@ -8,6 +8,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import pytest
 
 from e2e_tts import text
+from e2e_tts.espeak import ESPEAK
 from e2e_tts.text import (ByteTokenizer, CharTokenizer, HFTokenizer, PhonemeTokenizer, TextConfig, TextTokenizer,
                           build_text_tokenizer, check_text, load_text_tokenizer, normalize_text)
 
@@ -222,7 +223,7 @@ def _phonemize_in_child(sentence):
 def test_phonemizer_in_forked_child_matches_parent(phonemes):
     expected = [phonemes.phonemize(s) for s in SENTENCES]  # the parent has initialised espeak-ng
     context = multiprocessing.get_context("fork")
-    with text._ESPEAK.lock:  # another parent thread inside espeak-ng at fork time must not deadlock the child
+    with ESPEAK.lock:  # another parent thread inside espeak-ng at fork time must not deadlock the child
         pool = context.Pool(2)
     with pool:
         results = pool.map_async(_phonemize_in_child, SENTENCES).get(timeout=60)

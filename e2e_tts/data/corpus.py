@@ -13,10 +13,8 @@ library (voices ``<language>[+<variant>]``, e.g. ``en-us``, ``en-gb+f2``, ``de+m
 from __future__ import annotations
 
 import argparse
-import ctypes
 import functools
 import hashlib
-import itertools
 import math
 import os
 import re
@@ -35,6 +33,7 @@ from tqdm import tqdm
 from e2e_tts.audio import AudioConfig, AudioRejected, check_audio, load_audio, resample, write_audio
 from e2e_tts.data.manifest import ManifestEntry, write_jsonl
 from e2e_tts.data.sentences import corpus_sentences
+from e2e_tts.espeak import ESPEAK
 
 DEFAULT_VOICES = ("kal16", "awb", "rms", "slt")
 DEFAULT_SPLITS = (("train", 0.9), ("valid", 0.05), ("test", 0.05))
@@ -136,68 +135,24 @@ class FestivalEngine:
             return load_audio(out)
 
 
-class _EspeakVoice(ctypes.Structure):
-    # `languages` holds embedded NULs, so it stays a raw pointer (c_char_p would stop at the first one)
-    _fields_ = [("name", ctypes.c_char_p), ("languages", ctypes.c_void_p), ("identifier", ctypes.c_char_p),
-                ("gender", ctypes.c_ubyte), ("age", ctypes.c_ubyte), ("variant", ctypes.c_ubyte),
-                ("xx1", ctypes.c_ubyte), ("score", ctypes.c_int), ("spare", ctypes.c_void_p)]
-
-
-_ESPEAK_CALLBACK = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctypes.c_int, ctypes.c_void_p)
-_ESPEAK_SYNCHRONOUS, _ESPEAK_POS_CHARACTER, _ESPEAK_CHARS_UTF8 = 2, 1, 1
-
-
 class EspeakEngine:
-    """espeak-ng through the library and data in the ``espeakng-loader`` wheel (ctypes, in-process, 22.05 kHz).
+    """espeak-ng through the library and data in the ``espeakng-loader`` wheel (in-process, 22.05 kHz), shared with
+    the phoneme text front end (:data:`e2e_tts.espeak.ESPEAK`).
 
     A voice is ``<language>[+<variant>]``: a language code from :meth:`voices` and optionally a variant from
-    ``espeak-ng-data/voices/!v`` (``m1``..``m8``, ``f1``..``f5``, ...). The library keeps global state, so use one
-    engine per process (:func:`get_engine` caches it).
+    ``espeak-ng-data/voices/!v`` (``m1``..``m8``, ``f1``..``f5``, ...).
     """
 
     name = "espeak"
 
     def __init__(self) -> None:
         try:
-            import espeakng_loader
+            self._identifiers = ESPEAK.language_identifiers()
         except ImportError:
             raise EngineUnavailable("the espeak engine needs the espeakng-loader wheel: pip install espeakng-loader")
-        self._lib = ctypes.CDLL(espeakng_loader.get_library_path())
-        data_path = espeakng_loader.get_data_path()
-        self.sample_rate = self._lib.espeak_Initialize(_ESPEAK_SYNCHRONOUS, 0, data_path.encode(), 0)
-        if self.sample_rate <= 0:
-            raise EngineUnavailable(f"espeak-ng failed to initialise with data at {data_path}")
-        self._chunks: list[np.ndarray] = []
-        self._callback = _ESPEAK_CALLBACK(self._collect)  # keep a reference: the library calls it later
-        self._lib.espeak_SetSynthCallback(self._callback)
-        self._lib.espeak_ListVoices.restype = ctypes.POINTER(ctypes.POINTER(_EspeakVoice))
-        self._identifiers = self._language_identifiers()
-        self._variants = sorted(path.name for path in (Path(data_path) / "voices" / "!v").iterdir())
-
-    def _collect(self, samples, count, events) -> int:
-        if count > 0:
-            self._chunks.append(np.ctypeslib.as_array(samples, shape=(count,)).copy())
-        return 0  # 0 = continue synthesis
-
-    def _language_identifiers(self) -> dict[str, str]:
-        """``language code -> voice identifier`` (``"en-gb" -> "gmw/en"``): set-by-name only takes identifiers.
-
-        A code served by several voices goes to the one listing it with the best (lowest) priority.
-        """
-        best: dict[str, tuple[int, str]] = {}
-        voices = self._lib.espeak_ListVoices(None)
-        for index in itertools.count():
-            if not voices[index]:
-                break
-            voice = voices[index].contents
-            # `languages` is a run of <priority byte><code>\0 entries ended by a zero priority byte
-            address = voice.languages
-            while (priority := ctypes.string_at(address, 1)[0]) != 0:
-                code = ctypes.string_at(address + 1).decode()
-                if code not in best or priority < best[code][0]:
-                    best[code] = (priority, voice.identifier.decode())
-                address += len(code) + 2
-        return {code: identifier for code, (_, identifier) in best.items()}
+        except RuntimeError as error:
+            raise EngineUnavailable(str(error))
+        self._variants = ESPEAK.variants()
 
     def voices(self) -> list[str]:
         return sorted(self._identifiers)
@@ -218,17 +173,7 @@ class EspeakEngine:
 
     def synthesize(self, text: str, voice: str) -> tuple[np.ndarray, int]:
         language, variant = self._split(voice)
-        name = self._identifiers[language] + (f"+{variant}" if variant else "")
-        if self._lib.espeak_SetVoiceByName(name.encode()) != 0:
-            raise RuntimeError(f"espeak-ng rejected voice {name!r}")
-        self._chunks.clear()
-        data = text.encode("utf-8") + b"\0"
-        status = self._lib.espeak_Synth(data, len(data), 0, _ESPEAK_POS_CHARACTER, 0, _ESPEAK_CHARS_UTF8, None, None)
-        self._lib.espeak_Synchronize()
-        if status != 0 or not self._chunks:
-            raise RuntimeError(f"espeak-ng failed ({status}) on {text!r}")
-        wav = np.concatenate(self._chunks).astype(np.float32) / 32768.0
-        return wav, self.sample_rate
+        return ESPEAK.synthesize(text, self._identifiers[language] + (f"+{variant}" if variant else ""))
 
 
 ENGINES = {"flite": FliteEngine, "festival": FestivalEngine, "espeak": EspeakEngine}
