@@ -19,11 +19,12 @@ import soundfile as sf  # noqa: E402
 import torch  # noqa: E402
 
 from e2e_tts.config import load_config, to_object  # noqa: E402
-from e2e_tts.data.manifest import ManifestError, read_seedtts_meta  # noqa: E402
+from e2e_tts.data.manifest import ManifestError, read_manifest, read_seedtts_meta  # noqa: E402
 from e2e_tts.eval import cli  # noqa: E402
 from e2e_tts.eval.seedtts import (evaluate, official_tsv_lines, run_seedtts, synthesized_wav_paths,  # noqa: E402
                                   write_results)
 from e2e_tts.eval.wer import EmptyReferenceError  # noqa: E402
+from e2e_tts.synth import Synthesizer  # noqa: E402
 from e2e_tts.system import TTSSystem  # noqa: E402
 from e2e_tts.text import ByteTokenizer  # noqa: E402
 from shared import MICRO_MODEL_OVERRIDES  # noqa: E402
@@ -317,13 +318,27 @@ def test_tokens_command_measures_the_export_tokenizer(export, tmp_path):
     assert run_cli(["tokens", "--model", str(export), "--manifest", str(manifest), "--out", str(out)]) == 0
     stats = json.loads(out.read_text())
     assert stats["codebook_size"] == 125 and stats["tokens_per_second"] == 25.0
-    assert stats["num_utterances"] == 2 and list(stats["skipped"]) == ["t3"]
+    assert stats["num_utterances"] == 2 and list(stats["skipped"]) == ["t3"] and stats["reward_ctc_scored"] == 2
+    assert stats["reward_ctc_error"] >= 0
     assert stats["num_tokens"] == 16000 // 640 + 8000 // 640 and stats["num_pairs"] == stats["num_tokens"] - 2
     assert 0 < stats["usage"] <= 1 and round(stats["usage"] * 125) == pytest.approx(stats["usage"] * 125)
     assert 0 <= stats["entropy_bits"] <= np.log2(stats["num_tokens"])
     assert run_cli(["tokens", "--model", str(export), "--manifest", str(manifest), "--out", str(out),
                     "--limit", "1"]) == 0
     assert json.loads(out.read_text())["num_tokens"] == 16000 // 640
+
+
+def test_token_read_back_scores_the_reward_models_ctc_reading_against_the_text_ids(export, tmp_path, monkeypatch):
+    sf.write(tmp_path / "a.wav", tone(16000, 16000, 200), 16000)
+    (tmp_path / "m.jsonl").write_text(json.dumps({"id": "a", "audio": "a.wav", "text": "abcd", "speaker": "s"}))
+    entries = read_manifest(tmp_path / "m.jsonl")
+    synth = Synthesizer.from_pretrained(export)
+    text_ids = synth.prepare_text("abcd")[1].tolist()
+    readings = {"exact": text_ids, "first only": text_ids[:1], "nothing": []}
+    for reading, expected in zip(readings.values(), (0.0, 100.0 * (len(text_ids) - 1) / len(text_ids), 100.0)):
+        monkeypatch.setattr(synth.system.reward, "transcribe_ctc", lambda speech, *_: [reading] * len(speech))
+        stats = cli.measure_token_statistics(synth, entries)
+        assert stats["reward_ctc_scored"] == 1 and stats["reward_ctc_error"] == pytest.approx(expected)
 
 
 def test_pocketsphinx_cannot_judge_chinese(tmp_path, capsys):

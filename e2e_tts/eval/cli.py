@@ -15,11 +15,14 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
+import torch
+
 from e2e_tts.audio import AudioRejected, load_audio
 from e2e_tts.data.manifest import ManifestEntry, read_manifest, read_seedtts_meta
 from e2e_tts.eval.asr import ASRBackend, build_asr, parse_asr_spec
 from e2e_tts.eval.failures import FailureConfig, SynthesizedItem, detect_failures
 from e2e_tts.eval.normalize import LANGUAGES
+from e2e_tts.eval.phones import phone_error_rates
 from e2e_tts.eval.seedtts import (format_summary, read_first_channel, run_seedtts, synthesize_missing,
                                   synthesized_wav_paths, write_results)
 from e2e_tts.eval.similarity import SpeakerSimilarity, build_similarity
@@ -234,32 +237,52 @@ def _add_failures(subparsers: argparse._SubParsersAction) -> None:
 # ---- eval tokens -------------------------------------------------------------------------------------------------
 
 def measure_token_statistics(synthesizer: Synthesizer, entries: Sequence[ManifestEntry]) -> dict[str, Any]:
-    """Codebook usage, entropy and adjacent-token MI of the synthesizer's speech tokenizer on a set.
+    """Codebook usage, entropy and adjacent-token MI of the synthesizer's speech tokenizer on a set, and how much
+    of each transcript the system's own reward model reads back from the tokens.
 
-    Each utterance goes audio -> model rate -> log-mel -> tokenizer ids on its own (no padding effects).
+    Each utterance goes audio -> model rate -> log-mel -> tokenizer ids on its own (no padding effects). The
+    read-back is the reward model's greedy CTC transcript of those ids against the utterance's text ids, scored
+    as an edit-distance rate over text ids (IPA symbols with the phoneme tokenizer): a lower bound on what the
+    tokens carry of the content, since it is only as good as the reward model. Against the decoders' ceilings
+    (``tools/ceilings.py``) it tells a tokenizer that loses the content from a decoder that cannot render it.
 
     Returns:
         ``codebook_size``, ``tokens_per_second``, ``num_utterances``, ``skipped`` (id -> reason: unreadable, or
-        shorter than one token) and the fields of :func:`e2e_tts.models.tokenizer.token_statistics`.
+        shorter than one token), the fields of :func:`e2e_tts.models.tokenizer.token_statistics`, and
+        ``reward_ctc_error`` (percent, all errors / all reference ids) with ``reward_ctc_scored`` (utterances
+        whose text gives text ids; the others are left out of the read-back only).
     Raises:
         ValueError: when no utterance gives a token.
     """
     tokenizer = synthesizer.system.tokenizer
-    sequences, skipped = [], {}
+    sequences, skipped, references, readings = [], {}, [], []
     for entry in entries:
         try:
             audio, _ = load_audio(entry.audio, synthesizer.sample_rate)
             sequences.append(synthesizer.tokenize_audio(audio)[0])
         except (AudioRejected, ValueError) as err:
             skipped[entry.id] = str(err)
+            continue
+        try:
+            text_ids = synthesizer.prepare_text(entry.text)[1]
+        except ValueError:
+            continue
+        ids = sequences[-1]
+        with torch.inference_mode():
+            reading = synthesizer.system.reward.transcribe_ctc(ids[None], torch.ones(1, len(ids), dtype=torch.bool),
+                                                               synthesizer.system.codebook())[0]
+        references.append([str(i) for i in text_ids.tolist()])
+        readings.append([str(i) for i in reading])
     if not sequences:
         raise ValueError(f"no utterance gave a speech token ({len(skipped)} skipped: {skipped})")
     audio_config = synthesizer.audio_config
+    read_back = phone_error_rates(references, readings)["corpus_per"] if references else None
     return {"codebook_size": tokenizer.codebook_size,
             "tokens_per_second": audio_config.sample_rate / audio_config.hop_length
             / tokenizer.config.frames_per_token,
             "num_utterances": len(sequences), "skipped": skipped,
-            **token_statistics(sequences, tokenizer.codebook_size)}
+            **token_statistics(sequences, tokenizer.codebook_size),
+            "reward_ctc_error": read_back, "reward_ctc_scored": len(references)}
 
 
 def run_tokens_command(args: argparse.Namespace) -> int:
@@ -277,15 +300,18 @@ def run_tokens_command(args: argparse.Namespace) -> int:
               "limit": args.limit, **stats}
     _write_json(output, args.out)
     if args.out is not None:
+        read_back = stats["reward_ctc_error"]
         print(f"{stats['num_tokens']} tokens of {stats['num_utterances']} utterances: usage {stats['usage']:.3f}, "
-              f"entropy {stats['entropy_bits']:.3f} bits, adjacent MI {stats['mutual_information_bits']:.3f} bits "
+              f"entropy {stats['entropy_bits']:.3f} bits, adjacent MI {stats['mutual_information_bits']:.3f} bits, "
+              f"reward model's CTC read-back error {'-' if read_back is None else f'{read_back:.1f} %'} "
               f"-> {args.out}")
     return 0
 
 
 def _add_tokens(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
-        "tokens", help="codebook usage, entropy and adjacent MI of an export's speech tokenizer on a set")
+        "tokens", help="codebook usage, entropy and adjacent MI of an export's speech tokenizer on a set, and the "
+                       "reward model's CTC read-back of the transcripts from its tokens")
     parser.add_argument("--model", required=True, help="export directory")
     parser.add_argument("--manifest", required=True, help="utterances (jsonl, LibriTTS, LJSpeech or Kaldi)")
     parser.add_argument("--limit", type=int, help="first N utterances only")
