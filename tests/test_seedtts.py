@@ -258,8 +258,8 @@ def test_seedtts_command_synthesises_missing_wavs_grouped_by_prompt(export, tmp_
                     "a7|Hi there.|p1.wav|" + "word " * 20 + "\n")
     out = tmp_path / "results.json"
     argv = ["seedtts", "--meta", str(meta), "--wavs", str(wavs), "--out", str(out), "--model", str(export),
-            "--asr", f"rm:{export}", "--similarity", "none", "--vocoder", "griffin-lim", "--seed", "3",
-            "--batch-size", "4"]
+            "--asr", f"rm:{export}", "--similarity", "none", "--vocoder", "griffin-lim", "--temperature", "0.7",
+            "--top-k", "10", "--seed", "3", "--batch-size", "4"]
     assert run_cli(argv) == 1  # a5, a6 and a7 could not be synthesised
     results = json.loads(out.read_text())
     summary, rows = results["summary"], {row["utt"]: row for row in results["utterances"]}
@@ -271,6 +271,7 @@ def test_seedtts_command_synthesises_missing_wavs_grouped_by_prompt(export, tmp_
     np.testing.assert_allclose(sf.read(wavs / "a3.wav", dtype="float32")[0], kept, atol=1e-4)  # kept, not redone
     synthesis = results["settings"]["synthesis"]
     assert synthesis["synthesized_now"] == 3 and synthesis["settings"]["seed"] == 3
+    assert synthesis["settings"]["temperature"] == 0.7 and synthesis["settings"]["top_k"] == 10
     record = json.loads((wavs / "synthesis.json").read_text())
     assert sorted(row["id"] for row in record["utterances"]) == ["a1", "a2", "a4"]
     assert {row["id"]: row["prompt_wav"] for row in record["utterances"]}["a4"] == str(tmp_path / "p2.wav")

@@ -91,7 +91,8 @@ def run_seedtts_command(args: argparse.Namespace) -> int:
         if args.model is None and not Path(args.wavs).is_dir():
             raise FileNotFoundError(f"--wavs folder {args.wavs} does not exist (give --model to synthesise into it)")
         if args.model is not None:
-            config = SynthesisConfig(seed=args.seed, nfe=args.nfe, cfg_strength=args.cfg_strength,
+            config = SynthesisConfig(seed=args.seed, temperature=args.temperature, top_k=args.top_k,
+                                     top_p=args.top_p, nfe=args.nfe, cfg_strength=args.cfg_strength,
                                      vocoder=args.vocoder, num_candidates=args.num_candidates,
                                      verifier=args.verifier, batch_size=args.batch_size, wer_language=args.language)
             items = read_seedtts_meta(args.meta)  # fail on a malformed list before loading a model
@@ -144,6 +145,9 @@ def _add_seedtts(subparsers: argparse._SubParsersAction) -> None:
     synthesis.add_argument("--model", help="export directory: synthesise every missing <utt>.wav first, one "
                                            "zero-shot call per prompt (use a fresh --wavs folder per setting)")
     synthesis.add_argument("--seed", type=int, default=defaults.seed)
+    synthesis.add_argument("--temperature", type=float, default=defaults.temperature, help="LLM sampling")
+    synthesis.add_argument("--top-k", type=int, default=defaults.top_k, help="LLM sampling")
+    synthesis.add_argument("--top-p", type=float, default=defaults.top_p, help="LLM sampling")
     synthesis.add_argument("--nfe", type=int, help="flow ODE steps (default: the model's)")
     synthesis.add_argument("--cfg-strength", type=float, help="classifier-free guidance (default: the model's)")
     synthesis.add_argument("--vocoder", choices=VOCODERS, default=defaults.vocoder)
