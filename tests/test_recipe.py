@@ -30,5 +30,7 @@ def test_quick_recipe_runs_every_stage(tmp_path):
             "vocoder.safetensors"]
     results = json.loads((out / "eval" / "results.json").read_text())
     assert results["summary"]["num_items"] == results["summary"]["num_ok"] == 3  # synthesised and scored
+    phones = json.loads((out / "eval" / "per.json").read_text())
+    assert phones["num_synthesized"] == 3 and 0 <= phones["ground_truth_mean_per"] < 100
     assert (out / "eval" / "report" / "index.html").stat().st_size > 1000
     assert "stage 7" in (out / "stage_times.txt").read_text()
