@@ -32,20 +32,49 @@ class GumbelConfig:
 
 
 @dataclass
+class GRPOConfig:
+    """Rollouts and rewards of the ``grpo`` objective (Align2Speak: K 12, temperature 0.7, no KL).
+
+    Attributes:
+        num_samples: rollouts per text (the group ``K``).
+        temperature, top_k, top_p: the LLM's sampling during rollouts.
+        scale_rewards: divide each group's centred rewards by its standard deviation (NeMo's default; the
+            paper only centres them).
+        reward_weights: weights of the rewards, from the frozen reward model: ``cer`` (1 - error rate of its
+            greedy CTC transcript against the text ids, clamped at 0), ``asr`` (its mean log P(text | tokens)
+            per text id) and ``speaker`` (its probability of the row's speaker). Empty by default (omegaconf
+            merges mappings key by key); the stage spec names at least one.
+        prompt: prompt each rollout with another utterance of the same speaker in the batch (text and true
+            tokens), as synthesis does; rows without such a partner roll out unprompted.
+    """
+
+    num_samples: int = 8
+    temperature: float = 0.7
+    top_k: int = 25
+    top_p: float = 0.8
+    scale_rewards: bool = True
+    reward_weights: Dict[str, float] = field(default_factory=dict)
+    prompt: bool = True
+
+
+@dataclass
 class StageConfig:
     """One training stage.
 
     Attributes:
         name: label for logs and directories.
         objective: ``multitask`` (joint, separate and cascade stages: the weighted sum of the consumers'
-            own losses), ``e2e`` (Gumbel-softmax through frozen flow and reward) or ``vocoder``.
+            own losses), ``e2e`` (Gumbel-softmax through frozen flow and reward), ``grpo`` (policy gradient
+            on the LLM's own samples, scored by the frozen reward model) or ``vocoder``.
         trainable: modules that receive gradients and optimizer state; all others are frozen in eval mode.
         init_from: export directory of the previous stage (None: random initialisation).
         init_modules: the modules loaded from ``init_from`` (None: all of them); the others start from a fresh
             random initialisation, e.g. a consumer trained from scratch on frozen tokens, or at another size.
         loss_weights: per-loss weights; keys ``llm``, ``flow``, ``reward`` (multitask) and ``flow``, ``asr``,
             ``speaker`` (e2e). A weight of 0 skips that loss entirely; at least one must be non-zero.
-        kl_beta: weight of the per-position KL to the frozen reference LLM (e2e; DiffRO uses 0.1).
+        kl_beta: weight of the KL to the frozen reference LLM (e2e: analytic per position, DiffRO uses 0.1;
+            grpo: the k3 estimate on the sampled tokens, Align2Speak uses none).
+        grpo: rollouts and rewards of the ``grpo`` objective.
         max_steps: optimizer updates in this stage.
     """
 
@@ -58,5 +87,6 @@ class StageConfig:
     loss_weights: Dict[str, float] = field(default_factory=dict)
     kl_beta: float = 0.1
     gumbel: GumbelConfig = field(default_factory=GumbelConfig)
+    grpo: GRPOConfig = field(default_factory=GRPOConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     max_steps: int = 1000

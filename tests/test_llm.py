@@ -272,11 +272,14 @@ def with_eos_bias(model, monkeypatch, bias):
 @pytest.mark.parametrize("temperature", [0.0, 1.0])
 def test_min_length_masks_eos_until_reached(model, monkeypatch, temperature):
     with_eos_bias(model, monkeypatch, 1e4)
-    texts = [torch.arange(4), torch.arange(10)]
+    texts = [torch.arange(4), torch.arange(10), torch.arange(1)]
     outputs = model.generate(texts, CODEBOOK, temperature=temperature, min_len_ratio=1.5, max_len_ratio=4.0,
                              generator=torch.Generator().manual_seed(0))
     # EOS is the only choice once allowed, so every row stops exactly at its minimum length.
-    assert [len(o) for o in outputs] == [6, 15]
+    assert [len(o) for o in outputs] == [6, 15, 1]
+    # A positive ratio asks for one token even where it rounds to none (an empty utterance is never wanted).
+    outputs = model.generate(texts[2:], CODEBOOK, temperature=temperature, min_len_ratio=0.5, max_len_ratio=4.0)
+    assert [len(o) for o in outputs] == [1]
     for o in outputs:
         assert int(o.min()) >= 0 and int(o.max()) < SPEECH_VOCAB
 

@@ -10,8 +10,9 @@ import torch
 from e2e_tts.audio import AudioConfig, MelSpectrogram, load_audio
 from e2e_tts.config import load_config, model_preset
 from e2e_tts.objectives.e2e import EndToEndObjective
+from e2e_tts.objectives.grpo import GRPOObjective, group_advantages, same_speaker_partners
 from e2e_tts.objectives.multitask import MultiTaskObjective
-from e2e_tts.stage import GumbelConfig, StageConfig
+from e2e_tts.stage import GRPOConfig, GumbelConfig, StageConfig
 from e2e_tts.system import MODULES, TTSSystem
 from e2e_tts.text import ByteTokenizer
 
@@ -121,6 +122,104 @@ def test_stage_specs_with_inconsistent_weights_are_refused(system):
         EndToEndObjective(system, StageConfig(objective="e2e", trainable=["llm", "flow"], loss_weights={"flow": 1}))
     with pytest.raises(ValueError, match="unknown module"):
         system.set_trainable(["decoder"])
+
+
+def grpo_stage(**grpo):
+    settings = {"num_samples": 4, "reward_weights": {"cer": 1.0, "asr": 1.0, "speaker": 1.0}, **grpo}
+    return StageConfig(name="grpo", objective="grpo", trainable=["llm"], kl_beta=0.0, grpo=GRPOConfig(**settings))
+
+
+def test_same_speaker_partners_prompt_each_row_with_another_row_of_its_speaker():
+    assert same_speaker_partners(["a", "b", "a", "c", "a"]) == [2, None, 4, None, 0]
+    assert same_speaker_partners(["a"]) == [None]
+
+
+def test_group_advantages_centre_and_scale_within_each_group():
+    rewards = torch.tensor([[0.1, 0.3, 0.5, 0.7], [2.0, 2.0, 2.0, 2.0], [0.0, 0.0, 1.0, 1.0]])
+    scaled = group_advantages(rewards, scale=True)
+    torch.testing.assert_close(scaled.mean(1), torch.zeros(3))
+    torch.testing.assert_close(scaled[[0, 2]].std(1), torch.ones(2), rtol=1e-3, atol=0)
+    assert torch.equal(scaled[1], torch.zeros(4))  # one reward for every sample: no signal
+    torch.testing.assert_close(group_advantages(rewards, scale=False)[0], torch.tensor([-0.3, -0.1, 0.1, 0.3]))
+    with pytest.raises(ValueError, match="at least 2"):
+        group_advantages(rewards[:, :1], scale=True)
+
+
+def test_grpo_trains_only_the_llm_without_dropout(system):
+    system.set_trainable(["llm"])
+    objective = GRPOObjective(system, grpo_stage()).train()
+    frozen_before = {name: [p.detach().clone() for p in getattr(system, name).parameters()]
+                     for name in ("tokenizer", "flow", "reward")}
+    torch.manual_seed(0)
+    loss, metrics = objective(make_batch())
+    loss.backward()
+    assert not system.llm.training  # the policy that samples is the one scored
+    assert sum(float(g.abs().sum()) for g in grads_of(system.llm) if g is not None) > 0, metrics
+    for name in ("tokenizer", "flow", "reward"):
+        module = getattr(system, name)
+        assert all(p.grad is None for p in module.parameters())
+        assert all(torch.equal(a, b) for a, b in zip(frozen_before[name], module.parameters()))
+    assert 0.0 <= metrics["reward_cer"] <= 1.0 and metrics["reward_asr"] < 0 and 0 < metrics["reward_speaker"] < 1
+
+
+def test_grpo_scores_each_rollout_alone_after_its_own_prompt(system):
+    """Batched log-probabilities equal one-row ones (padding of prompts and rollouts changes nothing), and only
+    the rollout's own positions count: its tokens, plus its EOS unless it was cut at generate()'s cap."""
+    objective = GRPOObjective(system, grpo_stage())
+    gen = torch.Generator().manual_seed(1)
+    texts = [torch.randint(0, 256, (n,), generator=gen) for n in (4, 3, 2)]
+    prompt_text = [torch.randint(0, 256, (n,), generator=gen) for n in (3, 0, 5)]
+    prompt_speech = [torch.randint(0, 125, (n,), generator=gen) for n in (6, 0, 2)]
+    rollouts = [torch.randint(0, 125, (n,), generator=gen) for n in (5, 7, 12)]  # 12 = 6 x 2: the cap
+    with torch.no_grad():
+        batched, tokens, own = objective.sequence_log_probs(system.llm, prompt_text, texts, prompt_speech, rollouts)
+        for row in range(3):
+            alone, _, own_alone = objective.sequence_log_probs(system.llm, prompt_text[row:row + 1], texts[row:row + 1],
+                                                               prompt_speech[row:row + 1], rollouts[row:row + 1])
+            torch.testing.assert_close(alone[0], batched[row], rtol=1e-4, atol=1e-5)
+    assert own.sum(1).tolist() == [6, 8, 12]
+    assert own[0].nonzero().flatten().tolist() == list(range(6, 12))  # after the 6 prompt tokens
+    assert bool((tokens[~own] == 0).all()) and bool((tokens[own] < 0).all())
+
+
+def test_grpo_raises_the_reward_it_is_given(system, monkeypatch):
+    """A sign or masking bug would lower the reward: here, the share of rollout tokens in the codebook's lower
+    half (a reward the policy can reach by itself) climbs within a few updates."""
+    system.set_trainable(["llm"])
+    objective = GRPOObjective(system, grpo_stage(num_samples=6, reward_weights={"cer": 1.0}, prompt=False)).train()
+    half = system.codebook().shape[0] // 2
+    monkeypatch.setattr(objective, "rewards", lambda samples, mask, *_: {
+        "cer": ((samples < half) & mask).sum(1) / mask.sum(1)})
+    optimizer = torch.optim.Adam([p for p in objective.parameters() if p.requires_grad], lr=3e-3)
+    torch.manual_seed(0)
+    history = []
+    for _ in range(12):
+        loss, metrics = objective(make_batch())
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        history.append(metrics["reward"])
+    assert sum(history[-3:]) / 3 > sum(history[:3]) / 3 + 0.2, history
+
+
+def test_grpo_kl_is_zero_at_the_start(system):
+    system.set_trainable(["llm"])
+    stage = dataclasses.replace(grpo_stage(), kl_beta=0.05)
+    torch.manual_seed(0)
+    _, metrics = GRPOObjective(system, stage).train()(make_batch())
+    assert metrics["kl"] == pytest.approx(0.0, abs=1e-6)
+
+
+@pytest.mark.parametrize("change, match", [
+    ({"trainable": ["llm", "flow"]}, "LLM only"),
+    ({"grpo": GRPOConfig(reward_weights={"wer": 1.0})}, "unknown reward"),
+    ({"grpo": GRPOConfig(reward_weights={"cer": 0.0})}, "no non-zero reward"),
+    ({"grpo": GRPOConfig(num_samples=1, reward_weights={"cer": 1.0})}, "num_samples"),
+    ({"loss_weights": {"asr": 1.0}}, "not losses"),
+])
+def test_grpo_refuses_inconsistent_stage_specs(system, change, match):
+    with pytest.raises(ValueError, match=match):
+        GRPOObjective(system, dataclasses.replace(grpo_stage(), **change))
 
 
 def test_export_round_trip(system, tmp_path):

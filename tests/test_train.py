@@ -69,7 +69,7 @@ def joint_export(shards, tmp_path_factory) -> Path:
     return train(stage_config(shards, out, "joint", 2))
 
 
-STAGES = {"joint": (), "cascade": (), "separate": ("init",), "e2e": ("init",), "vocoder": ("init",)}
+STAGES = {"joint": (), "cascade": (), "separate": ("init",), "e2e": ("init",), "grpo": ("init",), "vocoder": ("init",)}
 
 
 @pytest.mark.slow
@@ -131,8 +131,8 @@ def frozen_modules_are_untouched(stage: str, init: Path, out: Path, trainable: s
 
 
 @pytest.mark.slow
-def test_separate_and_e2e_train_only_their_modules(shards, joint_export, tmp_path):
-    for stage, trainable in (("separate", {"llm", "flow", "reward"}), ("e2e", {"llm"})):
+def test_separate_e2e_and_grpo_train_only_their_modules(shards, joint_export, tmp_path):
+    for stage, trainable in (("separate", {"llm", "flow", "reward"}), ("e2e", {"llm"}), ("grpo", {"llm"})):
         out = tmp_path / stage
         train(stage_config(shards, out, stage, 2, f"stage.init_from={joint_export}"))
         frozen_modules_are_untouched(stage, joint_export, out, trainable)

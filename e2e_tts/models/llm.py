@@ -237,6 +237,15 @@ def _pad_rows(rows: Sequence[torch.Tensor], device: torch.device) -> tuple[torch
     return ids, mask
 
 
+def new_token_limits(text_length: int, min_len_ratio: float, max_len_ratio: float) -> tuple[int, int]:
+    """The fewest new speech tokens before EOS is allowed and the most :meth:`SpeechLLM.generate` emits for a
+    text of ``text_length`` ids; a row stopped at the second did so without EOS. A positive ``min_len_ratio``
+    asks for at least one token even of a one-id text (an empty utterance is never wanted)."""
+    most = int(text_length * max_len_ratio)
+    fewest = max(int(text_length * min_len_ratio), 1 if min_len_ratio > 0 else 0)
+    return min(fewest, most), most
+
+
 class SpeechLLM(nn.Module):
     """Text-to-speech-token language model.
 
@@ -471,8 +480,9 @@ class SpeechLLM(nn.Module):
         cache, hidden = out.past_key_values, out.last_hidden_state[:, -1]
         next_position = lengths
 
-        min_len = torch.tensor([int(len(t) * min_len_ratio) for t in text_ids], device=device)
-        max_len = torch.tensor([int(len(t) * max_len_ratio) for t in text_ids], device=device)
+        limits = [new_token_limits(len(t), min_len_ratio, max_len_ratio) for t in text_ids]
+        min_len = torch.tensor([low for low, _ in limits], device=device)
+        max_len = torch.tensor([high for _, high in limits], device=device)
         eos = self.layout.speech_vocab_size
         tokens = torch.zeros(batch, 0, dtype=torch.long, device=device)
         out_lengths = torch.zeros(batch, dtype=torch.long, device=device)

@@ -1,0 +1,202 @@
+"""The grpo stage: group-relative policy optimisation of the LLM on its own samples (Align2Speak).
+
+The e2e stage relaxes the LLM's teacher-forced distributions; synthesis runs the LLM free. Here, for each
+text of the batch, the LLM samples ``K`` token sequences the way synthesis does (zero-shot prompted with
+another utterance of the same speaker, KV cache, top-k/top-p), and the frozen reward model scores each:
+
+    r = w_cer * (1 - CER of its greedy CTC read-back) + w_asr * mean log P(text | tokens) + w_speaker * P(speaker)
+
+The advantage of a sample is its reward minus its group's mean (divided by the group's standard deviation
+with ``scale_rewards``). The loss is ``-A * (mean log-probability of the sample's tokens and its EOS)``
+averaged over samples: one on-policy update per rollout, so PPO's ratio is 1 and its clip never binds.
+``kl_beta > 0`` adds the k3 estimate of KL(policy || reference) on the sampled tokens (Align2Speak drops it).
+
+Dropout stays off in the LLM, so the policy that samples is the policy that is scored (as NeMo advises).
+Only the LLM has trainable parameters.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any, Optional, Sequence
+
+import torch
+from torch import nn
+from torch.nn.utils.rnn import pad_sequence
+
+from e2e_tts.eval.phones import phone_error_rates
+from e2e_tts.models.llm import new_token_limits
+from e2e_tts.models.masks import lengths_to_mask
+from e2e_tts.stage import StageConfig
+from e2e_tts.system import TTSSystem
+
+REWARDS = ("cer", "asr", "speaker")
+# generate()'s length bounds, which tell a rollout cut at its cap (no EOS to score) from one that ended
+MIN_LEN_RATIO, MAX_LEN_RATIO = 0.5, 6.0
+
+
+def same_speaker_partners(speakers: Sequence[str]) -> list[Optional[int]]:
+    """For each row, the next row (cyclically) of the same speaker, or None when it has no other row."""
+    count = len(speakers)
+    return [next((other % count for other in range(row + 1, row + count) if speakers[other % count] == name), None)
+            for row, name in enumerate(speakers)]
+
+
+def group_advantages(rewards: torch.Tensor, scale: bool, eps: float = 1e-4) -> torch.Tensor:
+    """Centres ``rewards (G, K)`` within each group (row), divided by the group's std when ``scale``.
+
+    A group whose samples all score the same gets zero advantages: it carries no signal.
+    """
+    if rewards.shape[1] < 2:
+        raise ValueError(f"a group needs at least 2 samples, got {rewards.shape[1]}")
+    centred = rewards - rewards.mean(dim=1, keepdim=True)
+    return centred / (rewards.std(dim=1, keepdim=True) + eps) if scale else centred
+
+
+def _pad(rows: Sequence[torch.Tensor], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-pads 1-D id rows: ``(B, max_len)`` ids (0 at padding) and their bool mask."""
+    lengths = torch.tensor([len(r) for r in rows], device=device)
+    return pad_sequence([r.to(device) for r in rows], batch_first=True), lengths_to_mask(lengths, int(lengths.max()))
+
+
+class GRPOObjective(nn.Module):
+    """``-mean_i(A_i * mean_t log pi(y_i,t)) + beta * KL_k3(pi || reference)`` over ``K`` rollouts per text."""
+
+    def __init__(self, system: TTSSystem, stage: StageConfig):
+        super().__init__()
+        if list(stage.trainable) != ["llm"]:
+            raise ValueError(f"stage {stage.name!r}: the grpo objective trains the LLM only, got {stage.trainable}")
+        config = stage.grpo
+        unknown = set(config.reward_weights) - set(REWARDS)
+        if unknown:
+            raise ValueError(f"stage {stage.name!r}: unknown reward weight(s) {sorted(unknown)}; known: {REWARDS}")
+        self.weights = {k: float(w) for k, w in config.reward_weights.items() if w != 0}
+        if not self.weights:
+            raise ValueError(f"stage {stage.name!r}: grpo.reward_weights names no non-zero reward; known: {REWARDS}")
+        if stage.loss_weights:
+            raise ValueError(f"stage {stage.name!r}: the grpo objective weights rewards (grpo.reward_weights), "
+                             f"not losses; got loss_weights {dict(stage.loss_weights)}")
+        if config.num_samples < 2:
+            raise ValueError(f"stage {stage.name!r}: grpo.num_samples must be >= 2, got {config.num_samples}")
+        if "speaker" in self.weights and system.reward.config.num_speakers == 0:
+            raise ValueError(f"stage {stage.name!r}: a speaker reward needs the reward model's speaker head, which "
+                             f"this system has not (no training speakers)")
+        self.system, self.config, self.kl_beta = system, config, stage.kl_beta
+        self.reference = copy.deepcopy(system.llm).requires_grad_(False).eval() if stage.kl_beta > 0 else None
+        self.step = 0
+
+    def train(self, mode: bool = True) -> "GRPOObjective":
+        super().train(mode)
+        self.system.llm.eval()  # no dropout: the sampling policy is the scored one
+        if self.reference is not None:
+            self.reference.eval()
+        return self
+
+    def rewards(self, samples: torch.Tensor, sample_mask: torch.Tensor, text_ids: torch.Tensor,
+                text_mask: torch.Tensor, speakers: Sequence[str]) -> dict[str, torch.Tensor]:
+        """The weighted reward terms of rollouts, from the frozen reward model.
+
+        Args:
+            samples: speech ids ``(N, T)``, zero at padding; ``sample_mask`` ``(N, T)``, no empty row.
+            text_ids, text_mask: the texts ``(N, L)`` the rollouts speak.
+            speakers: N speaker names.
+        Returns:
+            reward name -> ``(N,)`` for each weighted reward.
+        """
+        reward_model, codebook = self.system.reward, self.system.codebook()
+        terms: dict[str, torch.Tensor] = {}
+        with torch.no_grad():
+            if "cer" in self.weights:
+                readings = reward_model.transcribe_ctc(samples, sample_mask, codebook)
+                references = [[str(i) for i in row[:n]] for row, n in zip(text_ids.tolist(),
+                                                                            text_mask.sum(1).tolist())]
+                rates = phone_error_rates(references, [[str(i) for i in r] for r in readings])["per"]
+                terms["cer"] = 1.0 - torch.tensor(rates, device=samples.device).div(100.0).clamp(max=1.0)
+            if "asr" in self.weights or "speaker" in self.weights:
+                speaker = self.system.speaker_ids(speakers, samples.device)
+                out = reward_model(samples, sample_mask, codebook, text_ids, text_mask, speaker=speaker)
+                if "asr" in self.weights:
+                    terms["asr"] = out.text_log_prob.float() / (text_mask.sum(1) + 1)  # reference ids plus eos
+                if "speaker" in self.weights:
+                    terms["speaker"] = out.label_log_probs["speaker"].float().exp() * (speaker >= 0)
+        return terms
+
+    def sequence_log_probs(self, llm: nn.Module, prompt_text: Sequence[torch.Tensor], texts: Sequence[torch.Tensor],
+                           prompt_speech: Sequence[torch.Tensor], rollouts: Sequence[torch.Tensor]
+                           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Log-probabilities of rollouts under ``llm``, teacher-forced after the prompts they were sampled with.
+
+        Args:
+            llm: the policy or the reference.
+            prompt_text, texts, prompt_speech, rollouts: N 1-D id rows each (prompts may be empty).
+        Returns:
+            the mean log-probability of each rollout's tokens and its EOS ``(N,)`` (a rollout cut at
+            generate()'s cap has no EOS to score), per-position log-probabilities ``(N, S + 1)`` (0 outside the
+            rollout) and the bool mask of each rollout's own positions ``(N, S + 1)``.
+        """
+        codebook = self.system.codebook()
+        device = codebook.device
+        full_text, full_text_mask = _pad([torch.cat([p.to(device), t.to(device)])
+                                          for p, t in zip(prompt_text, texts)], device)
+        full_speech, full_speech_mask = _pad([torch.cat([p.to(device), s.to(device)])
+                                              for p, s in zip(prompt_speech, rollouts)], device)
+        out = llm(full_text, full_text_mask, full_speech, full_speech_mask, codebook, guide=False)
+        prompt_len = torch.tensor([len(p) for p in prompt_speech], device=device)[:, None]
+        rollout_len = torch.tensor([len(r) for r in rollouts], device=device)[:, None]
+        ended = torch.tensor([len(r) < new_token_limits(len(t), MIN_LEN_RATIO, MAX_LEN_RATIO)[1]
+                              for r, t in zip(rollouts, texts)], device=device)[:, None]
+        steps = torch.arange(out.logits.shape[1], device=device)[None, :]
+        # Positions Q..Q+T-1 predict the rollout's tokens, Q+T its EOS.
+        own = (steps >= prompt_len) & ((steps < prompt_len + rollout_len)
+                                       | ((steps == prompt_len + rollout_len) & ended))
+        targets = out.targets.clamp(min=0)[..., None]
+        token_log_probs = out.logits.float().log_softmax(-1).gather(-1, targets).squeeze(-1) * own
+        return token_log_probs.sum(1) / own.sum(1), token_log_probs, own
+
+    def forward(self, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
+        system, config = self.system, self.config
+        codebook, device = system.codebook(), batch["text_ids"].device
+        with torch.no_grad():
+            tokens = system.tokenizer(batch["mel"], batch["mel_mask"])
+        texts = [row[:n] for row, n in zip(batch["text_ids"], batch["text_mask"].sum(1).tolist())]
+        true_speech = [row[:n] for row, n in zip(tokens.ids, tokens.mask.sum(1).tolist())]
+        partners = same_speaker_partners(batch["speaker"]) if config.prompt else [None] * len(texts)
+        empty = texts[0].new_zeros(0)
+        group = config.num_samples
+
+        def repeat(rows: Sequence[Any]) -> list[Any]:
+            return [row for row in rows for _ in range(group)]
+
+        prompt_text = repeat([empty if p is None else texts[p] for p in partners])
+        prompt_speech = repeat([empty if p is None else true_speech[p] for p in partners])
+        rollout_texts, speakers = repeat(texts), repeat(batch["speaker"])
+        rollouts = system.llm.generate(rollout_texts, codebook, prompt_text, prompt_speech,
+                                       temperature=config.temperature, top_k=config.top_k, top_p=config.top_p,
+                                       min_len_ratio=MIN_LEN_RATIO, max_len_ratio=MAX_LEN_RATIO)
+
+        samples, sample_mask = _pad(rollouts, device)
+        text_ids, text_mask = _pad(rollout_texts, device)
+        terms = self.rewards(samples, sample_mask, text_ids, text_mask, speakers)
+        reward = sum(self.weights[k] * v for k, v in terms.items())
+        advantages = group_advantages(reward.view(-1, group), config.scale_rewards).flatten()
+
+        sequence_log_probs, token_log_probs, own = self.sequence_log_probs(
+            system.llm, prompt_text, rollout_texts, prompt_speech, rollouts)
+        total = -(advantages * sequence_log_probs).mean()
+        ended = own.sum(1) > sample_mask.sum(1)
+
+        metrics = {f"reward_{k}": v.mean().item() for k, v in terms.items()}
+        metrics.update(reward=reward.mean().item(), reward_group_std=reward.view(-1, group).std(1).mean().item(),
+                       rollout_tokens=sample_mask.sum(1).float().mean().item(),
+                       rollout_eos=ended.float().mean().item(),
+                       log_prob=sequence_log_probs.mean().item())
+        if self.reference is not None:
+            with torch.no_grad():
+                _, reference_log_probs, _ = self.sequence_log_probs(self.reference, prompt_text, rollout_texts,
+                                                                       prompt_speech, rollouts)
+            log_ratio = reference_log_probs - token_log_probs
+            kl = (((log_ratio.exp() - log_ratio - 1) * own).sum(1) / own.sum(1)).mean()
+            total = total + self.kl_beta * kl
+            metrics["kl"] = kl.item()
+        metrics["loss"] = total.item()
+        return total, metrics
