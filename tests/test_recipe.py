@@ -21,7 +21,7 @@ def test_quick_recipe_runs_every_stage(tmp_path):
                          cwd=REPO, env=child_env(), capture_output=True, text=True, timeout=1200)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     out = Path(f"{exp}_quick_seed0")
-    for stage, steps in (("joint", 4), ("separate", 3), ("e2e", 2), ("vocoder", 2)):
+    for stage, steps in (("joint", 4), ("separate", 3), ("e2e", 2), ("grpo", 2), ("vocoder", 2)):
         metrics = [json.loads(line) for line in (out / stage / "metrics.jsonl").read_text().splitlines()]
         assert [m["step"] for m in metrics] == list(range(1, steps + 1)), stage
         assert all(m["loss"] == m["loss"] for m in metrics), stage  # not NaN

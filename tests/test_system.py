@@ -10,7 +10,8 @@ import torch
 from e2e_tts.audio import AudioConfig, MelSpectrogram, load_audio
 from e2e_tts.config import load_config, model_preset
 from e2e_tts.objectives.e2e import EndToEndObjective
-from e2e_tts.objectives.grpo import GRPOObjective, group_advantages, same_speaker_partners
+from e2e_tts.objectives import grpo as grpo_module
+from e2e_tts.objectives.grpo import GRPOObjective, group_advantages, penalise_truncated, same_speaker_partners
 from e2e_tts.objectives.multitask import MultiTaskObjective
 from e2e_tts.stage import GRPOConfig, GumbelConfig, StageConfig
 from e2e_tts.system import MODULES, TTSSystem
@@ -125,8 +126,17 @@ def test_stage_specs_with_inconsistent_weights_are_refused(system):
 
 
 def grpo_stage(**grpo):
-    settings = {"num_samples": 4, "reward_weights": {"cer": 1.0, "asr": 1.0, "speaker": 1.0}, **grpo}
+    # Untruncated sampling: an untrained LLM's EOS is seldom in the top k.
+    settings = {"num_samples": 4, "reward_weights": {"cer": 1.0, "asr": 1.0, "speaker": 1.0}, "top_k": 0,
+                "top_p": 1.0, "temperature": 1.0, **grpo}
     return StageConfig(name="grpo", objective="grpo", trainable=["llm"], kl_beta=0.0, grpo=GRPOConfig(**settings))
+
+
+@pytest.fixture
+def far_cap(monkeypatch):
+    """A cap far enough that an untrained LLM's rollouts end with EOS (a rollout cut at the cap scores its group's
+    lowest reward, so a batch of them all teaches nothing)."""
+    monkeypatch.setattr(grpo_module, "MAX_LEN_RATIO", 40.0)
 
 
 def test_same_speaker_partners_prompt_each_row_with_another_row_of_its_speaker():
@@ -145,7 +155,13 @@ def test_group_advantages_centre_and_scale_within_each_group():
         group_advantages(rewards[:, :1], scale=True)
 
 
-def test_grpo_trains_only_the_llm_without_dropout(system):
+def test_rollouts_cut_at_the_cap_score_their_groups_lowest_reward():
+    rewards = torch.tensor([[0.9, 0.2, 0.5], [0.4, 0.6, 0.8]])
+    ended = torch.tensor([[False, True, True], [True, True, False]])
+    assert torch.equal(penalise_truncated(rewards, ended), torch.tensor([[0.2, 0.2, 0.5], [0.4, 0.6, 0.4]]))
+
+
+def test_grpo_trains_only_the_llm_without_dropout(system, far_cap):
     system.set_trainable(["llm"])
     objective = GRPOObjective(system, grpo_stage()).train()
     frozen_before = {name: [p.detach().clone() for p in getattr(system, name).parameters()]
@@ -172,21 +188,24 @@ def test_grpo_scores_each_rollout_alone_after_its_own_prompt(system):
     prompt_speech = [torch.randint(0, 125, (n,), generator=gen) for n in (6, 0, 2)]
     rollouts = [torch.randint(0, 125, (n,), generator=gen) for n in (5, 7, 12)]  # 12 = 6 x 2: the cap
     with torch.no_grad():
-        batched, tokens, own = objective.sequence_log_probs(system.llm, prompt_text, texts, prompt_speech, rollouts)
+        tokens, own, ended = objective.rollout_log_probs(system.llm, prompt_text, texts, prompt_speech, rollouts)
         for row in range(3):
-            alone, _, own_alone = objective.sequence_log_probs(system.llm, prompt_text[row:row + 1], texts[row:row + 1],
-                                                               prompt_speech[row:row + 1], rollouts[row:row + 1])
-            torch.testing.assert_close(alone[0], batched[row], rtol=1e-4, atol=1e-5)
-    assert own.sum(1).tolist() == [6, 8, 12]
+            alone, _, _ = objective.rollout_log_probs(system.llm, prompt_text[row:row + 1], texts[row:row + 1],
+                                                      prompt_speech[row:row + 1], rollouts[row:row + 1])
+            torch.testing.assert_close(alone.sum(), tokens[row].sum(), rtol=1e-4, atol=1e-5)
+    assert own.sum(1).tolist() == [6, 8, 12] and ended.tolist() == [True, True, False]
     assert own[0].nonzero().flatten().tolist() == list(range(6, 12))  # after the 6 prompt tokens
     assert bool((tokens[~own] == 0).all()) and bool((tokens[own] < 0).all())
 
 
 def test_grpo_raises_the_reward_it_is_given(system, monkeypatch):
     """A sign or masking bug would lower the reward: here, the share of rollout tokens in the codebook's lower
-    half (a reward the policy can reach by itself) climbs within a few updates."""
+    half (a reward the policy can reach by itself) climbs within a few updates. Sharp sampling makes it quick;
+    an untrained LLM then runs to the cap, so the cap's penalty is off."""
     system.set_trainable(["llm"])
-    objective = GRPOObjective(system, grpo_stage(num_samples=6, reward_weights={"cer": 1.0}, prompt=False)).train()
+    monkeypatch.setattr(grpo_module, "penalise_truncated", lambda rewards, ended: rewards)
+    stage = grpo_stage(num_samples=6, reward_weights={"cer": 1.0}, prompt=False, top_k=25, top_p=0.8)
+    objective = GRPOObjective(system, stage).train()
     half = system.codebook().shape[0] // 2
     monkeypatch.setattr(objective, "rewards", lambda samples, mask, *_: {
         "cer": ((samples < half) & mask).sum(1) / mask.sum(1)})

@@ -2,8 +2,8 @@
 
     python tools/plot_metrics.py exp/tiny_seed0 --out exp/tiny_seed0/loss_curves.png
 
-One panel per stage found under the run directory (joint/cascade, separate, e2e, vocoder), each with the
-losses that stage logs, against optimizer updates.
+One panel per stage found under the run directory (joint/cascade, separate, e2e, grpo, vocoder), each with
+the losses that stage logs (grpo: its rewards, which rise), against optimizer updates.
 """
 
 from __future__ import annotations
@@ -15,13 +15,15 @@ from pathlib import Path
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-STAGES = ("joint", "cascade", "separate", "e2e", "vocoder")
+STAGES = ("joint", "cascade", "separate", "e2e", "grpo", "vocoder")
 CURVES = {  # what each stage optimises, in the names its objective logs
     "joint": ("loss", "llm", "llm_guide", "flow_cfm", "flow_prior", "reward"), "cascade": ("loss", "reward"),
     "separate": ("loss", "llm", "llm_guide", "flow_cfm", "flow_prior", "reward"),
     "e2e": ("loss", "flow", "asr", "speaker", "kl"),
+    "grpo": ("reward", "reward_cer", "reward_asr", "reward_speaker", "kl"),
     "vocoder": ("vocoder_mel", "vocoder_adversarial", "vocoder_feature_matching", "discriminator"),
 }
+LINEAR = {"grpo"}  # rewards can be negative (log-probabilities): no log axis
 
 
 def main() -> None:
@@ -43,7 +45,7 @@ def main() -> None:
                 axis.plot(steps, [row[name] for row in rows], label=name)
         axis.set_title(stage)
         axis.set_xlabel("optimizer updates")
-        axis.set_yscale("log")
+        axis.set_yscale("linear" if stage in LINEAR else "log")
         axis.grid(alpha=0.3)
         axis.legend(fontsize=7)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -6,10 +6,15 @@ another utterance of the same speaker, KV cache, top-k/top-p), and the frozen re
 
     r = w_cer * (1 - CER of its greedy CTC read-back) + w_asr * mean log P(text | tokens) + w_speaker * P(speaker)
 
-The advantage of a sample is its reward minus its group's mean (divided by the group's standard deviation
-with ``scale_rewards``). The loss is ``-A * (mean log-probability of the sample's tokens and its EOS)``
-averaged over samples: one on-policy update per rollout, so PPO's ratio is 1 and its clip never binds.
+A rollout cut at generate()'s cap without EOS scores its group's lowest reward. The advantage of a sample is
+its reward minus its group's mean (divided by the group's standard deviation with ``scale_rewards``). The loss
+is ``-A * log-probability`` of each sampled token (and EOS), averaged over all tokens of the batch (DAPO's
+token-level mean): one on-policy update per rollout, so PPO's ratio is 1 and its clip never binds.
 ``kl_beta > 0`` adds the k3 estimate of KL(policy || reference) on the sampled tokens (Align2Speak drops it).
+
+Why token-level and the cap penalty: GRPO's per-rollout mean divides a long rollout's penalty among more tokens
+(Dr. GRPO), and a rollout cut at the cap has no EOS to be penalised. On the tiny recipe (lr 2e-4) that let the
+LLM stop emitting EOS within 20 updates: every rollout ran to the cap (recipes/tiny/README.md).
 
 Dropout stays off in the LLM, so the policy that samples is the policy that is scored (as NeMo advises).
 Only the LLM has trainable parameters.
@@ -59,8 +64,14 @@ def _pad(rows: Sequence[torch.Tensor], device: torch.device) -> tuple[torch.Tens
     return pad_sequence([r.to(device) for r in rows], batch_first=True), lengths_to_mask(lengths, int(lengths.max()))
 
 
+def penalise_truncated(rewards: torch.Tensor, ended: torch.Tensor) -> torch.Tensor:
+    """Rewards ``(G, K)`` where each rollout that did not end (``ended`` False) gets its group's lowest reward."""
+    lowest = rewards.min(dim=1, keepdim=True).values.expand_as(rewards)
+    return torch.where(ended, rewards, lowest)
+
+
 class GRPOObjective(nn.Module):
-    """``-mean_i(A_i * mean_t log pi(y_i,t)) + beta * KL_k3(pi || reference)`` over ``K`` rollouts per text."""
+    """``-sum_i,t A_i log pi(y_i,t) / sum_i |y_i| + beta * KL_k3(pi || reference)``, K rollouts per text."""
 
     def __init__(self, system: TTSSystem, stage: StageConfig):
         super().__init__()
@@ -121,18 +132,18 @@ class GRPOObjective(nn.Module):
                     terms["speaker"] = out.label_log_probs["speaker"].float().exp() * (speaker >= 0)
         return terms
 
-    def sequence_log_probs(self, llm: nn.Module, prompt_text: Sequence[torch.Tensor], texts: Sequence[torch.Tensor],
-                           prompt_speech: Sequence[torch.Tensor], rollouts: Sequence[torch.Tensor]
-                           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def rollout_log_probs(self, llm: nn.Module, prompt_text: Sequence[torch.Tensor], texts: Sequence[torch.Tensor],
+                          prompt_speech: Sequence[torch.Tensor], rollouts: Sequence[torch.Tensor]
+                          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Log-probabilities of rollouts under ``llm``, teacher-forced after the prompts they were sampled with.
 
         Args:
             llm: the policy or the reference.
             prompt_text, texts, prompt_speech, rollouts: N 1-D id rows each (prompts may be empty).
         Returns:
-            the mean log-probability of each rollout's tokens and its EOS ``(N,)`` (a rollout cut at
-            generate()'s cap has no EOS to score), per-position log-probabilities ``(N, S + 1)`` (0 outside the
-            rollout) and the bool mask of each rollout's own positions ``(N, S + 1)``.
+            per-position log-probabilities ``(N, S + 1)`` (0 outside the rollout), the bool mask of each
+            rollout's own positions ``(N, S + 1)``: its tokens, then its EOS if it emitted one, and whether it
+            did ``(N,)`` (a rollout cut at generate()'s cap did not).
         """
         codebook = self.system.codebook()
         device = codebook.device
@@ -144,14 +155,14 @@ class GRPOObjective(nn.Module):
         prompt_len = torch.tensor([len(p) for p in prompt_speech], device=device)[:, None]
         rollout_len = torch.tensor([len(r) for r in rollouts], device=device)[:, None]
         ended = torch.tensor([len(r) < new_token_limits(len(t), MIN_LEN_RATIO, MAX_LEN_RATIO)[1]
-                              for r, t in zip(rollouts, texts)], device=device)[:, None]
+                              for r, t in zip(rollouts, texts)], device=device)
         steps = torch.arange(out.logits.shape[1], device=device)[None, :]
         # Positions Q..Q+T-1 predict the rollout's tokens, Q+T its EOS.
         own = (steps >= prompt_len) & ((steps < prompt_len + rollout_len)
-                                       | ((steps == prompt_len + rollout_len) & ended))
+                                       | ((steps == prompt_len + rollout_len) & ended[:, None]))
         targets = out.targets.clamp(min=0)[..., None]
         token_log_probs = out.logits.float().log_softmax(-1).gather(-1, targets).squeeze(-1) * own
-        return token_log_probs.sum(1) / own.sum(1), token_log_probs, own
+        return token_log_probs, own, ended
 
     def forward(self, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
         system, config = self.system, self.config
@@ -177,25 +188,25 @@ class GRPOObjective(nn.Module):
         samples, sample_mask = _pad(rollouts, device)
         text_ids, text_mask = _pad(rollout_texts, device)
         terms = self.rewards(samples, sample_mask, text_ids, text_mask, speakers)
-        reward = sum(self.weights[k] * v for k, v in terms.items())
-        advantages = group_advantages(reward.view(-1, group), config.scale_rewards).flatten()
-
-        sequence_log_probs, token_log_probs, own = self.sequence_log_probs(
-            system.llm, prompt_text, rollout_texts, prompt_speech, rollouts)
-        total = -(advantages * sequence_log_probs).mean()
-        ended = own.sum(1) > sample_mask.sum(1)
+        token_log_probs, own, ended = self.rollout_log_probs(system.llm, prompt_text, rollout_texts, prompt_speech,
+                                                             rollouts)
+        reward = penalise_truncated(sum(self.weights[k] * v for k, v in terms.items()).view(-1, group),
+                                    ended.view(-1, group))
+        advantages = group_advantages(reward, config.scale_rewards).flatten()
+        num_tokens = own.sum()
+        total = -(advantages[:, None] * token_log_probs).sum() / num_tokens
 
         metrics = {f"reward_{k}": v.mean().item() for k, v in terms.items()}
-        metrics.update(reward=reward.mean().item(), reward_group_std=reward.view(-1, group).std(1).mean().item(),
+        metrics.update(reward=reward.mean().item(), reward_group_std=reward.std(1).mean().item(),
                        rollout_tokens=sample_mask.sum(1).float().mean().item(),
                        rollout_eos=ended.float().mean().item(),
-                       log_prob=sequence_log_probs.mean().item())
+                       log_prob=(token_log_probs.sum() / num_tokens).item())
         if self.reference is not None:
             with torch.no_grad():
-                _, reference_log_probs, _ = self.sequence_log_probs(self.reference, prompt_text, rollout_texts,
-                                                                       prompt_speech, rollouts)
+                reference_log_probs, _, _ = self.rollout_log_probs(self.reference, prompt_text, rollout_texts,
+                                                                   prompt_speech, rollouts)
             log_ratio = reference_log_probs - token_log_probs
-            kl = (((log_ratio.exp() - log_ratio - 1) * own).sum(1) / own.sum(1)).mean()
+            kl = ((log_ratio.exp() - log_ratio - 1) * own).sum() / num_tokens
             total = total + self.kl_beta * kl
             metrics["kl"] = kl.item()
         metrics["loss"] = total.item()
