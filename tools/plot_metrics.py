@@ -20,7 +20,7 @@ CURVES = {  # what each stage optimises, in the names its objective logs
     "joint": ("loss", "llm", "llm_guide", "flow_cfm", "flow_prior", "reward"), "cascade": ("loss", "reward"),
     "separate": ("loss", "llm", "llm_guide", "flow_cfm", "flow_prior", "reward"),
     "e2e": ("loss", "flow", "asr", "speaker", "kl"),
-    "grpo": ("reward", "reward_cer", "reward_asr", "reward_speaker", "kl"),
+    "grpo": ("reward", "reward_cer", "reward_asr", "reward_speaker", "kl", "rollout_eos"),
     "vocoder": ("vocoder_mel", "vocoder_adversarial", "vocoder_feature_matching", "discriminator"),
 }
 LINEAR = {"grpo"}  # rewards can be negative (log-probabilities): no log axis
