@@ -139,3 +139,42 @@ def test_llm_alignment_maps_cover_the_prediction_steps_and_the_text(tmp_path):
         assert matrix.shape == (len(speech_ids) + 1, len(text_ids))
         assert (matrix >= 0).all() and (matrix.sum(1) <= 1 + 1e-5).all()
     assert nll > 0
+
+
+def test_rollout_readback_scores_each_sample_against_its_text_ids(tmp_path, monkeypatch):
+    """On a micro export: one reading per sample, each against the ids of its own item's text."""
+    import jiwer
+    import numpy as np
+    import soundfile as sf
+    import torch
+
+    from e2e_tts.config import load_config, to_object
+    from e2e_tts.data.manifest import SeedTTSItem
+    from e2e_tts.synth import SynthesisConfig, Synthesizer
+    from e2e_tts.system import TTSSystem
+    from e2e_tts.text import ByteTokenizer
+    from shared import MICRO_MODEL_OVERRIDES
+
+    tool = load_tool("rollout_readback")
+    config = load_config(overrides=MICRO_MODEL_OVERRIDES)
+    torch.manual_seed(0)
+    synth = Synthesizer.from_pretrained(TTSSystem(to_object(config.model), ByteTokenizer(), ["a"]).export(
+        tmp_path / "export", config))
+    prompt = tmp_path / "prompt.wav"
+    sf.write(prompt, 0.1 * np.random.default_rng(0).standard_normal(3200).astype(np.float32), 16000)
+    items = [SeedTTSItem(utt="u1", prompt_text="hi", prompt_audio=str(prompt), text="abc"),
+             SeedTTSItem(utt="u2", prompt_text=None, prompt_audio=None, text="hello")]
+    texts = [synth.prepare_text(item.text)[1].tolist() for item in items]
+    calls = []
+
+    def perfect_for_the_first_item(speech, mask, codebook):
+        calls.append(speech.shape[0])
+        return [texts[0] for _ in range(speech.shape[0])]
+
+    monkeypatch.setattr(synth.system.reward, "transcribe_ctc", perfect_for_the_first_item)
+    report = tool.read_back(synth, items, samples=3, config=SynthesisConfig(), seed=0)
+    assert calls == [3, 3] and report["num_samples"] == 6
+    # the first item's samples read back exactly; the second's read "abc" against "hello"
+    second = 100.0 * jiwer.process_words(" ".join(map(str, texts[1])), " ".join(map(str, texts[0]))).wer
+    assert report["mean_reward_ctc_error"] == pytest.approx(second / 2)
+    assert report["mean_tokens"] > 0

@@ -13,13 +13,39 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import Sequence
 
 import torch
 
-from e2e_tts.data.manifest import read_seedtts_meta
+from e2e_tts.data.manifest import SeedTTSItem, read_seedtts_meta
 from e2e_tts.eval.phones import phone_error_rates
-from e2e_tts.models.masks import lengths_to_mask
+from e2e_tts.models.masks import pad_rows
 from e2e_tts.synth import SynthesisConfig, Synthesizer
+
+
+def read_back(synthesizer: Synthesizer, items: Sequence[SeedTTSItem], samples: int, config: SynthesisConfig,
+              seed: int) -> dict:
+    """Samples ``samples`` token sequences per item and scores the reward model's CTC reading of each.
+
+    Returns:
+        ``num_samples``, ``reward_ctc_error`` (percent, all errors / all text ids), ``mean_reward_ctc_error``
+        (mean of the per-sample rates) and ``mean_tokens``.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    codebook = synthesizer.system.codebook()
+    references, readings, lengths = [], [], []
+    for item in items:
+        prompt = None if item.prompt_audio is None else synthesizer.encode_prompt(item.prompt_audio, item.prompt_text)
+        text_ids = synthesizer.prepare_text(item.text)[1]
+        with torch.inference_mode():
+            rows = synthesizer.generate_tokens([text_ids] * samples, prompt, config, generator)
+            padded, mask = pad_rows(rows, codebook.device)
+            readings += synthesizer.system.reward.transcribe_ctc(padded, mask, codebook)
+        references += [[str(i) for i in text_ids.tolist()]] * samples
+        lengths += [len(row) for row in rows]
+    rates = phone_error_rates(references, [[str(i) for i in r] for r in readings])
+    return {"num_samples": len(readings), "reward_ctc_error": rates["corpus_per"],
+            "mean_reward_ctc_error": rates["mean_per"], "mean_tokens": sum(lengths) / len(lengths)}
 
 
 def main() -> None:
@@ -35,24 +61,9 @@ def main() -> None:
 
     synthesizer = Synthesizer.from_pretrained(args.model)
     config = SynthesisConfig(temperature=args.temperature, top_k=args.top_k)
-    generator = torch.Generator().manual_seed(args.seed)
-    codebook = synthesizer.system.codebook()
-    references, readings, lengths = [], [], []
-    for item in read_seedtts_meta(args.meta):
-        prompt = None if item.prompt_audio is None else synthesizer.encode_prompt(item.prompt_audio, item.prompt_text)
-        text_ids = synthesizer.prepare_text(item.text)[1]
-        with torch.inference_mode():
-            samples = synthesizer.generate_tokens([text_ids] * args.samples, prompt, config, generator)
-            sample_lengths = torch.tensor([len(s) for s in samples])
-            padded = torch.nn.utils.rnn.pad_sequence(samples, batch_first=True)
-            readings += synthesizer.system.reward.transcribe_ctc(padded, lengths_to_mask(sample_lengths), codebook)
-        references += [[str(i) for i in text_ids.tolist()]] * args.samples
-        lengths += sample_lengths.tolist()
-    rates = phone_error_rates(references, [[str(i) for i in r] for r in readings])
     report = {"model": args.model, "meta": args.meta, "samples_per_item": args.samples,
-              "temperature": args.temperature, "top_k": args.top_k, "num_samples": len(readings),
-              "reward_ctc_error": rates["corpus_per"], "mean_reward_ctc_error": rates["mean_per"],
-              "mean_tokens": sum(lengths) / len(lengths)}
+              "temperature": args.temperature, "top_k": args.top_k,
+              **read_back(synthesizer, read_seedtts_meta(args.meta), args.samples, config, args.seed)}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=1))
     print(json.dumps(report, indent=1))

@@ -26,9 +26,8 @@ import torch
 import torch.nn.functional as F
 import transformers
 from torch import nn
-from torch.nn.utils.rnn import pad_sequence
 
-from e2e_tts.models.masks import lengths_to_mask, prefix_lengths
+from e2e_tts.models.masks import lengths_to_mask, pad_rows, prefix_lengths
 from e2e_tts.models.sampling import sample_next_token
 from e2e_tts.models.speech_embedding import SpeechEmbedding
 from e2e_tts.vocab import EOS_ID, PAD_ID, SOS_ID, TASK_ID, TokenLayout
@@ -224,17 +223,6 @@ def _load_decoder(config: LLMConfig, layout: TokenLayout) -> nn.Module:
         setattr(decoder.config, name, value)
     decoder.config.use_cache = False
     return decoder
-
-
-def _pad_rows(rows: Sequence[torch.Tensor], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-pads 1-D id tensors into ``(B, T)`` ids and a ``(B, T)`` boolean mask."""
-    for row in rows:
-        if row.dim() != 1:
-            raise ValueError(f"each id row must be 1-D, got shape {tuple(row.shape)}")
-    lengths = torch.tensor([len(row) for row in rows], device=device)
-    ids = pad_sequence([row.to(device=device, dtype=torch.long) for row in rows], batch_first=True)
-    mask = lengths_to_mask(lengths, ids.shape[1])
-    return ids, mask
 
 
 def new_token_limits(text_length: int, min_len_ratio: float, max_len_ratio: float) -> tuple[int, int]:
@@ -460,9 +448,9 @@ class SpeechLLM(nn.Module):
         empty = torch.zeros(0, dtype=torch.long)
         prompt_text_ids = [empty] * batch if prompt_text_ids is None else prompt_text_ids
         prompt_speech_ids = [empty] * batch if prompt_speech_ids is None else prompt_speech_ids
-        full_text, text_mask = _pad_rows([torch.cat([p.cpu(), t.cpu()]) for p, t in zip(prompt_text_ids, text_ids)],
+        full_text, text_mask = pad_rows([torch.cat([p.cpu(), t.cpu()]) for p, t in zip(prompt_text_ids, text_ids)],
                                          device)
-        prompt_speech, speech_mask = _pad_rows(prompt_speech_ids, device)
+        prompt_speech, speech_mask = pad_rows(prompt_speech_ids, device)
         self.layout.speech_to_llm(prompt_speech)  # validates the id range
         embeds, valid = self._pack(full_text, text_mask.sum(1), prompt_speech, speech_mask.sum(1), codebook)
 

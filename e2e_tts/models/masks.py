@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Sequence
 
 import torch
+from torch.nn.utils.rnn import pad_sequence
 
 
 def lengths_to_mask(lengths: torch.Tensor, length: Optional[int] = None) -> torch.Tensor:
@@ -28,3 +29,13 @@ def prefix_lengths(mask: torch.Tensor, name: str) -> torch.Tensor:
     if not torch.equal(mask, lengths_to_mask(lengths, mask.shape[1])):
         raise ValueError(f"{name} must be right-padded: True on a prefix of each row, then False")
     return lengths
+
+
+def pad_rows(rows: Sequence[torch.Tensor], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-pads 1-D id tensors into ``(B, T)`` ids (0 at padding) and a ``(B, T)`` boolean mask."""
+    for row in rows:
+        if row.dim() != 1:
+            raise ValueError(f"each id row must be 1-D, got shape {tuple(row.shape)}")
+    lengths = torch.tensor([len(row) for row in rows], device=device)
+    ids = pad_sequence([row.to(device=device, dtype=torch.long) for row in rows], batch_first=True)
+    return ids, lengths_to_mask(lengths, ids.shape[1])

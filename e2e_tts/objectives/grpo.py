@@ -29,11 +29,10 @@ from typing import Any, Optional, Sequence
 
 import torch
 from torch import nn
-from torch.nn.utils.rnn import pad_sequence
 
 from e2e_tts.eval.phones import phone_error_rates
 from e2e_tts.models.llm import new_token_limits
-from e2e_tts.models.masks import lengths_to_mask
+from e2e_tts.models.masks import pad_rows
 from e2e_tts.stage import StageConfig
 from e2e_tts.system import TTSSystem
 
@@ -58,12 +57,6 @@ def group_advantages(rewards: torch.Tensor, scale: bool, eps: float = 1e-4) -> t
         raise ValueError(f"a group needs at least 2 samples, got {rewards.shape[1]}")
     centred = rewards - rewards.mean(dim=1, keepdim=True)
     return centred / (rewards.std(dim=1, keepdim=True) + eps) if scale else centred
-
-
-def _pad(rows: Sequence[torch.Tensor], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-pads 1-D id rows: ``(B, max_len)`` ids (0 at padding) and their bool mask."""
-    lengths = torch.tensor([len(r) for r in rows], device=device)
-    return pad_sequence([r.to(device) for r in rows], batch_first=True), lengths_to_mask(lengths, int(lengths.max()))
 
 
 def penalise_truncated(rewards: torch.Tensor, ended: torch.Tensor) -> torch.Tensor:
@@ -149,9 +142,9 @@ class GRPOObjective(nn.Module):
         """
         codebook = self.system.codebook()
         device = codebook.device
-        full_text, full_text_mask = _pad([torch.cat([p.to(device), t.to(device)])
+        full_text, full_text_mask = pad_rows([torch.cat([p.to(device), t.to(device)])
                                           for p, t in zip(prompt_text, texts)], device)
-        full_speech, full_speech_mask = _pad([torch.cat([p.to(device), s.to(device)])
+        full_speech, full_speech_mask = pad_rows([torch.cat([p.to(device), s.to(device)])
                                               for p, s in zip(prompt_speech, rollouts)], device)
         out = llm(full_text, full_text_mask, full_speech, full_speech_mask, codebook, guide=False)
         prompt_len = torch.tensor([len(p) for p in prompt_speech], device=device)[:, None]
@@ -187,8 +180,8 @@ class GRPOObjective(nn.Module):
                                        temperature=config.temperature, top_k=config.top_k, top_p=config.top_p,
                                        min_len_ratio=MIN_LEN_RATIO, max_len_ratio=MAX_LEN_RATIO)
 
-        samples, sample_mask = _pad(rollouts, device)
-        text_ids, text_mask = _pad(rollout_texts, device)
+        samples, sample_mask = pad_rows(rollouts, device)
+        text_ids, text_mask = pad_rows(rollout_texts, device)
         terms = self.rewards(samples, sample_mask, text_ids, text_mask, speakers)
         token_log_probs, own, ended = self.rollout_log_probs(system.llm, prompt_text, rollout_texts, prompt_speech,
                                                              rollouts)
