@@ -18,7 +18,7 @@ from typing import Sequence
 import torch
 
 from e2e_tts.data.manifest import SeedTTSItem, read_seedtts_meta
-from e2e_tts.eval.phones import phone_error_rates
+from e2e_tts.eval.phones import id_error_rates
 from e2e_tts.models.masks import pad_rows
 from e2e_tts.synth import SynthesisConfig, Synthesizer
 
@@ -41,9 +41,9 @@ def read_back(synthesizer: Synthesizer, items: Sequence[SeedTTSItem], samples: i
             rows = synthesizer.generate_tokens([text_ids] * samples, prompt, config, generator)
             padded, mask = pad_rows(rows, codebook.device)
             readings += synthesizer.system.reward.transcribe_ctc(padded, mask, codebook)
-        references += [[str(i) for i in text_ids.tolist()]] * samples
+        references += [text_ids.tolist()] * samples
         lengths += [len(row) for row in rows]
-    rates = phone_error_rates(references, [[str(i) for i in r] for r in readings])
+    rates = id_error_rates(references, readings)
     return {"num_samples": len(readings), "reward_ctc_error": rates["corpus_per"],
             "mean_reward_ctc_error": rates["mean_per"], "mean_tokens": sum(lengths) / len(lengths)}
 

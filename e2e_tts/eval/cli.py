@@ -22,7 +22,7 @@ from e2e_tts.data.manifest import ManifestEntry, read_manifest, read_seedtts_met
 from e2e_tts.eval.asr import ASRBackend, build_asr, parse_asr_spec
 from e2e_tts.eval.failures import FailureConfig, SynthesizedItem, detect_failures
 from e2e_tts.eval.normalize import LANGUAGES
-from e2e_tts.eval.phones import phone_error_rates
+from e2e_tts.eval.phones import id_error_rates
 from e2e_tts.eval.seedtts import (format_summary, read_first_channel, run_seedtts, synthesize_missing,
                                   synthesized_wav_paths, write_results)
 from e2e_tts.eval.similarity import SpeakerSimilarity, build_similarity
@@ -275,12 +275,12 @@ def measure_token_statistics(synthesizer: Synthesizer, entries: Sequence[Manifes
         with torch.inference_mode():
             reading = synthesizer.system.reward.transcribe_ctc(ids[None], torch.ones(1, len(ids), dtype=torch.bool),
                                                                synthesizer.system.codebook())[0]
-        references.append([str(i) for i in text_ids.tolist()])
-        readings.append([str(i) for i in reading])
+        references.append(text_ids.tolist())
+        readings.append(reading)
     if not sequences:
         raise ValueError(f"no utterance gave a speech token ({len(skipped)} skipped: {skipped})")
     audio_config = synthesizer.audio_config
-    read_back = phone_error_rates(references, readings)["corpus_per"] if references else None
+    read_back = id_error_rates(references, readings)["corpus_per"] if references else None
     return {"codebook_size": tokenizer.codebook_size,
             "tokens_per_second": audio_config.sample_rate / audio_config.hop_length
             / tokenizer.config.frames_per_token,

@@ -173,6 +173,14 @@ def phone_error_rates(references: Sequence[list[str]], hypotheses: Sequence[list
             "num_utterances": len(rates)}
 
 
+def id_error_rates(references: Sequence[Sequence[int]], hypotheses: Sequence[Sequence[int]]) -> dict:
+    """:func:`phone_error_rates` of integer id sequences, e.g. text ids against the reward model's reading."""
+    def as_units(rows: Sequence[Sequence[int]]) -> list[list[str]]:
+        return [[str(i) for i in row] for row in rows]
+
+    return phone_error_rates(as_units(references), as_units(hypotheses))
+
+
 def mean_phone_error_rate(judge: PocketsphinxPhones, texts: Sequence[str], wav_paths: Sequence[str | None]
                           ) -> float | None:
     """Mean per-utterance PER (%) of the wavs that exist, each against its text's reference phones (None if no

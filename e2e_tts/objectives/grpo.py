@@ -30,7 +30,7 @@ from typing import Any, Optional, Sequence
 import torch
 from torch import nn
 
-from e2e_tts.eval.phones import phone_error_rates
+from e2e_tts.eval.phones import id_error_rates
 from e2e_tts.models.llm import new_token_limits
 from e2e_tts.models.masks import pad_rows
 from e2e_tts.stage import StageConfig
@@ -114,9 +114,8 @@ class GRPOObjective(nn.Module):
         with torch.no_grad():
             if "cer" in self.weights:
                 readings = reward_model.transcribe_ctc(samples, sample_mask, codebook)
-                references = [[str(i) for i in row[:n]] for row, n in zip(text_ids.tolist(),
-                                                                            text_mask.sum(1).tolist())]
-                rates = phone_error_rates(references, [[str(i) for i in r] for r in readings])["per"]
+                references = [row[:n] for row, n in zip(text_ids.tolist(), text_mask.sum(1).tolist())]
+                rates = id_error_rates(references, readings)["per"]
                 terms["cer"] = 1.0 - torch.tensor(rates, device=samples.device).div(100.0).clamp(max=1.0)
             if "asr" in self.weights or "speaker" in self.weights:
                 speaker = self.system.speaker_ids(speakers, samples.device)
