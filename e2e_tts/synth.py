@@ -42,6 +42,7 @@ from tqdm import tqdm
 from e2e_tts.audio import (LOG_FLOOR, AudioConfig, MelSpectrogram, is_silent, load_audio, normalize_peak, resample,
                            write_audio)
 from e2e_tts.models.flow import SCHEDULES
+from e2e_tts.models.llm import MAX_LEN_RATIO, MIN_LEN_RATIO
 from e2e_tts.models.masks import lengths_to_mask
 from e2e_tts.models.vocoder import griffin_lim
 from e2e_tts.system import TTSSystem
@@ -81,8 +82,8 @@ class SynthesisConfig:
     top_k: int = 25
     top_p: float = 0.8
     repetition_aware: bool = True
-    min_len_ratio: float = 0.5
-    max_len_ratio: float = 6.0
+    min_len_ratio: float = MIN_LEN_RATIO
+    max_len_ratio: float = MAX_LEN_RATIO
     solver: Optional[str] = None
     nfe: Optional[int] = None
     schedule: Optional[str] = None

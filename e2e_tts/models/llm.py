@@ -225,6 +225,11 @@ def _load_decoder(config: LLMConfig, layout: TokenLayout) -> nn.Module:
     return decoder
 
 
+# Speech tokens per text id that generate() allows by default: EOS is masked below the first, a row stops without EOS
+# at the second. Synthesis and GRPO's rollouts use the same bounds.
+MIN_LEN_RATIO, MAX_LEN_RATIO = 0.5, 6.0
+
+
 def new_token_limits(text_length: int, min_len_ratio: float, max_len_ratio: float) -> tuple[int, int]:
     """The fewest new speech tokens before EOS is allowed and the most :meth:`SpeechLLM.generate` emits for a
     text of ``text_length`` ids; a row stopped at the second did so without EOS. A positive ``min_len_ratio``
@@ -410,8 +415,9 @@ class SpeechLLM(nn.Module):
     def generate(self, text_ids: Sequence[torch.Tensor], codebook: torch.Tensor,
                  prompt_text_ids: Optional[Sequence[torch.Tensor]] = None,
                  prompt_speech_ids: Optional[Sequence[torch.Tensor]] = None, *, temperature: float = 1.0,
-                 top_k: int = 25, top_p: float = 0.8, repetition_aware: bool = True, min_len_ratio: float = 0.5,
-                 max_len_ratio: float = 6.0, generator: Optional[torch.Generator] = None) -> list[torch.Tensor]:
+                 top_k: int = 25, top_p: float = 0.8, repetition_aware: bool = True,
+                 min_len_ratio: float = MIN_LEN_RATIO, max_len_ratio: float = MAX_LEN_RATIO,
+                 generator: Optional[torch.Generator] = None) -> list[torch.Tensor]:
         """Samples speech ids for a batch of texts, with a KV cache.
 
         Rows are left-padded into one batch. With a zero-shot prompt, the row is

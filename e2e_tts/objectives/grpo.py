@@ -31,14 +31,12 @@ import torch
 from torch import nn
 
 from e2e_tts.eval.phones import id_error_rates
-from e2e_tts.models.llm import new_token_limits
+from e2e_tts.models.llm import MAX_LEN_RATIO, MIN_LEN_RATIO, new_token_limits
 from e2e_tts.models.masks import pad_rows
 from e2e_tts.stage import StageConfig
 from e2e_tts.system import TTSSystem
 
 REWARDS = ("cer", "asr", "speaker")
-# generate()'s length bounds, which tell a rollout cut at its cap (no EOS to score) from one that ended
-MIN_LEN_RATIO, MAX_LEN_RATIO = 0.5, 6.0
 
 
 def same_speaker_partners(speakers: Sequence[str]) -> list[Optional[int]]:
