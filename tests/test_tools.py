@@ -178,3 +178,21 @@ def test_rollout_readback_scores_each_sample_against_its_text_ids(tmp_path, monk
     second = 100.0 * jiwer.process_words(" ".join(map(str, texts[1])), " ".join(map(str, texts[0]))).wer
     assert report["mean_reward_ctc_error"] == pytest.approx(second / 2)
     assert report["mean_tokens"] > 0
+
+
+def test_paired_wer_pairs_by_utterance_and_reports_the_unpaired():
+    paired_wer = load_tool("paired_wer")
+    # a is in both; b is scored in both but listed in a different order; c failed in the new run; d is new.
+    base = {"utterances": [{"utt": "a", "wer": 1.0, "sim": 0.70}, {"utt": "b", "wer": 0.5, "sim": 0.80},
+                           {"utt": "c", "wer": 0.9, "sim": 0.60}]}
+    new = {"utterances": [{"utt": "b", "wer": 0.25, "sim": 0.80}, {"utt": "a", "wer": 1.0, "sim": 0.75},
+                          {"utt": "c", "wer": None, "sim": None}, {"utt": "d", "wer": 0.0, "sim": 0.9}]}
+    report = paired_wer.compare(base, new)
+    # WER changes in points: a 0, b -25 -> mean -12.5, sample sd 17.68, stderr 12.5.
+    assert report["wer"]["n"] == 2 and report["wer"]["mean"] == pytest.approx(-12.5)
+    assert report["wer"]["stderr"] == pytest.approx(12.5)
+    assert (report["wer"]["down"], report["wer"]["up"], report["wer"]["same"]) == (1, 0, 1)
+    assert report["sim"]["mean"] == pytest.approx(0.025)
+    assert report["only_in_base"] == ["c"] and report["only_in_new"] == ["d"]
+    with pytest.raises(ValueError, match="no pairs"):
+        paired_wer.paired_change([], [])
