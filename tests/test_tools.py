@@ -44,16 +44,16 @@ def test_wer_curve_refuses_an_export_at_an_unlogged_step(tmp_path):
         wer_curve.curve_points(tmp_path)
 
 
-def test_ceilings_decode_every_condition_at_the_utterance_length_with_the_given_flow_settings(tmp_path):
+def test_ceilings_decode_every_condition_at_the_utterance_length_with_the_given_sampler_settings(tmp_path):
     """On a micro export with random weights: each condition of the true audio gives audio of the utterance's
-    length, the prior conditions are the prior head's mel (no ODE) of the true or the LLM's tokens, and the sampler
-    settings reach the flow."""
+    length, the prior conditions are the prior head's mel (no ODE) of the true or the LLM's tokens, the sampler
+    settings reach the flow, and the LLM's tokens are drawn with the given temperature and top-k."""
     import numpy as np
     import torch
 
     from e2e_tts.config import load_config, to_object
     from e2e_tts.models.vocoder import griffin_lim
-    from e2e_tts.synth import Synthesizer
+    from e2e_tts.synth import SynthesisConfig, Synthesizer
     from e2e_tts.system import TTSSystem
     from e2e_tts.text import ByteTokenizer
     from shared import MICRO_MODEL_OVERRIDES
@@ -75,8 +75,9 @@ def test_ceilings_decode_every_condition_at_the_utterance_length_with_the_given_
     synth.system.flow.sample = spy_sample
     settings = {"cfg_strength": 0.0, "temperature": 0.5, "nfe": 2}
     text, prompt_text = "hello there", "hi"
+    llm_sampling = SynthesisConfig(temperature=0.5, top_k=3)
     audio = ceilings.decode_conditions(synth, wav, text, prompt, prompt_text, list(ceilings.CONDITIONS), seed=0,
-                                       flow_settings=settings)
+                                       flow_settings=settings, llm_sampling=llm_sampling)
     assert set(audio) == set(ceilings.CONDITIONS)
     assert {k: seen[k] for k in settings} == settings
     for condition, samples in audio.items():
@@ -93,13 +94,13 @@ def test_ceilings_decode_every_condition_at_the_utterance_length_with_the_given_
         return griffin_lim(prior[:, prompt_mel.shape[0]:], synth.audio_config)[0].numpy()
 
     only_prior = ceilings.decode_conditions(synth, wav, text, prompt, prompt_text, ["flow_prior_griffin_lim"],
-                                            seed=0, flow_settings=settings)
+                                            seed=0, flow_settings=settings, llm_sampling=llm_sampling)
     np.testing.assert_allclose(only_prior["flow_prior_griffin_lim"], prior_audio(synth.tokenize_audio(wav)[0]),
                                atol=1e-6)
     encoded = synth.encode_prompt(prompt, prompt_text)
     llm_ids = synth.system.llm.generate([synth.prepare_text(text)[1]], synth.system.codebook(),
                                         prompt_text_ids=[encoded.text_ids], prompt_speech_ids=[encoded.speech_ids],
-                                        generator=torch.Generator().manual_seed(0))[0]
+                                        temperature=0.5, top_k=3, generator=torch.Generator().manual_seed(0))[0]
     np.testing.assert_allclose(audio["llm_prior_griffin_lim"], prior_audio(llm_ids), atol=1e-6)
 
 

@@ -12,8 +12,9 @@ Conditions, on the same utterances (a held-out split of the corpus):
                            Griffin-Lim: the best the LLM could do if it predicted every token right
   flow_prior_griffin_lim   the same tokens -> the flow's prior head (no ODE, no prompt) -> Griffin-Lim: what
                            the token condition alone carries (flows with a prior head only)
-  llm_flow_griffin_lim     the utterance's text -> the LLM's free-running tokens (prompted, sampled as synthesis
-                           samples) -> flow -> Griffin-Lim: synthesis of text whose audio is known
+  llm_flow_griffin_lim     the utterance's text -> the LLM's free-running tokens (prompted, sampled at
+                           --llm-temperature / --llm-top-k) -> flow -> Griffin-Lim: synthesis of text whose audio
+                           is known
   llm_prior_griffin_lim    the LLM's tokens -> prior head -> Griffin-Lim: the LLM judged without the ODE's noise
 Against the flow_* rows, the llm_* rows measure what the LLM loses; on the training manifest (``--manifest
 .../train.jsonl``) they tell an LLM that has not learnt its own data from one that does not generalise.
@@ -46,11 +47,11 @@ CONDITIONS = ("ground_truth", "griffin_lim", "vocoder", "flow_tokens_vocoder", "
 
 @torch.inference_mode()
 def decode_conditions(synth: Synthesizer, wav: np.ndarray, text: str, prompt_wav: np.ndarray, prompt_text: str,
-                      conditions: list[str], seed: int, flow_settings: dict[str, float | None]
-                      ) -> dict[str, np.ndarray]:
+                      conditions: list[str], seed: int, flow_settings: dict[str, float | None],
+                      llm_sampling: SynthesisConfig) -> dict[str, np.ndarray]:
     """The waveform ``(N,)`` at the model rate of each requested condition for one utterance (``text`` is its
     transcript); ``flow_settings`` (cfg_strength, temperature, nfe; None = the export's config) go to the flow's
-    sampler."""
+    sampler, ``llm_sampling`` draws the llm_* conditions' tokens."""
     system, audio = synth.system, synth.audio_config
     mel = synth.log_mel(wav)  # (1, T, n_mels), at the training level
     prompt = synth.encode_prompt(prompt_wav, prompt_text)
@@ -74,7 +75,7 @@ def decode_conditions(synth: Synthesizer, wav: np.ndarray, text: str, prompt_wav
     true_ids = synth.tokenize_audio(wav)[0] if any(c.startswith("flow_") for c in conditions) else None
     llm_ids = None
     if any(c.startswith("llm_") for c in conditions):
-        llm_ids = synth.generate_tokens([synth.prepare_text(text)[1]], prompt, SynthesisConfig(),
+        llm_ids = synth.generate_tokens([synth.prepare_text(text)[1]], prompt, llm_sampling,
                                         torch.Generator().manual_seed(seed))[0]
     sampled = sample(true_ids) if any(c.startswith("flow_tokens") for c in conditions) else None
     decoders = {
@@ -109,6 +110,10 @@ def main() -> None:
     parser.add_argument("--cfg-strength", type=float, help="flow CFG strength (default: the export's config)")
     parser.add_argument("--temperature", type=float, help="flow source-noise temperature (default: the config)")
     parser.add_argument("--nfe", type=int, help="flow ODE steps (default: the export's config)")
+    parser.add_argument("--llm-temperature", type=float, default=SynthesisConfig.temperature,
+                        help="LLM sampling temperature of the llm_* conditions (the tiny recipe synthesizes at 0.5)")
+    parser.add_argument("--llm-top-k", type=int, default=SynthesisConfig.top_k,
+                        help="LLM top-k of the llm_* conditions (the tiny recipe synthesizes at 10)")
     parser.add_argument("--out", required=True, help="JSON with per-condition summaries and transcripts")
     args = parser.parse_args()
     conditions = [c for c in args.conditions.split(",") if c]
@@ -126,13 +131,14 @@ def main() -> None:
     prompt, entries = entries[0], entries[1:args.limit + 1]
     prompt_wav, _ = load_audio(prompt.audio, synth.sample_rate)
     flow_settings = {"cfg_strength": args.cfg_strength, "temperature": args.temperature, "nfe": args.nfe}
+    llm_sampling = SynthesisConfig(temperature=args.llm_temperature, top_k=args.llm_top_k)
     rows: dict[str, list[tuple[str, str, str]]] = {c: [] for c in conditions}
     similarities: dict[str, list[float]] = {c: [] for c in conditions}
     phones: dict[str, list[list[str]]] = {c: [] for c in conditions}
     for entry in entries:
         wav, rate = load_audio(entry.audio, synth.sample_rate)
         decoded = decode_conditions(synth, wav, entry.text, prompt_wav, prompt.text, conditions, args.seed,
-                                    flow_settings)
+                                    flow_settings, llm_sampling)
         for condition, audio in decoded.items():
             rows[condition].append((entry.id, entry.text, asr.transcribe([audio], rate)[0]))
             phones[condition].append(phone_judge.recognize([audio], rate)[0])
