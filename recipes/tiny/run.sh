@@ -159,5 +159,6 @@ for n in 0 1 2 3 4 5 6 7; do
     timed "$n" "stage$n"
   fi
 done
-for n in "${!seconds[@]}"; do echo "stage $n: ${seconds[$n]} s"; done | sort -n -k2 > "$exp/stage_times.txt" 2>/dev/null || true
+mkdir -p "$exp"  # stages 0-1 alone write only the corpus, not the run folder
+for n in "${!seconds[@]}"; do echo "stage $n: ${seconds[$n]} s"; done | sort -n -k2 > "$exp/stage_times.txt"
 log "done: $exp"
