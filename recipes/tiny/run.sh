@@ -159,6 +159,13 @@ for n in 0 1 2 3 4 5 6 7; do
     timed "$n" "stage$n"
   fi
 done
+# Stage wall times; a partial re-run (--stage N) replaces only the lines of the stages it ran.
 mkdir -p "$exp"  # stages 0-1 alone write only the corpus, not the run folder
-for n in "${!seconds[@]}"; do echo "stage $n: ${seconds[$n]} s"; done | sort -n -k2 > "$exp/stage_times.txt"
+times=$exp/stage_times.txt
+ran="^stage ($(IFS='|'; echo "${!seconds[*]}")):"
+{
+  for n in "${!seconds[@]}"; do echo "stage $n: ${seconds[$n]} s"; done
+  if [[ -f $times ]]; then grep -Ev "$ran" "$times" || true; fi
+} | sort -n -k2 > "$times.tmp"
+mv "$times.tmp" "$times"
 log "done: $exp"
