@@ -166,6 +166,32 @@ def test_llm_returns_every_layers_attention_on_request_on_the_eager_path_only():
     assert out.attentions[0].triu(diagonal=1).abs().max() == 0
 
 
+def test_speech_input_noise_corrupts_only_speech_inputs_in_training_when_asked():
+    """A ``speech_input_noise`` fraction of the speech positions get a random code's embedding, the text prefix
+    and the targets never change, and eval mode or ``corrupt=False`` (GRPO scores its own rollouts) is clean."""
+    torch.manual_seed(0)
+    llm = SpeechLLM(LLMConfig(speech_input_noise=0.3), LAYOUT).train()
+    text, text_mask, speech, speech_mask = ragged_batch([5, 8], [400, 300])
+    lengths = (text_mask.sum(1), speech_mask.sum(1))
+    clean, mask = llm._pack(text, lengths[0], speech, lengths[1], CODEBOOK)
+    noisy, _ = llm._pack(text, lengths[0], speech, lengths[1], CODEBOOK, corrupt=True)
+    in_speech = mask & (torch.arange(mask.shape[1])[None, :] >= (lengths[0] + 2)[:, None])
+    changed = (noisy != clean).any(-1)
+    assert not changed[~in_speech].any()  # text prefix and padding untouched
+    # Random codes equal to the true one (1 in 81) leave a position unchanged: expect 0.3 * 80/81 of 700.
+    assert abs(changed[in_speech].float().mean().item() - 0.3 * 80 / 81) < 0.05
+    reference = llm(text, text_mask, speech, speech_mask, CODEBOOK)
+    corrupted = llm(text, text_mask, speech, speech_mask, CODEBOOK, corrupt=True)
+    assert torch.equal(corrupted.targets, reference.targets)
+    torch.testing.assert_close(corrupted.logits[:, 0], reference.logits[:, 0])  # TASK sees no speech yet
+    assert not torch.allclose(corrupted.logits[:, 1:], reference.logits[:, 1:])
+    llm.eval()
+    torch.testing.assert_close(llm(text, text_mask, speech, speech_mask, CODEBOOK, corrupt=True).logits,
+                               reference.logits)
+    with pytest.raises(ValueError, match="speech_input_noise"):
+        LLMConfig(speech_input_noise=1.0)
+
+
 def test_guide_config_errors():
     with pytest.raises(ValueError, match="guide_layers"):
         LLMConfig(guide_weight=1.0)

@@ -59,6 +59,9 @@ class LLMConfig:
         guide_layers: decoder layers whose first ``guide_heads`` heads are guided.
         guide_heads: guided heads per guided layer.
         guide_sigma: width of the diagonal band, in fractions of the text and speech lengths (DC-TTS: 0.2).
+        speech_input_noise: in training, the fraction of teacher-forced speech inputs replaced by a random code
+            (targets unchanged) where the objective asks for it (``forward(corrupt=True)``): the model learns to
+            continue after a wrong token, as it must when it samples its own (0 = off).
     """
 
     architecture: str = "qwen2"
@@ -80,6 +83,7 @@ class LLMConfig:
     guide_layers: list[int] = field(default_factory=list)
     guide_heads: int = 2
     guide_sigma: float = 0.2
+    speech_input_noise: float = 0.0
 
     def __post_init__(self) -> None:
         if self.architecture not in ARCHITECTURES:
@@ -95,6 +99,8 @@ class LLMConfig:
                              f"{self.guide_sigma}")
         if self.guide_weight > 0 and (not self.guide_layers or self.guide_heads < 1):
             raise ValueError("LLMConfig.guide_weight > 0 needs guide_layers and guide_heads >= 1")
+        if not 0 <= self.speech_input_noise < 1:
+            raise ValueError(f"LLMConfig.speech_input_noise must be in [0, 1), got {self.speech_input_noise}")
 
 
 PRESETS: dict[str, LLMConfig] = {
@@ -288,8 +294,10 @@ class SpeechLLM(nn.Module):
                              f"vocabulary, got {tuple(codebook.shape)}")
 
     def _pack(self, text_ids: torch.Tensor, text_lengths: torch.Tensor, speech: torch.Tensor,
-              speech_lengths: torch.Tensor, codebook: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Embeds and packs each row as ``SOS text TASK speech``, right-padded.
+              speech_lengths: torch.Tensor, codebook: torch.Tensor, corrupt: bool = False
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Embeds and packs each row as ``SOS text TASK speech``, right-padded; with ``corrupt``, a
+        ``speech_input_noise`` fraction of the speech embeddings are those of random codes.
 
         Args:
             text_ids: text-tokenizer ids ``(B, L)``, already zero at padding.
@@ -310,6 +318,11 @@ class SpeechLLM(nn.Module):
         prefix_ids[rows[:, 0], text_lengths + 1] = TASK_ID
         prefix = self.decoder.get_input_embeddings()(prefix_ids)  # (B, L + 2, H)
         speech_embeds = self.speech_embedding(speech, codebook)  # (B, S, H)
+        if corrupt and self.config.speech_input_noise > 0:
+            replace = torch.rand(speech_embeds.shape[:2], device=device) < self.config.speech_input_noise
+            random_ids = torch.randint(codebook.shape[0], speech_embeds.shape[:2], device=device)
+            speech_embeds = torch.where(replace[..., None], self.speech_embedding(random_ids, codebook),
+                                        speech_embeds)
 
         prefix_lengths = text_lengths + 2
         total = int((prefix_lengths + speech_lengths).max())
@@ -325,7 +338,7 @@ class SpeechLLM(nn.Module):
 
     def forward(self, text_ids: torch.Tensor, text_mask: torch.Tensor, speech: torch.Tensor,
                 speech_mask: torch.Tensor, codebook: torch.Tensor,
-                speech_ids: Optional[torch.Tensor] = None, guide: bool = True,
+                speech_ids: Optional[torch.Tensor] = None, guide: bool = True, corrupt: bool = False,
                 return_attentions: bool = False) -> LLMOutput:
         """Teacher-forced next-token logits over ``[V speech codes, EOS]``.
 
@@ -338,6 +351,8 @@ class SpeechLLM(nn.Module):
             speech_ids: ``(B, S)`` target ids when ``speech`` is soft (defaults to ``speech`` when it is ids).
             guide: compute the guided-attention loss (in training, with ``guide_weight > 0``). An objective that
                 does not train the alignment passes False and saves keeping every layer's attention.
+            corrupt: in training, replace ``speech_input_noise`` of the speech inputs by random codes. Only
+                maximum-likelihood training asks for it: an objective that scores given sequences (GRPO) must not.
             return_attentions: also return every layer's attention weights (needs the eager attention path).
         Returns:
             :class:`LLMOutput` with logits ``(B, S + 1, V + 1)``.
@@ -364,7 +379,8 @@ class SpeechLLM(nn.Module):
         if return_attentions and self.decoder.config._attn_implementation != "eager":
             raise ValueError("return_attentions needs the eager attention path (the fused kernels return no "
                              "weights): call decoder.set_attn_implementation('eager') first")
-        embeds, attention_mask = self._pack(text_ids, text_lengths, speech, speech_lengths, codebook)
+        embeds, attention_mask = self._pack(text_ids, text_lengths, speech, speech_lengths, codebook,
+                                            corrupt=corrupt and self.training)
         positions = torch.arange(embeds.shape[1], device=embeds.device).expand(embeds.shape[0], -1)
         guided = guide and self.training and self.config.guide_weight > 0
         decoded = self.decoder.model(inputs_embeds=embeds, attention_mask=attention_mask.long(),

@@ -52,7 +52,7 @@ class MultiTaskObjective(nn.Module):
         metrics: dict[str, float] = {}
         if "llm" in self.weights:
             out = system.llm(batch["text_ids"], batch["text_mask"], speech, tokens.mask, codebook,
-                             speech_ids=tokens.ids)
+                             speech_ids=tokens.ids, corrupt=True)
             losses["llm"] = system.llm.loss(out)
             metrics["llm_acc"] = system.llm.accuracy(out).item()
             if out.guide_loss is not None:  # guided attention (training only): part of the LLM's loss
