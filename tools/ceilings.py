@@ -144,7 +144,9 @@ def main() -> None:
             phones[condition].append(phone_judge.recognize([audio], rate)[0])
             if judge is not None:
                 similarities[condition].append(judge.similarity(audio, prompt_wav, rate))
-    report = {"model": args.model, "flow_settings": flow_settings, "asr": args.asr, "similarity": args.similarity,
+    report = {"model": args.model, "flow_settings": flow_settings,
+              "llm_sampling": {"temperature": llm_sampling.temperature, "top_k": llm_sampling.top_k},
+              "asr": args.asr, "similarity": args.similarity,
               "speaker": args.speaker, "num_utterances": len(entries), "prompt": prompt.id, "conditions": {}}
     for condition, scored_rows in rows.items():
         summary = summarize_wer(score_utterances(scored_rows, "en"))
