@@ -34,3 +34,9 @@ def test_quick_recipe_runs_every_stage(tmp_path):
     assert phones["num_synthesized"] == 3 and 0 <= phones["ground_truth_mean_per"] < 100
     assert (out / "eval" / "report" / "index.html").stat().st_size > 1000
     assert "stage 7" in (out / "stage_times.txt").read_text()
+    # A partial re-run (the report alone) replaces its own stage's time and keeps the others'.
+    rerun = subprocess.run(["bash", "recipes/tiny/run.sh", "--quick", "--data", str(data), "--exp", str(exp),
+                            "--stage", "7"], cwd=REPO, env=child_env(), capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
+    times = [line.split(":")[0] for line in (out / "stage_times.txt").read_text().splitlines()]
+    assert times == [f"stage {n}" for n in range(8)]
