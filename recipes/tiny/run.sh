@@ -67,7 +67,7 @@ if $quick; then
   shard_size=30
   exp=${exp}_quick; data=${data}_quick
 else
-  # Measured 19.7 minutes on 2 idle CPU cores (2026-12-01), within the 30-minute demo budget (stage times in
+  # Measured 18.7 minutes on 2 idle CPU cores (2026-12-02), within the 30-minute demo budget (stage times in
   # recipes/tiny/README.md).
   sentences=2000; vocoder_steps=${vocoder_steps:-0}; test_items=50
   joint_steps=${joint_steps:-300}; separate_steps=${separate_steps:-700}; e2e_steps=${e2e_steps:-60}
