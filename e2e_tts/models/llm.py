@@ -296,8 +296,7 @@ class SpeechLLM(nn.Module):
     def _pack(self, text_ids: torch.Tensor, text_lengths: torch.Tensor, speech: torch.Tensor,
               speech_lengths: torch.Tensor, codebook: torch.Tensor, corrupt: bool = False
               ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Embeds and packs each row as ``SOS text TASK speech``, right-padded; with ``corrupt``, a
-        ``speech_input_noise`` fraction of the speech embeddings are those of random codes.
+        """Embeds and packs each row as ``SOS text TASK speech``, right-padded.
 
         Args:
             text_ids: text-tokenizer ids ``(B, L)``, already zero at padding.
@@ -305,6 +304,7 @@ class SpeechLLM(nn.Module):
             speech: speech ids ``(B, S)`` (zero at padding), probabilities ``(B, S, V)`` or codes ``(B, S, Dc)``.
             speech_lengths: ``(B,)``.
             codebook: ``(V, Dc)``.
+            corrupt: give a ``speech_input_noise`` fraction of the speech positions a random code's embedding.
         Returns:
             input embeddings ``(B, N, H)`` (zero at padding) and their boolean mask ``(B, N)``.
         """
@@ -318,7 +318,7 @@ class SpeechLLM(nn.Module):
         prefix_ids[rows[:, 0], text_lengths + 1] = TASK_ID
         prefix = self.decoder.get_input_embeddings()(prefix_ids)  # (B, L + 2, H)
         speech_embeds = self.speech_embedding(speech, codebook)  # (B, S, H)
-        if corrupt and self.config.speech_input_noise > 0:
+        if corrupt:
             replace = torch.rand(speech_embeds.shape[:2], device=device) < self.config.speech_input_noise
             random_ids = torch.randint(codebook.shape[0], speech_embeds.shape[:2], device=device)
             speech_embeds = torch.where(replace[..., None], self.speech_embedding(random_ids, codebook),
@@ -379,8 +379,8 @@ class SpeechLLM(nn.Module):
         if return_attentions and self.decoder.config._attn_implementation != "eager":
             raise ValueError("return_attentions needs the eager attention path (the fused kernels return no "
                              "weights): call decoder.set_attn_implementation('eager') first")
-        embeds, attention_mask = self._pack(text_ids, text_lengths, speech, speech_lengths, codebook,
-                                            corrupt=corrupt and self.training)
+        corrupted = corrupt and self.training and self.config.speech_input_noise > 0
+        embeds, attention_mask = self._pack(text_ids, text_lengths, speech, speech_lengths, codebook, corrupted)
         positions = torch.arange(embeds.shape[1], device=embeds.device).expand(embeds.shape[0], -1)
         guided = guide and self.training and self.config.guide_weight > 0
         decoded = self.decoder.model(inputs_embeds=embeds, attention_mask=attention_mask.long(),
