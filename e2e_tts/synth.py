@@ -650,6 +650,23 @@ def read_text_list(path: str | Path) -> list[tuple[str, str]]:
     return items
 
 
+LLM_SAMPLING_FIELDS = ("temperature", "top_k", "top_p", "repetition_aware", "min_len_ratio", "max_len_ratio")
+
+
+def add_llm_sampling_arguments(group: argparse._ActionsContainer) -> None:
+    """Adds the flags of :data:`LLM_SAMPLING_FIELDS` (``e2e-tts synth`` and ``e2e-tts eval seedtts`` share them)."""
+    defaults = SynthesisConfig()
+    group.add_argument("--temperature", type=float, default=defaults.temperature)
+    group.add_argument("--top-k", type=int, default=defaults.top_k)
+    group.add_argument("--top-p", type=float, default=defaults.top_p)
+    group.add_argument("--no-repetition-aware", dest="repetition_aware", action="store_false",
+                       help="plain nucleus sampling instead of repetition-aware sampling")
+    group.add_argument("--min-len-ratio", type=float, default=defaults.min_len_ratio,
+                       help="no EOS before this many speech tokens per text id")
+    group.add_argument("--max-len-ratio", type=float, default=defaults.max_len_ratio,
+                       help="stop without EOS at this many speech tokens per text id")
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Adds the ``synth`` subcommand to the ``e2e-tts`` command line."""
     defaults = SynthesisConfig()
@@ -662,16 +679,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--prompt-wav", help="zero-shot prompt audio (any rate; resampled)")
     parser.add_argument("--prompt-text", help="transcript of --prompt-wav")
     parser.add_argument("--out", required=True, help="output folder")
-    sampling = parser.add_argument_group("LLM sampling")
-    sampling.add_argument("--temperature", type=float, default=defaults.temperature)
-    sampling.add_argument("--top-k", type=int, default=defaults.top_k)
-    sampling.add_argument("--top-p", type=float, default=defaults.top_p)
-    sampling.add_argument("--no-repetition-aware", dest="repetition_aware", action="store_false",
-                          help="plain nucleus sampling instead of repetition-aware sampling")
-    sampling.add_argument("--min-len-ratio", type=float, default=defaults.min_len_ratio,
-                          help="minimum speech tokens per text id")
-    sampling.add_argument("--max-len-ratio", type=float, default=defaults.max_len_ratio,
-                          help="maximum speech tokens per text id")
+    add_llm_sampling_arguments(parser.add_argument_group("LLM sampling"))
     decoding = parser.add_argument_group("flow and vocoder (flow defaults come from the model config)")
     decoding.add_argument("--solver", help="torchdiffeq method (euler, midpoint, rk4, dopri5, ...)")
     decoding.add_argument("--nfe", type=int, help="ODE steps")

@@ -259,7 +259,8 @@ def test_seedtts_command_synthesises_missing_wavs_grouped_by_prompt(export, tmp_
     out = tmp_path / "results.json"
     argv = ["seedtts", "--meta", str(meta), "--wavs", str(wavs), "--out", str(out), "--model", str(export),
             "--asr", f"rm:{export}", "--similarity", "none", "--vocoder", "griffin-lim", "--temperature", "0.7",
-            "--top-k", "10", "--seed", "3", "--batch-size", "4"]
+            "--top-k", "10", "--no-repetition-aware", "--min-len-ratio", "1.0", "--max-len-ratio", "3.0",
+            "--seed", "3", "--batch-size", "4"]
     assert run_cli(argv) == 1  # a5, a6 and a7 could not be synthesised
     results = json.loads(out.read_text())
     summary, rows = results["summary"], {row["utt"]: row for row in results["utterances"]}
@@ -272,6 +273,8 @@ def test_seedtts_command_synthesises_missing_wavs_grouped_by_prompt(export, tmp_
     synthesis = results["settings"]["synthesis"]
     assert synthesis["synthesized_now"] == 3 and synthesis["settings"]["seed"] == 3
     assert synthesis["settings"]["temperature"] == 0.7 and synthesis["settings"]["top_k"] == 10
+    assert not synthesis["settings"]["repetition_aware"]
+    assert (synthesis["settings"]["min_len_ratio"], synthesis["settings"]["max_len_ratio"]) == (1.0, 3.0)
     record = json.loads((wavs / "synthesis.json").read_text())
     assert sorted(row["id"] for row in record["utterances"]) == ["a1", "a2", "a4"]
     assert {row["id"]: row["prompt_wav"] for row in record["utterances"]}["a4"] == str(tmp_path / "p2.wav")

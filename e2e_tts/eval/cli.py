@@ -27,7 +27,7 @@ from e2e_tts.eval.seedtts import (format_summary, read_first_channel, run_seedtt
                                   synthesized_wav_paths, write_results)
 from e2e_tts.eval.similarity import SpeakerSimilarity, build_similarity
 from e2e_tts.models.tokenizer import token_statistics
-from e2e_tts.synth import VOCODERS, SynthesisConfig, Synthesizer
+from e2e_tts.synth import LLM_SAMPLING_FIELDS, VOCODERS, SynthesisConfig, Synthesizer, add_llm_sampling_arguments
 from e2e_tts.text import normalize_text
 
 NO_SIMILARITY = "none"
@@ -91,10 +91,11 @@ def run_seedtts_command(args: argparse.Namespace) -> int:
         if args.model is None and not Path(args.wavs).is_dir():
             raise FileNotFoundError(f"--wavs folder {args.wavs} does not exist (give --model to synthesise into it)")
         if args.model is not None:
-            config = SynthesisConfig(seed=args.seed, temperature=args.temperature, top_k=args.top_k,
-                                     top_p=args.top_p, nfe=args.nfe, cfg_strength=args.cfg_strength,
+            sampling = {name: getattr(args, name) for name in LLM_SAMPLING_FIELDS}
+            config = SynthesisConfig(seed=args.seed, nfe=args.nfe, cfg_strength=args.cfg_strength,
                                      vocoder=args.vocoder, num_candidates=args.num_candidates,
-                                     verifier=args.verifier, batch_size=args.batch_size, wer_language=args.language)
+                                     verifier=args.verifier, batch_size=args.batch_size, wer_language=args.language,
+                                     **sampling)
             items = read_seedtts_meta(args.meta)  # fail on a malformed list before loading a model
             synthesizer = Synthesizer.from_pretrained(args.model, args.device)
             synthesis, missing_reasons = synthesize_missing(items, args.wavs, synthesizer, config,
@@ -145,9 +146,7 @@ def _add_seedtts(subparsers: argparse._SubParsersAction) -> None:
     synthesis.add_argument("--model", help="export directory: synthesise every missing <utt>.wav first, one "
                                            "zero-shot call per prompt (use a fresh --wavs folder per setting)")
     synthesis.add_argument("--seed", type=int, default=defaults.seed)
-    synthesis.add_argument("--temperature", type=float, default=defaults.temperature, help="LLM sampling")
-    synthesis.add_argument("--top-k", type=int, default=defaults.top_k, help="LLM sampling")
-    synthesis.add_argument("--top-p", type=float, default=defaults.top_p, help="LLM sampling")
+    add_llm_sampling_arguments(parser.add_argument_group("LLM sampling of missing wavs (only with --model)"))
     synthesis.add_argument("--nfe", type=int, help="flow ODE steps (default: the model's)")
     synthesis.add_argument("--cfg-strength", type=float, help="classifier-free guidance (default: the model's)")
     synthesis.add_argument("--vocoder", choices=VOCODERS, default=defaults.vocoder)
