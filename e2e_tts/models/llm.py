@@ -19,6 +19,7 @@ generation is unchanged.
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
@@ -229,6 +230,11 @@ def _load_decoder(config: LLMConfig, layout: TokenLayout) -> nn.Module:
         setattr(decoder.config, name, value)
     decoder.config.use_cache = False
     return decoder
+
+
+# Recent transformers 5 releases renamed the KV cache's argument and output field from past_key_values to cache
+# (the old name warns, and goes in 5.40); 4.x knows only the old one.
+_CACHE_NAME = "cache" if "cache" in inspect.signature(transformers.Qwen2Model.forward).parameters else "past_key_values"
 
 
 # Speech tokens per text id that generate() allows by default: EOS is masked below the first, a row stops without EOS
@@ -487,7 +493,7 @@ class SpeechLLM(nn.Module):
         attention_mask = valid.long()
         out = self.decoder.model(inputs_embeds=embeds, attention_mask=attention_mask,
                                  position_ids=(attention_mask.cumsum(1) - 1).clamp(min=0), use_cache=True)
-        cache, hidden = out.past_key_values, out.last_hidden_state[:, -1]
+        cache, hidden = getattr(out, _CACHE_NAME), out.last_hidden_state[:, -1]
         next_position = lengths
 
         limits = [new_token_limits(len(t), min_len_ratio, max_len_ratio) for t in text_ids]
@@ -511,7 +517,7 @@ class SpeechLLM(nn.Module):
             step_input = self.speech_embedding(next_token.clamp(max=eos - 1)[:, None], codebook)
             attention_mask = F.pad(attention_mask, (0, 1), value=1)
             out = self.decoder.model(inputs_embeds=step_input, attention_mask=attention_mask,
-                                     position_ids=next_position[:, None], past_key_values=cache, use_cache=True)
-            cache, hidden = out.past_key_values, out.last_hidden_state[:, -1]
+                                     position_ids=next_position[:, None], use_cache=True, **{_CACHE_NAME: cache})
+            cache, hidden = getattr(out, _CACHE_NAME), out.last_hidden_state[:, -1]
             next_position = next_position + 1
         return [tokens[b, :int(out_lengths[b])].cpu() for b in range(batch)]
