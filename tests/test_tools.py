@@ -76,12 +76,14 @@ def test_ceilings_decode_every_condition_at_the_utterance_length_with_the_given_
     settings = {"cfg_strength": 0.0, "temperature": 0.5, "nfe": 2}
     text, prompt_text = "hello there", "hi"
     llm_sampling = SynthesisConfig(temperature=0.5, top_k=3)
-    audio = ceilings.decode_conditions(synth, wav, text, prompt, prompt_text, list(ceilings.CONDITIONS), seed=0,
-                                       flow_settings=settings, llm_sampling=llm_sampling)
+    audio, forced_hits = ceilings.decode_conditions(synth, wav, text, prompt, prompt_text, list(ceilings.CONDITIONS),
+                                                    seed=0, flow_settings=settings, llm_sampling=llm_sampling)
     assert set(audio) == set(ceilings.CONDITIONS)
+    true_ids = synth.tokenize_audio(wav)[0]
+    assert forced_hits[1] == len(true_ids) and 0 <= forced_hits[0] <= len(true_ids)
     assert {k: seen[k] for k in settings} == settings
     for condition, samples in audio.items():
-        if not condition.startswith("llm_"):  # the LLM chooses its own length
+        if condition not in ("llm_flow_griffin_lim", "llm_prior_griffin_lim"):  # the LLM chooses their length
             assert abs(len(samples) - len(wav)) <= 2 * 320, condition  # at most one speech token apart
 
     def prior_audio(ids):
@@ -93,8 +95,9 @@ def test_ceilings_decode_every_condition_at_the_utterance_length_with_the_given_
         torch.manual_seed(0)
         return griffin_lim(prior[:, prompt_mel.shape[0]:], synth.audio_config)[0].numpy()
 
-    only_prior = ceilings.decode_conditions(synth, wav, text, prompt, prompt_text, ["flow_prior_griffin_lim"],
-                                            seed=0, flow_settings=settings, llm_sampling=llm_sampling)
+    only_prior, no_hits = ceilings.decode_conditions(synth, wav, text, prompt, prompt_text, ["flow_prior_griffin_lim"],
+                                                     seed=0, flow_settings=settings, llm_sampling=llm_sampling)
+    assert no_hits is None
     np.testing.assert_allclose(only_prior["flow_prior_griffin_lim"], prior_audio(synth.tokenize_audio(wav)[0]),
                                atol=1e-6)
     encoded = synth.encode_prompt(prompt, prompt_text)
@@ -102,6 +105,16 @@ def test_ceilings_decode_every_condition_at_the_utterance_length_with_the_given_
                                         prompt_text_ids=[encoded.text_ids], prompt_speech_ids=[encoded.speech_ids],
                                         temperature=0.5, top_k=3, generator=torch.Generator().manual_seed(0))[0]
     np.testing.assert_allclose(audio["llm_prior_griffin_lim"], prior_audio(llm_ids), atol=1e-6)
+
+    # Teacher forcing: step t's prediction is greedy decoding's next token after the prompt and true_ids[:t].
+    forced = ceilings.teacher_forced_argmax(synth, encoded, text, true_ids)
+    assert forced.shape == true_ids.shape
+    for step in (0, 1, len(true_ids) - 1):
+        greedy = synth.system.llm.generate([synth.prepare_text(text)[1]], synth.system.codebook(),
+                                           prompt_text_ids=[encoded.text_ids],
+                                           prompt_speech_ids=[torch.cat([encoded.speech_ids, true_ids[:step]])],
+                                           temperature=0.0, min_len_ratio=1.0, max_len_ratio=1.0)[0]
+        assert int(forced[step]) == int(greedy[0]), step
 
 
 def test_llm_alignment_monotonicity_tells_a_diagonal_from_stripes():
