@@ -190,6 +190,8 @@ def test_speech_input_noise_corrupts_only_speech_inputs_in_training_when_asked()
                                reference.logits)
     with pytest.raises(ValueError, match="speech_input_noise"):
         LLMConfig(speech_input_noise=1.0)
+    with pytest.raises(ValueError, match="prompt_pairs"):
+        LLMConfig(prompt_pairs=-0.1)
 
 
 def test_guide_config_errors():

@@ -11,7 +11,8 @@ from e2e_tts.audio import AudioConfig, MelSpectrogram, load_audio
 from e2e_tts.config import load_config, model_preset
 from e2e_tts.objectives.e2e import EndToEndObjective
 from e2e_tts.objectives import grpo as grpo_module
-from e2e_tts.objectives.grpo import GRPOObjective, group_advantages, penalise_truncated, same_speaker_partners
+from e2e_tts.objectives.grpo import GRPOObjective, group_advantages, penalise_truncated
+from e2e_tts.objectives.prompting import prefix_partners, same_speaker_partners
 from e2e_tts.objectives.multitask import MultiTaskObjective
 from e2e_tts.stage import GRPOConfig, GumbelConfig, StageConfig
 from e2e_tts.system import MODULES, TTSSystem
@@ -142,6 +143,45 @@ def far_cap(monkeypatch):
 def test_same_speaker_partners_prompt_each_row_with_another_row_of_its_speaker():
     assert same_speaker_partners(["a", "b", "a", "c", "a"]) == [2, None, 4, None, 0]
     assert same_speaker_partners(["a"]) == [None]
+
+
+def test_prefix_partners_puts_a_same_speaker_utterance_before_the_chosen_rows():
+    text = torch.tensor([[1, 2, 3], [4, 5, 0], [6, 0, 0]])
+    text_mask = text != 0
+    speech_ids = torch.tensor([[10, 11, 0], [12, 13, 14], [15, 16, 0]])
+    speech_mask = torch.tensor([[True, True, False], [True, True, True], [True, True, False]])
+    codes = speech_ids[..., None].float().repeat(1, 1, 2).requires_grad_()  # (B, S, Dc), as in the joint stage
+    speakers = ["a", "b", "a"]  # rows 0 and 2 are partners; row 1 has none
+
+    new_text, new_text_mask, new_codes, new_mask, new_ids = prefix_partners(
+        text, text_mask, codes, speech_mask, speech_ids, speakers, fraction=1.0)
+    assert [row[m].tolist() for row, m in zip(new_text, new_text_mask)] == [[6, 1, 2, 3], [4, 5], [1, 2, 3, 6]]
+    assert [row[m].tolist() for row, m in zip(new_ids, new_mask)] == [[15, 16, 10, 11], [12, 13, 14],
+                                                                       [10, 11, 15, 16]]
+    assert torch.equal(new_codes[..., 0].detach().long() * new_mask, new_ids * new_mask)
+    assert not new_codes[~new_mask].any() and not new_ids[~new_mask].any()  # zero at padding
+    new_codes.sum().backward()
+    assert codes.grad[0, :2].eq(2).all() and codes.grad[1, :3].eq(1).all()  # row 0 is also row 2's prompt
+    assert not codes.grad[0, 2].any()  # padding feeds nothing
+
+    unchanged = prefix_partners(text, text_mask, speech_ids, speech_mask, speech_ids, speakers, fraction=0.0)
+    assert torch.equal(unchanged[0], text) and torch.equal(unchanged[4], speech_ids)
+
+
+def test_prompt_pairs_lengthen_the_llm_rows_in_training_only():
+    models = small_models()
+    models = dataclasses.replace(models, llm=dataclasses.replace(models.llm, prompt_pairs=1.0))
+    torch.manual_seed(0)
+    system = TTSSystem(models, ByteTokenizer(), speakers=["a", "b"])
+    objective = MultiTaskObjective(system, StageConfig(trainable=["tokenizer", "llm"], loss_weights={"llm": 1.0}))
+    seen = []
+    forward = system.llm.forward
+    system.llm.forward = lambda *args, **kwargs: seen.append(args[3].sum(1).tolist()) or forward(*args, **kwargs)
+    batch = make_batch()  # speakers a, b, a: rows 0 and 2 prompt each other
+    objective.train()(batch)
+    objective.eval()(batch)
+    trained, evaluated = seen
+    assert trained[1] == evaluated[1] and trained[0] == trained[2] == evaluated[0] + evaluated[2]
 
 
 def test_group_advantages_centre_and_scale_within_each_group():

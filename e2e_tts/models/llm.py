@@ -63,6 +63,9 @@ class LLMConfig:
         speech_input_noise: in training, the fraction of teacher-forced speech inputs replaced by a random code
             (targets unchanged) where the objective asks for it (``forward(corrupt=True)``): the model learns to
             continue after a wrong token, as it must when it samples its own (0 = off).
+        prompt_pairs: in the multitask stages' training, the chance that a row is prefixed by another utterance
+            of its speaker from the batch (its text before the text, its speech before the speech), as a zero-shot
+            prompt precedes it in synthesis (0 = off; :mod:`e2e_tts.objectives.prompting`).
     """
 
     architecture: str = "qwen2"
@@ -85,6 +88,7 @@ class LLMConfig:
     guide_heads: int = 2
     guide_sigma: float = 0.2
     speech_input_noise: float = 0.0
+    prompt_pairs: float = 0.0
 
     def __post_init__(self) -> None:
         if self.architecture not in ARCHITECTURES:
@@ -102,6 +106,8 @@ class LLMConfig:
             raise ValueError("LLMConfig.guide_weight > 0 needs guide_layers and guide_heads >= 1")
         if not 0 <= self.speech_input_noise < 1:
             raise ValueError(f"LLMConfig.speech_input_noise must be in [0, 1), got {self.speech_input_noise}")
+        if not 0 <= self.prompt_pairs <= 1:
+            raise ValueError(f"LLMConfig.prompt_pairs must be in [0, 1], got {self.prompt_pairs}")
 
 
 PRESETS: dict[str, LLMConfig] = {

@@ -25,7 +25,7 @@ Only the LLM has trainable parameters.
 from __future__ import annotations
 
 import copy
-from typing import Any, Optional, Sequence
+from typing import Any, Sequence
 
 import torch
 from torch import nn
@@ -33,17 +33,11 @@ from torch import nn
 from e2e_tts.eval.phones import id_error_rates
 from e2e_tts.models.llm import MAX_LEN_RATIO, MIN_LEN_RATIO, new_token_limits
 from e2e_tts.models.masks import pad_rows
+from e2e_tts.objectives.prompting import same_speaker_partners
 from e2e_tts.stage import StageConfig
 from e2e_tts.system import TTSSystem
 
 REWARDS = ("cer", "asr", "speaker")
-
-
-def same_speaker_partners(speakers: Sequence[str]) -> list[Optional[int]]:
-    """For each row, the next row (cyclically) of the same speaker, or None when it has no other row."""
-    count = len(speakers)
-    return [next((other % count for other in range(row + 1, row + count) if speakers[other % count] == name), None)
-            for row, name in enumerate(speakers)]
 
 
 def group_advantages(rewards: torch.Tensor, scale: bool, eps: float = 1e-4) -> torch.Tensor:

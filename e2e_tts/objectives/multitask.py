@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from e2e_tts.objectives.prompting import prefix_partners
 from e2e_tts.stage import StageConfig
 from e2e_tts.system import TTSSystem
 
@@ -51,8 +52,12 @@ class MultiTaskObjective(nn.Module):
         losses: dict[str, torch.Tensor] = {}
         metrics: dict[str, float] = {}
         if "llm" in self.weights:
-            out = system.llm(batch["text_ids"], batch["text_mask"], speech, tokens.mask, codebook,
-                             speech_ids=tokens.ids, corrupt=True)
+            llm_inputs = batch["text_ids"], batch["text_mask"], speech, tokens.mask, tokens.ids
+            if self.training and system.llm.config.prompt_pairs > 0:
+                llm_inputs = prefix_partners(*llm_inputs, batch["speaker"], system.llm.config.prompt_pairs)
+            text_ids, text_mask, llm_speech, llm_speech_mask, speech_ids = llm_inputs
+            out = system.llm(text_ids, text_mask, llm_speech, llm_speech_mask, codebook, speech_ids=speech_ids,
+                             corrupt=True)
             losses["llm"] = system.llm.loss(out)
             metrics["llm_acc"] = system.llm.accuracy(out).item()
             if out.guide_loss is not None:  # guided attention (training only): part of the LLM's loss
