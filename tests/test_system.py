@@ -218,6 +218,30 @@ def test_grpo_trains_only_the_llm_without_dropout(system, far_cap):
     assert 0.0 <= metrics["reward_cer"] <= 1.0 and metrics["reward_asr"] < 0 and 0 < metrics["reward_speaker"] < 1
 
 
+def test_grpo_rewards_read_each_rollout_with_one_encoder_pass(system):
+    """cer + asr + speaker share one encoding of the rollouts, and each term is what the reward model gives alone."""
+    objective = GRPOObjective(system, grpo_stage())
+    gen = torch.Generator().manual_seed(2)
+    samples = torch.randint(0, 125, (3, 7), generator=gen)
+    sample_mask = torch.arange(7)[None] < torch.tensor([7, 5, 2])[:, None]
+    text_ids = torch.randint(0, 256, (3, 4), generator=gen)
+    text_mask = torch.arange(4)[None] < torch.tensor([4, 2, 3])[:, None]
+    reward_model, codebook = system.reward.eval(), system.codebook()
+    calls = []
+    encode = reward_model.encode
+    reward_model.encode = lambda *args: calls.append(1) or encode(*args)
+    with torch.no_grad():
+        terms = objective.rewards(samples, sample_mask, text_ids, text_mask, ["a", "b", "a"])
+        assert len(calls) == 1 and list(terms) == ["cer", "asr", "speaker"]
+        readings = reward_model.transcribe_ctc(samples, sample_mask, codebook)
+        out = reward_model(samples, sample_mask, codebook, text_ids, text_mask,
+                           speaker=system.speaker_ids(["a", "b", "a"], samples.device))
+    references = [row[:n] for row, n in zip(text_ids.tolist(), text_mask.sum(1).tolist())]
+    expected_cer = [1 - min(r, 100.0) / 100 for r in grpo_module.id_error_rates(references, readings)["per"]]
+    torch.testing.assert_close(terms["cer"], torch.tensor(expected_cer))
+    torch.testing.assert_close(terms["asr"], out.text_log_prob / (text_mask.sum(1) + 1))
+
+
 def test_grpo_scores_each_rollout_alone_after_its_own_prompt(system):
     """Batched log-probabilities equal one-row ones (padding of prompts and rollouts changes nothing), and only
     the rollout's own positions count: its tokens, plus its EOS unless it was cut at generate()'s cap."""

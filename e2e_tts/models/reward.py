@@ -117,6 +117,8 @@ class RewardOutput:
         label_log_probs: task -> ``(B,)`` log-probability of the given label, 0 where the label is missing;
             only for tasks whose labels were passed (the multi-task DiffRO reward).
         task_logits: task -> ``(B, classes)`` for every enabled task head.
+        encoded: ``(B, T, encoder_dim)`` the encoder's output (a caller that also wants the CTC reading reuses it:
+            :meth:`RewardModel.greedy_ctc`).
     """
 
     loss: torch.Tensor
@@ -126,6 +128,7 @@ class RewardOutput:
     cross_attention: torch.Tensor
     label_log_probs: dict[str, torch.Tensor]
     task_logits: dict[str, torch.Tensor]
+    encoded: torch.Tensor
 
 
 def replace_tokens_randomly(ids: torch.Tensor, prob: float, vocab_size: int) -> torch.Tensor:
@@ -285,7 +288,7 @@ class RewardModel(nn.Module):
 
         return RewardOutput(loss=loss, losses=losses, text_log_prob=token_log_probs.sum(-1),
                             token_log_probs=token_log_probs, cross_attention=cross_attention,
-                            label_log_probs=label_log_probs, task_logits=task_logits)
+                            label_log_probs=label_log_probs, task_logits=task_logits, encoded=encoded)
 
     def ctc_loss(self, encoded: torch.Tensor, speech_mask: torch.Tensor, text_ids: torch.Tensor,
                  text_mask: torch.Tensor) -> torch.Tensor:
@@ -341,7 +344,11 @@ class RewardModel(nn.Module):
 
         Args: as :meth:`encode`. Returns: one list of text ids per row.
         """
-        best = self.ctc_head(self.encode(speech, speech_mask, codebook)).argmax(-1)
+        return self.greedy_ctc(self.encode(speech, speech_mask, codebook), speech_mask)
+
+    def greedy_ctc(self, encoded: torch.Tensor, speech_mask: torch.Tensor) -> list[list[int]]:
+        """:meth:`transcribe_ctc` of already encoded speech ``(B, T, encoder_dim)`` with mask ``(B, T)``."""
+        best = self.ctc_head(encoded).argmax(-1)
         transcripts = []
         for row, frames in zip(best.tolist(), speech_mask.sum(1).tolist()):
             row = row[:frames]

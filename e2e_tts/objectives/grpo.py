@@ -104,19 +104,23 @@ class GRPOObjective(nn.Module):
         reward_model, codebook = self.system.reward, self.system.codebook()
         terms: dict[str, torch.Tensor] = {}
         with torch.no_grad():
-            if "cer" in self.weights:
-                readings = reward_model.transcribe_ctc(samples, sample_mask, codebook)
-                references = [row[:n] for row, n in zip(text_ids.tolist(), text_mask.sum(1).tolist())]
-                rates = id_error_rates(references, readings)["per"]
-                terms["cer"] = 1.0 - torch.tensor(rates, device=samples.device).div(100.0).clamp(max=1.0)
+            encoded = None
             if "asr" in self.weights or "speaker" in self.weights:
                 speaker = self.system.speaker_ids(speakers, samples.device)
                 out = reward_model(samples, sample_mask, codebook, text_ids, text_mask, speaker=speaker)
+                encoded = out.encoded
                 if "asr" in self.weights:
                     terms["asr"] = out.text_log_prob.float() / (text_mask.sum(1) + 1)  # reference ids plus eos
                 if "speaker" in self.weights:
                     terms["speaker"] = out.label_log_probs["speaker"].float().exp() * (speaker >= 0)
-        return terms
+            if "cer" in self.weights:
+                if encoded is None:
+                    encoded = reward_model.encode(samples, sample_mask, codebook)
+                readings = reward_model.greedy_ctc(encoded, sample_mask)
+                references = [row[:n] for row, n in zip(text_ids.tolist(), text_mask.sum(1).tolist())]
+                rates = id_error_rates(references, readings)["per"]
+                terms["cer"] = 1.0 - torch.tensor(rates, device=samples.device).div(100.0).clamp(max=1.0)
+        return {name: terms[name] for name in self.weights}
 
     def rollout_log_probs(self, llm: nn.Module, prompt_text: Sequence[torch.Tensor], texts: Sequence[torch.Tensor],
                           prompt_speech: Sequence[torch.Tensor], rollouts: Sequence[torch.Tensor]
