@@ -80,7 +80,8 @@ def test_ceilings_decode_every_condition_at_the_utterance_length_with_the_given_
                                                     seed=0, flow_settings=settings, llm_sampling=llm_sampling)
     assert set(audio) == set(ceilings.CONDITIONS)
     true_ids = synth.tokenize_audio(wav)[0]
-    assert forced_hits[1] == len(true_ids) and 0 <= forced_hits[0] <= len(true_ids)
+    for correct, total in forced_hits.values():
+        assert total == len(true_ids) and 0 <= correct <= total
     assert {k: seen[k] for k in settings} == settings
     for condition, samples in audio.items():
         if condition not in ("llm_flow_griffin_lim", "llm_prior_griffin_lim"):  # the LLM chooses their length
@@ -115,6 +116,11 @@ def test_ceilings_decode_every_condition_at_the_utterance_length_with_the_given_
                                            prompt_speech_ids=[torch.cat([encoded.speech_ids, true_ids[:step]])],
                                            temperature=0.0, min_len_ratio=1.0, max_len_ratio=1.0)[0]
         assert int(forced[step]) == int(greedy[0]), step
+    unprompted = ceilings.teacher_forced_argmax(synth, None, text, true_ids)
+    greedy = synth.system.llm.generate([synth.prepare_text(text)[1]], synth.system.codebook(),
+                                       prompt_speech_ids=[true_ids[:2]], temperature=0.0, min_len_ratio=1.0,
+                                       max_len_ratio=1.0)[0]
+    assert int(unprompted[2]) == int(greedy[0])
 
 
 def test_llm_alignment_monotonicity_tells_a_diagonal_from_stripes():

@@ -23,7 +23,8 @@ Conditions, on the same utterances (a held-out split of the corpus):
                            predictions are the limit; where it is level with flow_tokens_griffin_lim, drift is
 Against the flow_* rows, the llm_* rows measure what the LLM loses; on the training manifest (``--manifest
 .../train.jsonl``) they tell an LLM that has not learnt its own data from one that does not generalise. The
-report also gives the teacher-forced accuracy: how often that most likely token is the true one.
+report also gives the teacher-forced accuracy, how often that most likely token is the true one, with the prompt
+before the utterance (as synthesis runs) and without it (as the LLM trains, unless ``model.llm.prompt_pairs``).
 Each is transcribed by ``--asr`` (default pocketsphinx), scored with the Seed-TTS-Eval normaliser, compared
 with the prompt utterance by ``--similarity`` (default resemblyzer), as synthesis is, and decoded into phones by
 pocketsphinx for the phone error rate (e2e_tts.eval.phones), which still moves where word WER is past 100 %.
@@ -56,27 +57,31 @@ TRUE_TOKEN_CONDITIONS = ("flow_tokens_vocoder", "flow_tokens_griffin_lim", "flow
                          "llm_teacher_forced_flow_griffin_lim")
 
 
-def teacher_forced_argmax(synth: Synthesizer, prompt: Prompt, text: str, true_ids: torch.Tensor) -> torch.Tensor:
-    """The LLM's most likely speech token ``(T,)`` at each step of ``true_ids`` ``(T,)``, given the prompt, the
-    text and the true tokens before that step (never EOS)."""
+def teacher_forced_argmax(synth: Synthesizer, prompt: Optional[Prompt], text: str, true_ids: torch.Tensor
+                          ) -> torch.Tensor:
+    """The LLM's most likely speech token ``(T,)`` at each step of ``true_ids`` ``(T,)``, given the prompt (if
+    any), the text and the true tokens before that step (never EOS)."""
     system = synth.system
     codebook = system.codebook()
-    text_ids = torch.cat([prompt.text_ids, synth.prepare_text(text)[1]])[None].to(codebook.device)
-    speech = torch.cat([prompt.speech_ids, true_ids])[None].to(codebook.device)
+    prompt_text, prompt_speech = (true_ids[:0], true_ids[:0]) if prompt is None else (prompt.text_ids,
+                                                                                        prompt.speech_ids)
+    text_ids = torch.cat([prompt_text, synth.prepare_text(text)[1]])[None].to(codebook.device)
+    speech = torch.cat([prompt_speech, true_ids])[None].to(codebook.device)
     out = system.llm(text_ids, torch.ones_like(text_ids, dtype=torch.bool), speech,
                      torch.ones_like(speech, dtype=torch.bool), codebook, guide=False)
-    start = len(prompt.speech_ids)  # logits at position i predict speech token i; the last column is EOS
+    start = len(prompt_speech)  # logits at position i predict speech token i; the last column is EOS
     return out.logits[0, start:start + len(true_ids), :codebook.shape[0]].argmax(-1).cpu()
 
 
 @torch.inference_mode()
 def decode_conditions(synth: Synthesizer, wav: np.ndarray, text: str, prompt_wav: np.ndarray, prompt_text: str,
                       conditions: list[str], seed: int, flow_settings: dict[str, float | None],
-                      llm_sampling: SynthesisConfig) -> tuple[dict[str, np.ndarray], Optional[tuple[int, int]]]:
+                      llm_sampling: SynthesisConfig
+                      ) -> tuple[dict[str, np.ndarray], Optional[dict[str, tuple[int, int]]]]:
     """The waveform ``(N,)`` at the model rate of each requested condition for one utterance (``text`` is its
     transcript); ``flow_settings`` (cfg_strength, temperature, nfe; None = the export's config) go to the flow's
     sampler, ``llm_sampling`` draws the llm_* conditions' tokens. Also returns (correct, total) of the
-    teacher-forced tokens when that condition is asked for, else None."""
+    teacher-forced tokens ``with_prompt`` and ``without_prompt`` when that condition is asked for, else None."""
     system, audio = synth.system, synth.audio_config
     mel = synth.log_mel(wav)  # (1, T, n_mels), at the training level
     prompt = synth.encode_prompt(prompt_wav, prompt_text)
@@ -101,7 +106,9 @@ def decode_conditions(synth: Synthesizer, wav: np.ndarray, text: str, prompt_wav
     forced_ids, forced_hits = None, None
     if "llm_teacher_forced_flow_griffin_lim" in conditions:
         forced_ids = teacher_forced_argmax(synth, prompt, text, true_ids)
-        forced_hits = (int((forced_ids == true_ids).sum()), len(true_ids))
+        unprompted = teacher_forced_argmax(synth, None, text, true_ids)
+        forced_hits = {"with_prompt": (int((forced_ids == true_ids).sum()), len(true_ids)),
+                       "without_prompt": (int((unprompted == true_ids).sum()), len(true_ids))}
     llm_ids = None
     if any(c.startswith("llm_") for c in conditions):
         llm_ids = synth.generate_tokens([synth.prepare_text(text)[1]], prompt, llm_sampling,
@@ -163,15 +170,16 @@ def main() -> None:
     flow_settings = {"cfg_strength": args.cfg_strength, "temperature": args.temperature, "nfe": args.nfe}
     llm_sampling = SynthesisConfig(temperature=args.llm_temperature, top_k=args.llm_top_k)
     rows: dict[str, list[tuple[str, str, str]]] = {c: [] for c in conditions}
-    forced_correct = forced_total = 0
+    forced = {"with_prompt": [0, 0], "without_prompt": [0, 0]}  # correct, total
     similarities: dict[str, list[float]] = {c: [] for c in conditions}
     phones: dict[str, list[list[str]]] = {c: [] for c in conditions}
     for entry in entries:
         wav, rate = load_audio(entry.audio, synth.sample_rate)
         decoded, forced_hits = decode_conditions(synth, wav, entry.text, prompt_wav, prompt.text, conditions,
                                                  args.seed, flow_settings, llm_sampling)
-        if forced_hits is not None:
-            forced_correct, forced_total = forced_correct + forced_hits[0], forced_total + forced_hits[1]
+        for layout, (correct, total) in (forced_hits or {}).items():
+            forced[layout][0] += correct
+            forced[layout][1] += total
         for condition, audio in decoded.items():
             rows[condition].append((entry.id, entry.text, asr.transcribe([audio], rate)[0]))
             phones[condition].append(phone_judge.recognize([audio], rate)[0])
@@ -181,7 +189,9 @@ def main() -> None:
               "llm_sampling": {"temperature": llm_sampling.temperature, "top_k": llm_sampling.top_k},
               "asr": args.asr, "similarity": args.similarity,
               "speaker": args.speaker, "num_utterances": len(entries), "prompt": prompt.id,
-              "teacher_forced_accuracy": forced_correct / forced_total if forced_total else None, "conditions": {}}
+              "teacher_forced_accuracy": {layout: correct / total for layout, (correct, total) in forced.items()
+                                          if total},
+              "conditions": {}}
     for condition, scored_rows in rows.items():
         summary = summarize_wer(score_utterances(scored_rows, "en"))
         sim = float(np.mean(similarities[condition])) if similarities[condition] else None
@@ -192,8 +202,8 @@ def main() -> None:
         sim_text = "" if sim is None else f"  SIM {sim:.3f}"
         print(f"{condition:>35}: WER {summary.seedtts_wer:7.2f} %  (corpus {100 * summary.corpus_wer:6.2f} %)  "
               f"PER {per['mean_per']:6.2f} %{sim_text}")
-    if forced_total:
-        print(f"teacher-forced accuracy: {forced_correct / forced_total:.3f} of {forced_total} tokens")
+    for layout, accuracy in report["teacher_forced_accuracy"].items():
+        print(f"teacher-forced accuracy {layout.replace('_', ' ')}: {accuracy:.3f} of {forced[layout][1]} tokens")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=1))
 
