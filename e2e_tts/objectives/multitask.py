@@ -5,6 +5,9 @@
 * separate: the tokenizer is frozen; the consumers train on its ids (no gradient can reach it).
 * cascade (the paper's baseline): the tokenizer is trained by the recognition loss alone
   (``llm: 0, flow: 0``), then the others train separately on its frozen ids.
+
+With ``model.llm.prompt_pairs``, some of the LLM's rows are prefixed by a same-speaker utterance of the batch, as
+synthesis prefixes a prompt (:mod:`e2e_tts.objectives.prompting`); ``llm_acc`` then counts those rows whole.
 """
 
 from __future__ import annotations
