@@ -21,6 +21,7 @@ Conditions, on the same utterances (a held-out split of the corpus):
                            prompt) -> flow -> Griffin-Lim: the LLM without exposure bias. Where this is level
                            with llm_flow_griffin_lim, free running loses nothing to drift and the per-step
                            predictions are the limit; where it is level with flow_tokens_griffin_lim, drift is
+                           the limit
 Against the flow_* rows, the llm_* rows measure what the LLM loses; on the training manifest (``--manifest
 .../train.jsonl``) they tell an LLM that has not learnt its own data from one that does not generalise. The
 report also gives the teacher-forced accuracy, how often that most likely token is the true one, with the prompt
@@ -52,9 +53,10 @@ from e2e_tts.synth import Prompt, SynthesisConfig, Synthesizer
 CONDITIONS = ("ground_truth", "griffin_lim", "vocoder", "flow_tokens_vocoder", "flow_tokens_griffin_lim",
               "flow_prior_griffin_lim", "llm_flow_griffin_lim", "llm_prior_griffin_lim",
               "llm_teacher_forced_flow_griffin_lim")
-# Conditions that need the ground-truth audio's tokens.
+# Conditions that need the ground-truth audio's tokens, and those that need the LLM's free-running ones.
 TRUE_TOKEN_CONDITIONS = ("flow_tokens_vocoder", "flow_tokens_griffin_lim", "flow_prior_griffin_lim",
                          "llm_teacher_forced_flow_griffin_lim")
+LLM_SAMPLE_CONDITIONS = ("llm_flow_griffin_lim", "llm_prior_griffin_lim")
 
 
 def teacher_forced_argmax(synth: Synthesizer, prompt: Optional[Prompt], text: str, true_ids: torch.Tensor
@@ -110,7 +112,7 @@ def decode_conditions(synth: Synthesizer, wav: np.ndarray, text: str, prompt_wav
         forced_hits = {"with_prompt": (int((forced_ids == true_ids).sum()), len(true_ids)),
                        "without_prompt": (int((unprompted == true_ids).sum()), len(true_ids))}
     llm_ids = None
-    if any(c.startswith("llm_") for c in conditions):
+    if set(LLM_SAMPLE_CONDITIONS) & set(conditions):
         llm_ids = synth.generate_tokens([synth.prepare_text(text)[1]], prompt, llm_sampling,
                                         torch.Generator().manual_seed(seed))[0]
     sampled = sample(true_ids) if any(c.startswith("flow_tokens") for c in conditions) else None
