@@ -52,6 +52,8 @@ class EngineConfig:
     # Also export the live weights every N updates to <output_dir>/exports/step_<N> (0: only the final export),
     # so a run's quality can be measured against its training time (tools/wer_curve.py).
     export_every: int = 0
+    # Run the stage's objective on data.valid_shards every N updates and after the last (0: after the last only).
+    valid_every: int = 0
     tensorboard: bool = True
     progress_bar: bool = True
 
@@ -238,6 +240,13 @@ class TrainingEngine:
             if norm is not None:
                 metrics["grad_norm"] = float(norm)
         return loss.detach(), metrics, boundary
+
+    def eval_step(self, batch: dict[str, Any]) -> dict[str, float]:
+        """The objective's metrics on a batch in eval mode, without gradients or an update."""
+        self.engine.eval()
+        with torch.no_grad():
+            _, metrics = self.engine(batch)
+        return metrics
 
     # ---- checkpoints -------------------------------------------------------------------------------
 

@@ -9,8 +9,9 @@ What it does, in order:
     freeze what the stage does not train;
  3. wrap the stage's objective in the DeepSpeed engine; build the rank's data loader;
  4. resume from ``<output_dir>/checkpoints/latest`` if it exists: engine state, data position, RNG states;
- 5. step until ``stage.max_steps`` optimizer updates, logging every ``engine.log_every`` and checkpointing
-    every ``engine.save_every``;
+ 5. step until ``stage.max_steps`` optimizer updates, logging every ``engine.log_every``, checkpointing
+    every ``engine.save_every`` and, with ``data.valid_shards``, validating every ``engine.valid_every``
+    (:mod:`e2e_tts.validation`);
  6. write a final checkpoint and the export (``<output_dir>/export``) that the next stage starts from
     (and, with ``engine.export_every``, intermediate exports in ``<output_dir>/exports/step_<N>``).
 """
@@ -35,6 +36,7 @@ from e2e_tts.metrics import MetricsLogger
 from e2e_tts.objectives import build_objective
 from e2e_tts.system import MODULES, SPEAKERS_FILE, TTSSystem
 from e2e_tts.text import build_text_tokenizer, load_text_tokenizer
+from e2e_tts.validation import Validator
 
 logger = logging.getLogger("e2e_tts.train")
 
@@ -99,8 +101,10 @@ def train(config: Any) -> Path:
     objective = build_objective(to_object(stage), system)
     engine = TrainingEngine(objective, to_object(stage.optim), to_object(config.engine), dist,
                             system.external_parameters())
-    loader = SpeechDataLoader(data_config(config, system), to_object(config.audio), system.text_tokenizer,
-                              dist.rank, dist.world_size)
+    data = data_config(config, system)
+    loader = SpeechDataLoader(data, to_object(config.audio), system.text_tokenizer, dist.rank, dist.world_size)
+    validator = (Validator(data, to_object(config.audio), system.text_tokenizer, config.seed, dist.device)
+                 if data.valid_shards else None)
     torch.manual_seed(config.seed + 1000 * dist.rank)  # dropout/noise differ per rank, reproducibly
     if dist.rank == 0:
         save_config(config, out / "config.yaml")
@@ -141,6 +145,10 @@ def train(config: Any) -> Path:
                                 skipped=sum(loader.skipped.values()))
                 log.log(step, averaged)
                 window.clear()
+            if validator is not None and (step == stage.max_steps or (
+                    config.engine.valid_every and step % config.engine.valid_every == 0)):
+                log.log(step, validator.run(lambda held_out: engine.eval_step(
+                    move_to(held_out, dist.device, engine.dtype))))
             if step % config.engine.save_every == 0 and step < stage.max_steps:
                 save()
             if config.engine.export_every and step % config.engine.export_every == 0 and step < stage.max_steps:

@@ -22,9 +22,13 @@ def test_quick_recipe_runs_every_stage(tmp_path):
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     out = Path(f"{exp}_quick_seed0")
     for stage, steps in (("joint", 4), ("separate", 3), ("e2e", 2), ("grpo", 2), ("vocoder", 2)):
-        metrics = [json.loads(line) for line in (out / stage / "metrics.jsonl").read_text().splitlines()]
+        records = [json.loads(line) for line in (out / stage / "metrics.jsonl").read_text().splitlines()]
+        metrics = [m for m in records if "loss" in m]
         assert [m["step"] for m in metrics] == list(range(1, steps + 1)), stage
         assert all(m["loss"] == m["loss"] for m in metrics), stage  # not NaN
+        # the valid split, scored after the last update (the quick schedule ends before engine.valid_every)
+        held_out = [m for m in records if "valid/loss" in m]
+        assert [m["step"] for m in held_out] == [steps] and held_out[0]["valid/utterances"] > 0, stage
         assert sorted(p.name for p in (out / stage / "export").glob("*.safetensors")) == [
             "flow.safetensors", "llm.safetensors", "reward.safetensors", "tokenizer.safetensors",
             "vocoder.safetensors"]
@@ -33,6 +37,7 @@ def test_quick_recipe_runs_every_stage(tmp_path):
     phones = json.loads((out / "eval" / "per.json").read_text())
     assert phones["num_synthesized"] == 3 and 0 <= phones["ground_truth_mean_per"] < 100
     assert (out / "eval" / "report" / "index.html").stat().st_size > 1000
+    assert (out / "loss_curves.png").stat().st_size > 1000
     assert "stage 7" in (out / "stage_times.txt").read_text()
     # A partial re-run (the report alone) replaces its own stage's time and keeps the others'.
     rerun = subprocess.run(["bash", "recipes/tiny/run.sh", "--quick", "--data", str(data), "--exp", str(exp),

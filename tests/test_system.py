@@ -74,7 +74,34 @@ def test_guided_attention_adds_to_the_llm_loss_in_training_only():
     assert 0 < metrics["llm_guide"] < 1
     assert metrics["llm"] == pytest.approx(metrics["llm_nll"] + 0.5 * metrics["llm_guide"], rel=1e-5)
     _, metrics = objective.eval()(make_batch())
-    assert "llm_guide" not in metrics and "llm_nll" not in metrics
+    assert "llm_guide" not in metrics and metrics["llm"] == metrics["llm_nll"]
+
+
+def test_validation_scores_the_own_tokens_behind_a_same_speaker_prompt(system):
+    """In eval mode rows 0 and 2 (speaker a) are also scored behind each other; the result equals the LLM run on
+    each concatenated row alone, counting only the positions after the prompt's speech (own tokens and EOS)."""
+    system.set_trainable(["llm"])
+    objective = MultiTaskObjective(system, StageConfig(trainable=["llm"], loss_weights={"llm": 1.0})).eval()
+    batch = make_batch()
+    _, metrics = objective(batch)
+    with torch.no_grad():
+        tokens = system.tokenizer(batch["mel"], batch["mel_mask"])
+        nll, correct = [], []
+        for row, partner in ((0, 2), (2, 0)):
+            text = torch.cat([batch["text_ids"][b][batch["text_mask"][b]] for b in (partner, row)])[None]
+            prompt = tokens.ids[partner][tokens.mask[partner]]
+            speech = torch.cat([prompt, tokens.ids[row][tokens.mask[row]]])[None]
+            out = system.llm(text, torch.ones_like(text, dtype=torch.bool), speech,
+                             torch.ones_like(speech, dtype=torch.bool), system.codebook(), speech_ids=speech)
+            logits, targets = out.logits[0, len(prompt):], out.targets[0, len(prompt):]
+            nll.append(torch.nn.functional.cross_entropy(logits, targets, reduction="none"))
+            correct.append(logits.argmax(-1) == targets)
+    assert metrics["llm_nll_prompted"] == pytest.approx(torch.cat(nll).mean().item(), rel=1e-4)
+    assert metrics["llm_acc_prompted"] == pytest.approx(torch.cat(correct).float().mean().item())
+    _, metrics = objective.train()(batch)
+    assert "llm_acc_prompted" not in metrics
+    _, metrics = objective.eval()({**batch, "speaker": ["a", "b", "c"]})
+    assert "llm_acc_prompted" not in metrics  # no row has a partner
 
 
 def test_separate_stage_never_touches_the_frozen_tokenizer(system):

@@ -107,6 +107,27 @@ def test_intermediate_exports_hold_the_weights_of_their_step(shards, tmp_path):
             torch.testing.assert_close(middle[key], value, rtol=1e-5, atol=1e-6)
 
 
+def test_validation_is_logged_and_leaves_training_untouched(shards, tmp_path):
+    """Validating every 2 updates logs the held-out means at steps 2 and 3 (the last) and changes neither the
+    training losses nor the weights: its randomness comes from a forked RNG."""
+    train(stage_config(shards, tmp_path / "plain", "joint", 3))
+    train(stage_config(shards, tmp_path / "validated", "joint", 3, f"data.valid_shards=[{shards}]",
+                       "engine.valid_every=2"))
+    plain, validated = metrics(tmp_path / "plain"), metrics(tmp_path / "validated")
+    held_out = [m for m in validated if "valid/loss" in m]
+    assert [m["step"] for m in held_out] == [2, 3]
+    assert all(m["valid/utterances"] == 18 and m["valid/skipped"] == 0 for m in held_out)
+    assert {"valid/llm_nll", "valid/llm_acc_prompted", "valid/flow_cfm", "valid/reward"} <= held_out[0].keys()
+    assert held_out[0]["valid/loss"] != held_out[1]["valid/loss"]  # the weights moved in between
+    trained = [m for m in validated if "loss" in m]
+    assert [m["loss"] for m in trained] == pytest.approx([m["loss"] for m in plain], rel=1e-6)
+    for name in ("tokenizer", "llm", "flow", "reward"):
+        a = load_file(str(tmp_path / "plain" / "export" / f"{name}.safetensors"))
+        b = load_file(str(tmp_path / "validated" / "export" / f"{name}.safetensors"))
+        for key, value in a.items():
+            torch.testing.assert_close(b[key], value, rtol=1e-6, atol=1e-7)
+
+
 def test_init_modules_loads_only_the_named_modules(shards, joint_export, tmp_path):
     """A consumer can restart from scratch (here at another size) on the previous stage's frozen tokenizer."""
     config = stage_config(shards, tmp_path / "fresh", "separate", 1, f"stage.init_from={joint_export}",

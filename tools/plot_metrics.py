@@ -3,7 +3,8 @@
     python tools/plot_metrics.py exp/tiny_seed0 --out exp/tiny_seed0/loss_curves.png
 
 One panel per stage found under the run directory (joint/cascade, separate, e2e, grpo, vocoder), each with
-the losses that stage logs (grpo: its rewards, which rise), against optimizer updates.
+the losses that stage logs (grpo: its rewards, which rise), against optimizer updates; where the stage validated
+(``data.valid_shards``), the same losses on the validation set as dashed lines with markers.
 """
 
 from __future__ import annotations
@@ -15,10 +16,12 @@ from pathlib import Path
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from e2e_tts.validation import PREFIX as VALID
+
 STAGES = ("joint", "cascade", "separate", "e2e", "grpo", "vocoder")
 CURVES = {  # what each stage optimises, in the names its objective logs
-    "joint": ("loss", "llm", "llm_guide", "flow_cfm", "flow_prior", "reward"), "cascade": ("loss", "reward"),
-    "separate": ("loss", "llm", "llm_guide", "flow_cfm", "flow_prior", "reward"),
+    "joint": ("loss", "llm_nll", "llm_guide", "flow_cfm", "flow_prior", "reward"), "cascade": ("loss", "reward"),
+    "separate": ("loss", "llm_nll", "llm_guide", "flow_cfm", "flow_prior", "reward"),
     "e2e": ("loss", "flow", "asr", "speaker", "kl"),
     "grpo": ("reward", "reward_cer", "reward_asr", "reward_speaker", "kl", "rollout_eos"),
     "vocoder": ("vocoder_mel", "vocoder_adversarial", "vocoder_feature_matching", "discriminator"),
@@ -39,10 +42,14 @@ def main() -> None:
     FigureCanvasAgg(figure)
     for axis, stage in zip(figure.subplots(1, len(stages), squeeze=False)[0], stages):
         rows = [json.loads(line) for line in (Path(args.run) / stage / "metrics.jsonl").read_text().splitlines()]
-        steps = [row["step"] for row in rows]
         for name in CURVES[stage]:
-            if name in rows[0]:
-                axis.plot(steps, [row[name] for row in rows], label=name)
+            points = [(row["step"], row[name]) for row in rows if name in row]
+            if not points:
+                continue
+            line, = axis.plot(*zip(*points), label=name)
+            held_out = [(row["step"], row[VALID + name]) for row in rows if VALID + name in row]
+            if held_out:
+                axis.plot(*zip(*held_out), "o--", color=line.get_color(), markersize=3, label=f"{name} (valid)")
         axis.set_title(stage)
         axis.set_xlabel("optimizer updates")
         axis.set_yscale("linear" if stage in LINEAR else "log")

@@ -77,6 +77,8 @@ class DataConfig:
 
     Attributes:
         shards: shard paths and/or ``.list`` files (one shard path per line, see ``read_shard_list``).
+        valid_shards: held-out shards the training loop validates on (``e2e_tts.validation``); not read by
+            this loader.
         max_frames: mel-frame budget of a batch: padded length x batch size.
         max_samples: most utterances in a batch.
         sort_buffer: raw samples sorted together by length before batching (also the resume granularity).
@@ -96,6 +98,7 @@ class DataConfig:
     """
 
     shards: list[str] = field(default_factory=list)
+    valid_shards: list[str] = field(default_factory=list)
     max_frames: int = 3000
     max_samples: int = 32
     sort_buffer: int = 256

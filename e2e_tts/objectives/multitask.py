@@ -8,6 +8,8 @@
 
 With ``model.llm.prompt_pairs``, some of the LLM's rows are prefixed by a same-speaker utterance of the batch, as
 synthesis prefixes a prompt (:mod:`e2e_tts.objectives.prompting`); ``llm_acc`` then counts those rows whole.
+In eval mode (validation), every row with a partner is also scored behind it: ``llm_nll_prompted`` and
+``llm_acc_prompted`` cover the row's own tokens only, the layout synthesis asks for.
 """
 
 from __future__ import annotations
@@ -15,9 +17,11 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from e2e_tts.objectives.prompting import prefix_partners
+from e2e_tts.models.llm import IGNORE_INDEX
+from e2e_tts.objectives.prompting import prefix_partners, same_speaker_partners
 from e2e_tts.stage import StageConfig
 from e2e_tts.system import TTSSystem
 
@@ -63,10 +67,12 @@ class MultiTaskObjective(nn.Module):
                              corrupt=True)
             losses["llm"] = system.llm.loss(out)
             metrics["llm_acc"] = system.llm.accuracy(out).item()
+            metrics["llm_nll"] = losses["llm"].item()
             if out.guide_loss is not None:  # guided attention (training only): part of the LLM's loss
-                metrics["llm_nll"] = losses["llm"].item()
                 metrics["llm_guide"] = out.guide_loss.item()
                 losses["llm"] = losses["llm"] + system.llm.config.guide_weight * out.guide_loss
+            if not self.training:
+                metrics.update(self.behind_prompt(*llm_inputs, batch["speaker"], codebook))
         if "flow" in self.weights:
             terms = system.flow.loss_terms(batch["mel"], batch["mel_mask"], speech, tokens.mask, codebook)
             losses["flow"] = system.flow.weighted_loss(terms)
@@ -82,3 +88,28 @@ class MultiTaskObjective(nn.Module):
         metrics.update({k: v.item() for k, v in losses.items()})
         metrics["loss"] = total.item()
         return total, metrics
+
+    @torch.no_grad()
+    def behind_prompt(self, text_ids: torch.Tensor, text_mask: torch.Tensor, speech: torch.Tensor,
+                      speech_mask: torch.Tensor, speech_ids: torch.Tensor, speakers: list[str],
+                      codebook: torch.Tensor) -> dict[str, float]:
+        """Teacher-forced NLL and accuracy of each row's own tokens (and EOS) behind another utterance of its
+        speaker, over the rows that have one in the batch; empty when none has.
+
+        Args:
+            text_ids, text_mask: ``(B, L)``; speech: ids ``(B, S)`` or codes ``(B, S, Dc)``; speech_mask,
+                speech_ids: ``(B, S)``; speakers: B names; codebook: ``(V, Dc)``.
+        """
+        has_partner = torch.tensor([p is not None for p in same_speaker_partners(speakers)], device=text_ids.device)
+        if not has_partner.any():
+            return {}
+        *rows, prompted_speech_ids = prefix_partners(text_ids, text_mask, speech, speech_mask, speech_ids, speakers,
+                                                     1.0)
+        out = self.system.llm(*rows, codebook, speech_ids=prompted_speech_ids)
+        prompt_lengths = rows[3].sum(1) - speech_mask.sum(1)
+        positions = torch.arange(out.targets.shape[1], device=out.targets.device)[None, :]
+        own = (out.targets != IGNORE_INDEX) & (positions >= prompt_lengths[:, None]) & has_partner[:, None]
+        nll = F.cross_entropy(out.logits.float().transpose(1, 2), out.targets, ignore_index=IGNORE_INDEX,
+                              reduction="none")
+        correct = out.logits.argmax(-1) == out.targets
+        return {"llm_nll_prompted": nll[own].mean().item(), "llm_acc_prompted": correct[own].float().mean().item()}

@@ -79,7 +79,8 @@ fi
 [[ $cascade == true ]] && exp=${exp}_cascade
 exp=${exp}_seed${seed}
 config=(-c recipes/tiny/config.yaml)
-common=(seed=$seed data.seed=$seed data.shards=[$data/shards/train.list] engine.progress_bar=$([[ -t 2 ]] && echo true || echo false))
+common=(seed=$seed data.seed=$seed data.shards=[$data/shards/train.list] data.valid_shards=[$data/shards/valid.list]
+        engine.progress_bar=$([[ -t 2 ]] && echo true || echo false))
 
 train() {  # train NAME STEPS [overrides...]
   local name=$1 steps=$2; shift 2
@@ -103,7 +104,9 @@ timed() {  # timed N COMMAND...: runs a stage and records its wall time
 
 stage0() { e2e corpus --out "$data/corpus" --num-sentences "$sentences" --voices "$voices" --seed 0; }
 stage1() {
-  e2e shards --manifest "$data/corpus/train.jsonl" --out "$data/shards" --prefix train --shard-size "$shard_size"
+  for split in train valid; do
+    e2e shards --manifest "$data/corpus/$split.jsonl" --out "$data/shards" --prefix $split --shard-size "$shard_size"
+  done
 }
 stage2() {
   if $cascade; then
@@ -122,8 +125,10 @@ stage4() {
   train e2e "$e2e_steps" stage.init_from="$exp/separate/export" stage.optim.lr=1e-4 stage.optim.warmup_steps=10
   if [[ $grpo_steps -gt 0 ]]; then
     # 4 texts x 12 rollouts per update; without the KL the LLM stops saying EOS at this rate (README.md)
+    # Validation draws 12 rollouts per held-out text (minutes for the 100 of the valid split): after the last
+    # update only.
     train grpo "$grpo_steps" stage.init_from="$exp/e2e/export" stage.optim.lr=2e-4 stage.kl_beta=0.1 \
-      data.max_samples=4
+      data.max_samples=4 engine.valid_every=0
   fi
 }
 if $cascade; then last=separate; elif [[ $grpo_steps -gt 0 ]]; then last=grpo; else last=e2e; fi
@@ -151,6 +156,7 @@ stage6() {
 }
 stage7() {
   e2e report --eval "$exp/eval/results.json" --synthesis "$exp/eval/wavs/synthesis.json" --out "$exp/eval/report"
+  "$python" tools/plot_metrics.py "$exp" --out "$exp/loss_curves.png"  # training and validation losses
 }
 
 for n in 0 1 2 3 4 5 6 7; do
