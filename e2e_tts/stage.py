@@ -58,26 +58,6 @@ class GRPOConfig:
 
 
 @dataclass
-class FlowInputsConfig:
-    """What the flow decodes in the multitask stages: the true tokens, or the LLM's guesses of them.
-
-    Synthesis feeds the flow the LLM's samples, which in the tiny recipe differ from the true tokens three times
-    in four, even with the true history (recipes/tiny/README.md). With ``llm_samples > 0`` that share of the
-    rows gets, at each position, a sample of the (frozen or training) LLM's teacher-forced distribution there,
-    drawn as synthesis draws (temperature, top-k), so the flow learns to decode what it will be given. The
-    samples stay aligned with the row's mel, one per true token.
-
-    Attributes:
-        llm_samples: fraction of the rows, in [0, 1]; needs a frozen tokenizer (the flow takes its ids).
-        temperature, top_k: the LLM's sampling, as in ``e2e-tts synth``.
-    """
-
-    llm_samples: float = 0.0
-    temperature: float = 0.5
-    top_k: int = 10
-
-
-@dataclass
 class StageConfig:
     """One training stage.
 
@@ -95,7 +75,6 @@ class StageConfig:
         kl_beta: weight of the KL to the frozen reference LLM (e2e: analytic per position, DiffRO uses 0.1;
             grpo: the k3 estimate on the sampled tokens, Align2Speak uses none).
         grpo: rollouts and rewards of the ``grpo`` objective.
-        flow_inputs: the flow's inputs in the ``multitask`` objective (true tokens or the LLM's samples).
         max_steps: optimizer updates in this stage.
     """
 
@@ -109,6 +88,5 @@ class StageConfig:
     kl_beta: float = 0.1
     gumbel: GumbelConfig = field(default_factory=GumbelConfig)
     grpo: GRPOConfig = field(default_factory=GRPOConfig)
-    flow_inputs: FlowInputsConfig = field(default_factory=FlowInputsConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     max_steps: int = 1000

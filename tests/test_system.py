@@ -14,7 +14,7 @@ from e2e_tts.objectives import grpo as grpo_module
 from e2e_tts.objectives.grpo import GRPOObjective, group_advantages, penalise_truncated
 from e2e_tts.objectives.prompting import prefix_partners, same_speaker_partners
 from e2e_tts.objectives.multitask import MultiTaskObjective
-from e2e_tts.stage import FlowInputsConfig, GRPOConfig, GumbelConfig, StageConfig
+from e2e_tts.stage import GRPOConfig, GumbelConfig, StageConfig
 from e2e_tts.system import MODULES, TTSSystem
 from e2e_tts.text import ByteTokenizer
 
@@ -102,34 +102,6 @@ def test_validation_scores_the_own_tokens_behind_a_same_speaker_prompt(system):
     assert "llm_acc_prompted" not in metrics
     _, metrics = objective.eval()({**batch, "speaker": ["a", "b", "c"]})
     assert "llm_acc_prompted" not in metrics  # no row has a partner
-
-
-def test_flow_decodes_the_llms_teacher_forced_guesses_when_asked(system, monkeypatch):
-    """With top-k 1 every row's flow input is the LLM's argmax at each step given the true tokens before it:
-    position s holds the prediction of token s, the padding stays as it was; eval mode keeps the true tokens."""
-    system.set_trainable(["flow"])
-    stage = StageConfig(trainable=["flow"], loss_weights={"flow": 1.0},
-                        flow_inputs=FlowInputsConfig(llm_samples=1.0, top_k=1))
-    objective = MultiTaskObjective(system, stage).train()
-    seen = []
-    loss_terms = system.flow.loss_terms
-    monkeypatch.setattr(system.flow, "loss_terms", lambda mel, mel_mask, speech, *rest, **kw: (
-        seen.append(speech), loss_terms(mel, mel_mask, speech, *rest, **kw))[1])
-    batch = make_batch()
-    loss, _ = objective(batch)
-    loss.backward()
-    with torch.no_grad():
-        tokens = system.tokenizer(batch["mel"], batch["mel_mask"])
-        logits = system.llm(batch["text_ids"], batch["text_mask"], tokens.ids, tokens.mask, system.codebook()).logits
-    guesses = logits[:, :tokens.ids.shape[1], :system.codebook().shape[0]].argmax(-1)
-    assert torch.equal(seen[0][tokens.mask], guesses[tokens.mask])
-    assert torch.equal(seen[0][~tokens.mask], tokens.ids[~tokens.mask])
-    assert not torch.equal(seen[0], tokens.ids)
-    objective.eval()(batch)
-    assert torch.equal(seen[1], tokens.ids)
-    with pytest.raises(ValueError, match="frozen tokenizer"):
-        MultiTaskObjective(system, StageConfig(trainable=["tokenizer", "flow"], loss_weights={"flow": 1.0},
-                                               flow_inputs=FlowInputsConfig(llm_samples=0.5)))
 
 
 def test_separate_stage_never_touches_the_frozen_tokenizer(system):

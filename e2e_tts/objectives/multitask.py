@@ -8,8 +8,7 @@
 
 With ``model.llm.prompt_pairs``, some of the LLM's rows are prefixed by a same-speaker utterance of the batch, as
 synthesis prefixes a prompt (:mod:`e2e_tts.objectives.prompting`); ``llm_acc`` then counts those rows whole.
-With ``stage.flow_inputs.llm_samples``, some of the flow's rows decode the LLM's teacher-forced samples instead
-of the true tokens, as in synthesis. In eval mode (validation), every row with a partner is also scored behind it: ``llm_nll_prompted`` and
+In eval mode (validation), every row with a partner is also scored behind it: ``llm_nll_prompted`` and
 ``llm_acc_prompted`` cover the row's own tokens only, the layout synthesis asks for.
 """
 
@@ -22,7 +21,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from e2e_tts.models.llm import IGNORE_INDEX
-from e2e_tts.models.sampling import nucleus_sample
 from e2e_tts.objectives.prompting import prefix_partners, same_speaker_partners
 from e2e_tts.stage import StageConfig
 from e2e_tts.system import TTSSystem
@@ -49,13 +47,6 @@ class MultiTaskObjective(nn.Module):
             raise ValueError(f"stage {stage.name!r}: trainable module(s) {idle or list(stage.trainable)} have no "
                              f"non-zero loss weight")
         self.train_tokenizer = "tokenizer" in stage.trainable
-        self.flow_inputs = stage.flow_inputs
-        if not 0.0 <= self.flow_inputs.llm_samples <= 1.0:
-            raise ValueError(f"stage {stage.name!r}: flow_inputs.llm_samples must be in [0, 1], got "
-                             f"{self.flow_inputs.llm_samples}")
-        if self.flow_inputs.llm_samples > 0 and (self.train_tokenizer or "flow" not in self.weights):
-            raise ValueError(f"stage {stage.name!r}: flow_inputs.llm_samples needs a frozen tokenizer and a flow "
-                             f"loss")
         self.step = 0
 
     def forward(self, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
@@ -83,10 +74,7 @@ class MultiTaskObjective(nn.Module):
             if not self.training:
                 metrics.update(self.behind_prompt(*llm_inputs, batch["speaker"], codebook))
         if "flow" in self.weights:
-            flow_speech = speech
-            if self.training and self.flow_inputs.llm_samples > 0:
-                flow_speech = self.llm_samples(batch, tokens.ids, tokens.mask, codebook)
-            terms = system.flow.loss_terms(batch["mel"], batch["mel_mask"], flow_speech, tokens.mask, codebook)
+            terms = system.flow.loss_terms(batch["mel"], batch["mel_mask"], speech, tokens.mask, codebook)
             losses["flow"] = system.flow.weighted_loss(terms)
             metrics.update({f"flow_{k}": v.item() for k, v in terms.items()})
         if "reward" in self.weights:
@@ -100,19 +88,6 @@ class MultiTaskObjective(nn.Module):
         metrics.update({k: v.item() for k, v in losses.items()})
         metrics["loss"] = total.item()
         return total, metrics
-
-    @torch.no_grad()
-    def llm_samples(self, batch: dict[str, Any], ids: torch.Tensor, mask: torch.Tensor, codebook: torch.Tensor
-                    ) -> torch.Tensor:
-        """``ids`` ``(B, S)`` with a ``flow_inputs.llm_samples`` share of the rows replaced, at every valid
-        position, by a sample of the LLM's next-token distribution given the true tokens before it (no input
-        noise, codebook points only)."""
-        config = self.flow_inputs
-        out = self.system.llm(batch["text_ids"], batch["text_mask"], ids, mask, codebook, guide=False)
-        logits = out.logits[:, :ids.shape[1], :codebook.shape[0]].float() / config.temperature
-        samples = nucleus_sample(logits.flatten(0, 1), config.top_k, 1.0).view_as(ids)
-        rows = torch.rand(ids.shape[0], device=ids.device) < config.llm_samples
-        return torch.where(rows[:, None] & mask, samples, ids)
 
     @torch.no_grad()
     def behind_prompt(self, text_ids: torch.Tensor, text_mask: torch.Tensor, speech: torch.Tensor,
