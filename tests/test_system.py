@@ -207,8 +207,9 @@ def test_prompt_pairs_lengthen_the_llm_rows_in_training_only():
     batch = make_batch()  # speakers a, b, a: rows 0 and 2 prompt each other
     objective.train()(batch)
     objective.eval()(batch)
-    trained, evaluated = seen
+    trained, evaluated, behind_prompt = seen  # eval mode also scores rows 0 and 2 behind each other
     assert trained[1] == evaluated[1] and trained[0] == trained[2] == evaluated[0] + evaluated[2]
+    assert behind_prompt == [trained[0], trained[2]]
 
 
 def test_group_advantages_centre_and_scale_within_each_group():

@@ -67,11 +67,9 @@ def teacher_forced_argmax(synth: Synthesizer, prompt: Optional[Prompt], text: st
     codebook = system.codebook()
     prompt_text, prompt_speech = (true_ids[:0], true_ids[:0]) if prompt is None else (prompt.text_ids,
                                                                                         prompt.speech_ids)
-    text_ids = torch.cat([prompt_text, synth.prepare_text(text)[1]])[None].to(codebook.device)
-    speech = torch.cat([prompt_speech, true_ids])[None].to(codebook.device)
-    out = system.llm(text_ids, torch.ones_like(text_ids, dtype=torch.bool), speech,
-                     torch.ones_like(speech, dtype=torch.bool), codebook, guide=False)
-    start = len(prompt_speech)  # logits at position i predict speech token i; the last column is EOS
+    out, prompt_lengths = system.llm.forward_after_prompts([prompt_text], [synth.prepare_text(text)[1]],
+                                                           [prompt_speech], [true_ids], codebook, guide=False)
+    start = int(prompt_lengths[0])  # the last logit column is EOS
     return out.logits[0, start:start + len(true_ids), :codebook.shape[0]].argmax(-1).cpu()
 
 

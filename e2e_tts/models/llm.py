@@ -423,6 +423,28 @@ class SpeechLLM(nn.Module):
                          hidden=prediction_hidden, guide_loss=guide_loss,
                          attentions=decoded.attentions if return_attentions else None)
 
+    def forward_after_prompts(self, prompt_text_ids: Sequence[torch.Tensor], text_ids: Sequence[torch.Tensor],
+                              prompt_speech_ids: Sequence[torch.Tensor], speech_ids: Sequence[torch.Tensor],
+                              codebook: torch.Tensor, **kwargs) -> tuple[LLMOutput, torch.Tensor]:
+        """Teacher-forced logits of rows laid out as zero-shot synthesis lays them out:
+        ``SOS prompt_text text TASK prompt_speech speech``.
+
+        Args:
+            prompt_text_ids, text_ids, prompt_speech_ids, speech_ids: B 1-D id tensors each (prompts may be empty).
+            codebook: ``(V, Dc)``.
+            kwargs: passed to :meth:`forward` (``guide``, ``corrupt``).
+        Returns:
+            the :class:`LLMOutput` of the right-padded rows, and the prompts' speech lengths ``P`` ``(B,)``:
+            position ``P[b] + s`` predicts ``speech_ids[b][s]``, position ``P[b] + len(speech_ids[b])`` its EOS.
+        """
+        device = codebook.device
+        text, text_mask = pad_rows([torch.cat([p.to(device), t.to(device)])
+                                    for p, t in zip(prompt_text_ids, text_ids)], device)
+        speech, speech_mask = pad_rows([torch.cat([p.to(device), s.to(device)])
+                                        for p, s in zip(prompt_speech_ids, speech_ids)], device)
+        out = self(text, text_mask, speech, speech_mask, codebook, **kwargs)
+        return out, torch.tensor([len(p) for p in prompt_speech_ids], device=device)
+
     @staticmethod
     def loss(output: LLMOutput) -> torch.Tensor:
         """Next-token cross-entropy averaged over the valid targets (speech tokens and EOS)."""

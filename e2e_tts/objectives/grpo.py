@@ -137,12 +137,9 @@ class GRPOObjective(nn.Module):
         """
         codebook = self.system.codebook()
         device = codebook.device
-        full_text, full_text_mask = pad_rows([torch.cat([p.to(device), t.to(device)])
-                                          for p, t in zip(prompt_text, texts)], device)
-        full_speech, full_speech_mask = pad_rows([torch.cat([p.to(device), s.to(device)])
-                                              for p, s in zip(prompt_speech, rollouts)], device)
-        out = llm(full_text, full_text_mask, full_speech, full_speech_mask, codebook, guide=False)
-        prompt_len = torch.tensor([len(p) for p in prompt_speech], device=device)[:, None]
+        out, prompt_len = llm.forward_after_prompts(prompt_text, texts, prompt_speech, rollouts, codebook,
+                                                    guide=False)
+        prompt_len = prompt_len[:, None]
         rollout_len = torch.tensor([len(r) for r in rollouts], device=device)[:, None]
         ended = torch.tensor([len(r) < new_token_limits(len(t), MIN_LEN_RATIO, MAX_LEN_RATIO)[1]
                               for r, t in zip(rollouts, texts)], device=device)

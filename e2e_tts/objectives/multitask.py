@@ -72,7 +72,8 @@ class MultiTaskObjective(nn.Module):
                 metrics["llm_guide"] = out.guide_loss.item()
                 losses["llm"] = losses["llm"] + system.llm.config.guide_weight * out.guide_loss
             if not self.training:
-                metrics.update(self.behind_prompt(*llm_inputs, batch["speaker"], codebook))
+                metrics.update(self.behind_prompt(batch["text_ids"], batch["text_mask"], tokens.ids, tokens.mask,
+                                                  batch["speaker"], codebook))
         if "flow" in self.weights:
             terms = system.flow.loss_terms(batch["mel"], batch["mel_mask"], speech, tokens.mask, codebook)
             losses["flow"] = system.flow.weighted_loss(terms)
@@ -90,25 +91,26 @@ class MultiTaskObjective(nn.Module):
         return total, metrics
 
     @torch.no_grad()
-    def behind_prompt(self, text_ids: torch.Tensor, text_mask: torch.Tensor, speech: torch.Tensor,
-                      speech_mask: torch.Tensor, speech_ids: torch.Tensor, speakers: list[str],
-                      codebook: torch.Tensor) -> dict[str, float]:
+    def behind_prompt(self, text_ids: torch.Tensor, text_mask: torch.Tensor, speech_ids: torch.Tensor,
+                      speech_mask: torch.Tensor, speakers: list[str], codebook: torch.Tensor) -> dict[str, float]:
         """Teacher-forced NLL and accuracy of each row's own tokens (and EOS) behind another utterance of its
         speaker, over the rows that have one in the batch; empty when none has.
 
         Args:
-            text_ids, text_mask: ``(B, L)``; speech: ids ``(B, S)`` or codes ``(B, S, Dc)``; speech_mask,
-                speech_ids: ``(B, S)``; speakers: B names; codebook: ``(V, Dc)``.
+            text_ids, text_mask, speech_ids, speech_mask: ``(B, L)`` and ``(B, S)``; speakers: B names;
+            codebook: ``(V, Dc)``.
         """
-        has_partner = torch.tensor([p is not None for p in same_speaker_partners(speakers)], device=text_ids.device)
-        if not has_partner.any():
+        partners = same_speaker_partners(speakers)
+        rows = [b for b, partner in enumerate(partners) if partner is not None]
+        if not rows:
             return {}
-        *rows, prompted_speech_ids = prefix_partners(text_ids, text_mask, speech, speech_mask, speech_ids, speakers,
-                                                     1.0)
-        out = self.system.llm(*rows, codebook, speech_ids=prompted_speech_ids)
-        prompt_lengths = rows[3].sum(1) - speech_mask.sum(1)
+        texts = [ids[mask] for ids, mask in zip(text_ids, text_mask)]
+        speech = [ids[mask] for ids, mask in zip(speech_ids, speech_mask)]
+        out, prompt_lengths = self.system.llm.forward_after_prompts(
+            [texts[partners[b]] for b in rows], [texts[b] for b in rows], [speech[partners[b]] for b in rows],
+            [speech[b] for b in rows], codebook)
         positions = torch.arange(out.targets.shape[1], device=out.targets.device)[None, :]
-        own = (out.targets != IGNORE_INDEX) & (positions >= prompt_lengths[:, None]) & has_partner[:, None]
+        own = (out.targets != IGNORE_INDEX) & (positions >= prompt_lengths[:, None])
         nll = F.cross_entropy(out.logits.float().transpose(1, 2), out.targets, ignore_index=IGNORE_INDEX,
                               reduction="none")
         correct = out.logits.argmax(-1) == out.targets

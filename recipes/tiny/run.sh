@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The tiny recipe: a flite corpus on one CPU, every training stage, synthesis and evaluation.
 #
-#   bash recipes/tiny/run.sh                       # everything (18 min on 2 cores)
+#   bash recipes/tiny/run.sh                       # everything (20 min on 2 cores)
 #   bash recipes/tiny/run.sh --quick               # a few steps per stage: checks the plumbing (CI)
 #   bash recipes/tiny/run.sh --stage 3 --stop-stage 4
 #   bash recipes/tiny/run.sh --cascade             # the baseline: cascade tokenizer, separate, no e2e
@@ -67,8 +67,8 @@ if $quick; then
   shard_size=30
   exp=${exp}_quick; data=${data}_quick
 else
-  # Measured 17.7 minutes on 2 idle CPU cores (2026-12-02), within the 30-minute demo budget (stage times in
-  # recipes/tiny/README.md).
+  # Measured 19.7 minutes on 2 CPU cores (2026-12-02, validation included), within the 30-minute demo budget
+  # (stage times in recipes/tiny/README.md).
   sentences=2000; vocoder_steps=${vocoder_steps:-0}; test_items=50
   joint_steps=${joint_steps:-300}; separate_steps=${separate_steps:-700}; e2e_steps=${e2e_steps:-60}
   # GRPO gains at most a few WER points (and costs SIM without a KL), in minutes the demo has not: off
