@@ -165,6 +165,28 @@ def test_resume_continues_exactly_like_an_uninterrupted_run(dist, tmp_path, zero
         torch.testing.assert_close(final[key], expected[key], rtol=1e-5, atol=1e-7, msg=key)
 
 
+@pytest.mark.parametrize("zero_stage", [2, 3])
+def test_eval_step_scores_the_live_weights_without_an_update(dist, zero_stage):
+    """Validation's forward: under ZeRO-3 too, the metrics of the partitioned weights equal those of a plain
+    copy of them in eval mode, and neither the weights nor the step move; training goes on afterwards."""
+    engine = new_engine(dist, zero_stage)
+    train_global_batches(engine, dist, 1)
+    before = full_state_dict(engine)
+    batch = micro_batch(99, 0)
+    metrics = engine.eval_step(batch)
+    reference = build_objective(tiny_stage(**OPTIM))
+    reference.load_state_dict(before)
+    with torch.no_grad():
+        _, expected = reference.eval()(batch)
+    assert metrics.keys() == expected.keys() and "llm_acc_prompted" in metrics
+    for name, value in expected.items():
+        assert metrics[name] == pytest.approx(value, rel=1e-5, abs=1e-7), name
+    assert engine.global_step == 1
+    assert all(torch.equal(value, before[key]) for key, value in full_state_dict(engine).items())
+    train_global_batches(engine, dist, 1)
+    assert engine.global_step == 2
+
+
 # ---- ZeRO-3 export and frozen modules ----------------------------------------------------------------------------
 
 def test_consolidated_zero3_checkpoint_equals_the_live_weights_including_frozen_ones(dist, tmp_path):
