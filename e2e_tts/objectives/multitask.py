@@ -17,10 +17,9 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from e2e_tts.models.llm import IGNORE_INDEX
+from e2e_tts.models.llm import IGNORE_INDEX, LLMOutput
 from e2e_tts.objectives.prompting import prefix_partners, same_speaker_partners
 from e2e_tts.stage import StageConfig
 from e2e_tts.system import TTSSystem
@@ -110,8 +109,8 @@ class MultiTaskObjective(nn.Module):
             [texts[partners[b]] for b in rows], [texts[b] for b in rows], [speech[partners[b]] for b in rows],
             [speech[b] for b in rows], codebook)
         positions = torch.arange(out.targets.shape[1], device=out.targets.device)[None, :]
-        own = (out.targets != IGNORE_INDEX) & (positions >= prompt_lengths[:, None])
-        nll = F.cross_entropy(out.logits.float().transpose(1, 2), out.targets, ignore_index=IGNORE_INDEX,
-                              reduction="none")
-        correct = out.logits.argmax(-1) == out.targets
-        return {"llm_nll_prompted": nll[own].mean().item(), "llm_acc_prompted": correct[own].float().mean().item()}
+        # The prompt's own targets are ignored, so the LLM's loss and accuracy cover the row's tokens only.
+        own = LLMOutput(logits=out.logits, targets=out.targets.masked_fill(positions < prompt_lengths[:, None],
+                                                                            IGNORE_INDEX))
+        llm = self.system.llm
+        return {"llm_nll_prompted": llm.loss(own).item(), "llm_acc_prompted": llm.accuracy(own).item()}
