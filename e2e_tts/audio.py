@@ -46,24 +46,65 @@ class AudioRejected(ValueError):
         self.reason = reason
 
 
-def load_audio(source: str | Path | bytes, sample_rate: int | None = None) -> tuple[np.ndarray, int]:
+def load_audio(source: str | Path | bytes, sample_rate: int | None = None,
+               max_duration: float | None = None) -> tuple[np.ndarray, int]:
     """Reads wav/flac/ogg from a path or bytes, mixes to mono and optionally resamples.
 
+    The length is judged from the header before anything is decoded: a header that claims hours would otherwise
+    make the decoder and the resampler allocate hours.
+
+    Args:
+        source: a file path or the file's bytes.
+        sample_rate: the rate to resample to (``None``: keep the file's).
+        max_duration: the longest accepted audio in seconds (``None``: no bound).
     Returns:
         waveform ``(N,)`` float32 and its sample rate.
     Raises:
-        AudioRejected: ``unreadable`` when the file cannot be decoded.
+        AudioRejected: ``unreadable`` when the file cannot be decoded, ``truncated`` when it ends before the audio its
+            header declares, ``too_long`` when the header declares more than ``max_duration``.
     """
+    name = "<bytes>" if isinstance(source, bytes) else str(source)
     try:
-        data, rate = sf.read(io.BytesIO(source) if isinstance(source, bytes) else str(source),
-                             dtype="float32", always_2d=True)
+        with sf.SoundFile(io.BytesIO(source) if isinstance(source, bytes) else str(source)) as file:
+            rate, declared = file.samplerate, file.frames
+            if max_duration is not None and declared > max_duration * rate:
+                raise AudioRejected("too_long", f"{name}: the header declares {declared / rate:.2f}s > {max_duration}s")
+            data = file.read(dtype="float32", always_2d=True)
+    except AudioRejected:
+        raise
     except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as err:
-        name = "<bytes>" if isinstance(source, bytes) else str(source)
         raise AudioRejected("unreadable", f"{name}: {err}") from err
+    # libsndfile quietly shortens a wav's declared length to what the file holds, so the header is read here too.
+    missing = _missing_wav_data(source)
+    if missing:
+        raise AudioRejected("truncated", f"{name}: the header declares {missing[0]} bytes of audio, the file holds "
+                                         f"{missing[1]}")
+    if len(data) < declared:
+        raise AudioRejected("truncated", f"{name}: the header declares {declared} frames, the file holds {len(data)}")
     wav = data.mean(axis=1)
     if sample_rate is not None and rate != sample_rate:
         wav, rate = resample(wav, rate, sample_rate), sample_rate
     return np.ascontiguousarray(wav, dtype=np.float32), rate
+
+
+_UNKNOWN_LENGTH = 0xFFFFFFFF  # the data size of a RIFF wav streamed to a pipe, whose header cannot be rewritten
+
+
+def _missing_wav_data(source: str | Path | bytes) -> tuple[int, int] | None:
+    """``(declared, present)`` bytes of a RIFF/WAVE ``data`` chunk that the file cuts short, else ``None``."""
+    with io.BytesIO(source) if isinstance(source, bytes) else open(source, "rb") as file:
+        header = file.read(12)
+        if header[:4] != b"RIFF" or header[8:12] != b"WAVE":
+            return None
+        size = file.seek(0, io.SEEK_END)
+        file.seek(12)
+        while len(chunk := file.read(8)) == 8:
+            declared = int.from_bytes(chunk[4:], "little")
+            if chunk[:4] == b"data":
+                present = size - file.tell()
+                return (declared, present) if present < declared != _UNKNOWN_LENGTH else None
+            file.seek(declared + declared % 2, io.SEEK_CUR)  # chunks are padded to an even size
+    return None
 
 
 def resample(wav: np.ndarray, orig_rate: int, target_rate: int) -> np.ndarray:

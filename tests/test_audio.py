@@ -1,3 +1,5 @@
+import io
+
 import numpy as np
 import pytest
 import soundfile as sf
@@ -99,3 +101,46 @@ def test_write_audio_clips(tmp_path):
     write_audio(path, torch.tensor([0.0, 2.0, -2.0, 0.5]), 16000)
     data, _ = sf.read(path, dtype="float32")
     assert data.max() <= 1.0 and data.min() >= -1.0
+
+
+def wav_bytes(wav: np.ndarray, rate: int, fmt: str = "WAV") -> bytes:
+    buffer = io.BytesIO()
+    sf.write(buffer, wav, rate, format=fmt, subtype="PCM_16")
+    return buffer.getvalue()
+
+
+def test_a_wav_cut_mid_data_is_rejected_as_truncated(tmp_path):
+    whole = wav_bytes(tone(200, 1.0, 16000), 16000)
+    cut = tmp_path / "cut.wav"
+    cut.write_bytes(whole[:len(whole) // 2])  # the header still says 1 s: libsndfile would read the half
+    for source in (cut, whole[:len(whole) // 2]):
+        with pytest.raises(AudioRejected) as err:
+            load_audio(source)
+        assert err.value.reason == "truncated" and "32000" in str(err.value)
+    assert len(load_audio(whole)[0]) == 16000
+
+
+def test_a_streamed_wav_of_unknown_length_is_not_truncated():
+    # Writers that stream to a pipe cannot seek back to the header: they leave the data size 0xFFFFFFFF.
+    data = bytearray(wav_bytes(tone(200, 1.0, 16000), 16000))
+    data[40:44] = (0xFFFFFFFF).to_bytes(4, "little")
+    assert data[36:40] == b"data"
+    wav, rate = load_audio(bytes(data))
+    assert rate == 16000 and len(wav) == 16000
+
+
+def test_overlong_audio_is_rejected_from_its_header_before_decoding(monkeypatch):
+    # A FLAC whose STREAMINFO claims an hour: decoding would first allocate the hour, resampling would fill it.
+    data = bytearray(wav_bytes(tone(200, 1.0, 8000), 8000, fmt="FLAC"))
+    assert data[:4] == b"fLaC" and data[4] & 0x7F == 0  # STREAMINFO first; its bytes 10..17 hold the sample count
+    packed = int.from_bytes(data[18:26], "big")
+    data[18:26] = ((packed >> 36 << 36) | 3600 * 8000).to_bytes(8, "big")
+    assert sf.info(io.BytesIO(bytes(data))).frames == 3600 * 8000
+
+    def no_decoding(*args, **kwargs):
+        raise AssertionError("decoded before the length was checked")
+
+    monkeypatch.setattr(sf.SoundFile, "read", no_decoding)
+    with pytest.raises(AudioRejected) as err:
+        load_audio(bytes(data), 16000, max_duration=20.0)
+    assert err.value.reason == "too_long" and "3600" in str(err.value)
