@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from e2e_tts.data.manifest import (ManifestEntry, ManifestError, SeedTTSItem, detect_format, read_jsonl, read_kaldi,
-                                   read_libritts, read_ljspeech, read_manifest, read_seedtts_meta, write_jsonl)
+                                   read_libritts, read_ljspeech, read_manifest, read_seedtts_meta,
+                                   utterance_id_problem, write_jsonl)
 
 
 def write(path: Path, text: str) -> Path:
@@ -65,7 +66,7 @@ def test_jsonl_write_rejects_duplicate_ids(tmp_path):
     ("{not json", 3, ["invalid JSON"]),
     ('["a list"]', 3, ["JSON object"]),
     ('{"id": "x", "audio": "x.wav", "text": "t"}', 3, ["'speaker'", "missing"]),
-    ('{"id": "x", "audio": "x.wav", "text": "", "speaker": "s"}', 3, ["'text'"]),
+    ('{"id": "x", "audio": "x.wav", "text": 5, "speaker": "s"}', 3, ["'text'", "string"]),
     ('{"id": "x", "audio": "x.wav", "text": "t", "speaker": "s", "duration": "long"}', 3, ["'duration'"]),
     ('{"id": "x", "audio": "x.wav", "text": "t", "speaker": "s", "duration": -1}', 3, ["negative duration"]),
     ('{"id": "a", "audio": "x.wav", "text": "t", "speaker": "s"}', 3, ["duplicate id 'a'", "line 1"]),
@@ -116,10 +117,6 @@ def test_libritts_errors(tmp_path):
     with pytest.raises(ManifestError) as excinfo:
         read_libritts(tmp_path)
     assert_error_at(excinfo, tmp_path / "84" / "121" / "84_121_000002_000000.wav", None, "transcript")
-    write(tmp_path / "84" / "121" / "84_121_000002_000000.normalized.txt", "  \n")
-    with pytest.raises(ManifestError) as excinfo:
-        read_libritts(tmp_path)
-    assert_error_at(excinfo, tmp_path / "84" / "121" / "84_121_000002_000000.normalized.txt", 1, "empty transcript")
     with pytest.raises(ManifestError, match="not a LibriTTS subset"):
         read_libritts(tmp_path / "19")
 
@@ -183,7 +180,6 @@ def test_kaldi_missing_transcripts_and_speakers_are_listed(tmp_path):
 
 @pytest.mark.parametrize("name, content, line, words", [
     ("utt2spk", "u1 spk1\nu2\n", 2, ["<speaker>"]),
-    ("text", "u1 hello\nu2\n", 2, ["empty transcript"]),
     ("text", "u1 hello\nu1 again\nu2 x\n", 2, ["duplicate id 'u1'"]),
     ("utt2dur", "u1 1.0\nu2 abc\n", 2, ["not a number"]),
 ])
@@ -245,7 +241,68 @@ def test_read_manifest_detects_each_format(tmp_path):
     assert read_manifest(tmp_path / "lj" / "metadata.csv")[0].text == "b"
     assert [e.id for e in read_manifest(tmp_path / "kaldi" / "wav.scp")] == ["u1", "u2"]
     assert read_manifest(tmp_path / "m.jsonl", format="jsonl")[0].id == "a"
+    write(tmp_path / "m.txt", "a b\n")
     with pytest.raises(ManifestError, match="cannot tell the manifest format"):
         read_manifest(tmp_path / "m.txt")
     with pytest.raises(ValueError, match="unknown manifest format 'csv'"):
         read_manifest(tmp_path / "m.jsonl", format="csv")
+
+
+def test_a_missing_manifest_is_reported_as_missing(tmp_path):
+    for path in (tmp_path / "nope.jsonl", tmp_path / "nope"):
+        with pytest.raises(ManifestError) as excinfo:
+            read_manifest(path)
+        assert_error_at(excinfo, path, None, "does not exist")
+
+
+# Content problems are the shard writer's to skip and count; the readers pass them on
+
+def test_empty_transcripts_are_read_as_empty_texts(tmp_path):
+    write(tmp_path / "m.jsonl", '{"id": "a", "audio": "a.wav", "text": "t", "speaker": "s"}\n'
+                                '{"id": "b", "audio": "b.wav", "text": "", "speaker": "s"}\n')
+    write(tmp_path / "lj" / "metadata.csv", "LJ1|fine|fine\nLJ2||\nLJ3| \n")
+    make_kaldi(tmp_path / "kaldi")
+    write(tmp_path / "kaldi" / "text", "u1 hello world\nu2\n")
+    make_libritts(tmp_path / "libritts")
+    write(tmp_path / "libritts" / "84" / "121" / "84_121_000001_000000.original.txt", "  \n")
+    assert [e.text for e in read_jsonl(tmp_path / "m.jsonl")] == ["t", ""]
+    assert [e.text for e in read_ljspeech(tmp_path / "lj")] == ["fine", "", ""]
+    assert [e.text for e in read_kaldi(tmp_path / "kaldi")] == ["hello world", ""]
+    assert [e.text for e in read_libritts(tmp_path / "libritts")] == ["Hello, world.", ""]
+
+
+# Ids name files (<utt>.wav, tar members): one that is a path must not reach out of its folder
+
+PATH_IDS = ["../evil", "a/b", "/etc/passwd", "..", ".hidden", "a\\b", "nul\x00byte", "new\x1bline"]
+
+
+@pytest.mark.parametrize("utt", PATH_IDS)
+def test_ids_that_are_paths_are_refused(utt):
+    assert utterance_id_problem(utt)
+
+
+@pytest.mark.parametrize("utt", ["LJ001-0001", "19_198_000000_000000", "u3.take2", "spk 1 utt"])
+def test_ordinary_ids_are_accepted(utt):
+    assert utterance_id_problem(utt) is None
+
+
+@pytest.mark.parametrize("utt", PATH_IDS)
+def test_every_reader_refuses_an_id_that_is_a_path(tmp_path, utt):
+    quoted = json.dumps(utt)
+    readers = [
+        (read_jsonl, write(tmp_path / "m.jsonl", '{"id": "a", "audio": "a.wav", "text": "t", "speaker": "s"}\n'
+                                                  f'{{"id": {quoted}, "audio": "x.wav", "text": "t", "speaker": "s"}}\n'),
+         tmp_path / "m.jsonl"),
+        (read_ljspeech, write(tmp_path / "lj" / "metadata.csv", f"LJ1|fine|fine\n{utt}|text|text\n").parent,
+         tmp_path / "lj" / "metadata.csv"),
+        (read_seedtts_meta, write(tmp_path / "meta.lst", f"u1|text\n{utt}|text\n"), tmp_path / "meta.lst"),
+    ]
+    if " " not in utt:  # Kaldi ids end at the first space
+        make_kaldi(tmp_path / "kaldi", f"u1 /w/u1.wav\n{utt} /w/u2.wav\n")
+        write(tmp_path / "kaldi" / "text", f"u1 hello\n{utt} world\n")
+        write(tmp_path / "kaldi" / "utt2spk", f"u1 s\n{utt} s\n")
+        readers.append((read_kaldi, tmp_path / "kaldi", tmp_path / "kaldi" / "wav.scp"))
+    for reader, source, named in readers:
+        with pytest.raises(ManifestError) as excinfo:
+            reader(source)
+        assert_error_at(excinfo, named, 2, repr(utt))

@@ -2,7 +2,9 @@
 data directories, plus the Seed-TTS-Eval ``meta.lst`` test lists.
 
 Every reader returns absolute audio paths and raises :class:`ManifestError` naming the file (and the 1-based line,
-where there is one) for malformed input. Readers only parse: they do not open the audio (the shard writer does).
+where there is one) for malformed input, ids that cannot name a file (:func:`utterance_id_problem`) included.
+Readers only parse: an empty transcript is read as an empty text, and the audio is not opened; the shard writer
+skips and counts what it cannot train on.
 """
 
 from __future__ import annotations
@@ -10,11 +12,12 @@ from __future__ import annotations
 import json
 import os
 import re
+import unicodedata
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Iterator, Optional, Sequence
 
-REQUIRED_FIELDS = ("id", "audio", "text", "speaker")
+REQUIRED_FIELDS = ("id", "audio", "text", "speaker")  # strings, all but the text non-empty
 
 
 @dataclass
@@ -69,7 +72,26 @@ def _numbered_lines(path: Path) -> Iterator[tuple[int, str]]:
             yield number, line.strip()
 
 
-def _check_unique(ids: dict[str, int], utt: str, path: Path, line: int) -> None:
+def utterance_id_problem(utt: str) -> Optional[str]:
+    """Why ``utt`` cannot name a file (``<utt>.wav``, a tar member ``<utt>.json``), or ``None`` when it can.
+
+    An id must not reach out of the folder it names a file in: no ``/`` or ``\\`` (so no absolute path and no
+    ``a/../..``), no leading dot (``.``, ``..``, hidden files), no control characters, no outer spaces.
+    """
+    if not utt or utt != utt.strip():
+        return f"id {utt!r} is empty or has outer spaces"
+    if "/" in utt or "\\" in utt or utt.startswith("."):
+        return f"id {utt!r} cannot be a file name (no slashes, no leading dot)"
+    if any(unicodedata.category(char).startswith("C") for char in utt):
+        return f"id {utt!r} holds a control character"
+    return None
+
+
+def _check_id(ids: dict[str, int], utt: str, path: Path, line: int) -> None:
+    """Refuses an id that cannot name a file or that ``ids`` (id -> its first line) already holds."""
+    problem = utterance_id_problem(utt)
+    if problem:
+        raise ManifestError(path, line, problem)
     if utt in ids:
         raise ManifestError(path, line, f"duplicate id {utt!r} (first on line {ids[utt]})")
     ids[utt] = line
@@ -82,7 +104,7 @@ _OPTIONAL_TYPES = {"language": (str,), "duration": (int, float), "emotion": (str
 
 
 def read_jsonl(path: str | Path) -> list[ManifestEntry]:
-    """Reads one JSON object per line with at least ``id``, ``audio``, ``text``, ``speaker``.
+    """Reads one JSON object per line with at least ``id``, ``audio``, ``text``, ``speaker`` (the text may be empty).
 
     Relative ``audio`` paths resolve against the manifest's directory. Keys other than the
     :class:`ManifestEntry` fields are ignored, so richer manifests can be read too.
@@ -98,7 +120,7 @@ def read_jsonl(path: str | Path) -> list[ManifestEntry]:
         if not isinstance(record, dict):
             raise ManifestError(path, number, f"expected a JSON object, got {type(record).__name__}")
         for name in REQUIRED_FIELDS:
-            if not isinstance(record.get(name), str) or not record[name].strip():
+            if not isinstance(record.get(name), str) or (name != "text" and not record[name].strip()):
                 problem = "missing" if name not in record else "not a non-empty string"
                 raise ManifestError(path, number, f"required field {name!r} is {problem}")
         for name, types in _OPTIONAL_TYPES.items():
@@ -107,7 +129,7 @@ def read_jsonl(path: str | Path) -> list[ManifestEntry]:
                 raise ManifestError(path, number, f"field {name!r} must be {types[0].__name__}, got {value!r}")
         if record.get("duration") is not None and record["duration"] < 0:
             raise ManifestError(path, number, f"negative duration {record['duration']}")
-        _check_unique(ids, record["id"], path, number)
+        _check_id(ids, record["id"], path, number)
         values = {name: record[name] for name in _ENTRY_FIELDS if record.get(name) is not None}
         values["audio"] = _resolve(values["audio"], base)
         entries.append(ManifestEntry(**values))
@@ -158,8 +180,9 @@ def read_libritts(root: str | Path) -> list[ManifestEntry]:
         if transcript is None:
             raise ManifestError(wav, None, "no .normalized.txt or .original.txt transcript next to it")
         text = " ".join(line for _, line in _numbered_lines(transcript))
-        if not text:
-            raise ManifestError(transcript, 1, "empty transcript")
+        problem = utterance_id_problem(utt)  # a file name, but it may start with a dot
+        if problem:
+            raise ManifestError(wav, None, problem)
         entries.append(ManifestEntry(id=utt, audio=str(wav), text=text, speaker=wav.parent.parent.name))
     return entries
 
@@ -177,9 +200,9 @@ def read_ljspeech(root: str | Path, speaker: str = "ljspeech") -> list[ManifestE
             raise ManifestError(metadata, number, f"expected 'id|text|normalized text', got {len(columns)} fields")
         utt = columns[0].strip()
         text = (columns[2] if len(columns) == 3 and columns[2].strip() else columns[1]).strip()
-        if not utt or not text:
-            raise ManifestError(metadata, number, "empty id or text")
-        _check_unique(ids, utt, metadata, number)
+        if not utt:
+            raise ManifestError(metadata, number, "empty id")
+        _check_id(ids, utt, metadata, number)
         entries.append(ManifestEntry(id=utt, audio=str(root / "wavs" / f"{utt}.wav"), text=text, speaker=speaker))
     return entries
 
@@ -197,7 +220,7 @@ def _read_kaldi_table(path: Path, what: str, ids_only_allowed: bool = False) -> 
         parts = line.split(maxsplit=1)
         if len(parts) < 2 and not ids_only_allowed:
             raise ManifestError(path, number, f"expected '<utterance-id> <{what}>'")
-        _check_unique(ids, parts[0], path, number)
+        _check_id(ids, parts[0], path, number)
         table[parts[0]] = (parts[1].strip() if len(parts) > 1 else "", number)
     return table
 
@@ -234,9 +257,7 @@ def read_kaldi(directory: str | Path, audio_root: Optional[str | Path] = None,
             raise _missing_error(path, scp_path, missing, what)
     entries = []
     for utt, (location, _) in scp.items():
-        text, number = texts[utt]
-        if not text:
-            raise ManifestError(text_path, number, f"{utt}: empty transcript")
+        text = texts[utt][0]
         duration = None
         if utt in durations:
             value, number = durations[utt]
@@ -285,7 +306,7 @@ def read_seedtts_meta(path: str | Path) -> list[SeedTTSItem]:
             raise ManifestError(path, number, f"expected 2 to 5 '|'-separated fields, got {len(parts)}")
         if not utt or not text or (prompt_wav is not None and not prompt_wav):
             raise ManifestError(path, number, "empty utterance id, text or prompt wav")
-        _check_unique(ids, utt, path, number)
+        _check_id(ids, utt, path, number)
         items.append(SeedTTSItem(utt=utt, prompt_text=prompt_text,
                                  prompt_audio=_resolve(prompt_wav, base) if prompt_wav is not None else None,
                                  text=text, ground_truth_audio=_resolve(truth, base) if truth else None))
@@ -304,6 +325,8 @@ def detect_format(path: str | Path) -> str:
         ManifestError: when the path matches no known shape.
     """
     path = Path(path)
+    if not path.exists():
+        raise ManifestError(path, None, "does not exist")
     if path.is_file():
         if path.suffix in (".jsonl", ".json"):
             return "jsonl"
