@@ -24,6 +24,7 @@ from e2e_tts.data.loader import DataConfig
 from e2e_tts.engine import EngineConfig
 from e2e_tts.models import flow, llm, reward, tokenizer, vocoder
 from e2e_tts.stage import StageConfig
+from e2e_tts.synth import SynthesisConfig
 from e2e_tts.text import TextConfig
 
 
@@ -63,6 +64,8 @@ class ExperimentConfig:
     model: ModelsConfig = field(default_factory=ModelsConfig)
     engine: EngineConfig = field(default_factory=EngineConfig)
     stage: StageConfig = field(default_factory=StageConfig)
+    # The recipe's decoding settings: an export carries them, and synth/eval start from them.
+    synthesis: SynthesisConfig = field(default_factory=SynthesisConfig)
 
 
 class ConfigError(ValueError):
