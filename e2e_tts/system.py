@@ -1,7 +1,8 @@
 """TTSSystem: the five modules, the token-id contract between them, freezing, and the export format.
 
 The training loop and synthesis only talk to this class. An export directory holds one safetensors file
-per module, the resolved config, the text tokenizer and the speaker list, and loads without DeepSpeed.
+per module, the resolved config, the text tokenizer, the speaker list and which modules were trained
+(``trained.json``), and loads without DeepSpeed.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Any, Sequence
 
 import torch
 from omegaconf import OmegaConf
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -28,6 +30,41 @@ from e2e_tts.vocab import TokenLayout
 MODULES = ("tokenizer", "llm", "flow", "reward", "vocoder")
 CONFIG_FILE = "config.yaml"
 SPEAKERS_FILE = "speakers.json"
+TRAINED_FILE = "trained.json"
+
+
+def read_trained(directory: str | Path) -> dict[str, bool | None] | None:
+    """Which modules of an export were trained: module -> True, False, or None (unknown).
+
+    Returns:
+        None for an export written before the record existed (nothing is known).
+    Raises:
+        ValueError: naming the file when it is not such a record.
+    """
+    path = Path(directory) / TRAINED_FILE
+    if not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{path}: not a JSON record of trained modules: {err}") from err
+    if not isinstance(record, dict) or set(record) != set(MODULES) or any(
+            value not in (True, False, None) for value in record.values()):
+        raise ValueError(f"{path}: expected {{module: true | false | null}} for exactly {', '.join(MODULES)}, "
+                         f"got {record!r}")
+    return record
+
+
+def trained_modules(config: Any) -> dict[str, bool | None]:
+    """What an export of a stage records as trained (see :func:`read_trained`): the stage's trainable modules,
+    and for the modules it loaded from ``stage.init_from`` whatever that export recorded (None, unknown, when
+    it recorded nothing); modules it neither trained nor loaded are untrained (fresh initialisation)."""
+    stage = config.stage
+    loaded = (MODULES if stage.init_modules is None else stage.init_modules) if stage.init_from else ()
+    before = read_trained(stage.init_from) if stage.init_from else None
+    return {name: True if name in stage.trainable else
+            (None if before is None else before[name]) if name in loaded else False
+            for name in MODULES}
 
 
 class TTSSystem(nn.Module):
@@ -112,7 +149,8 @@ class TTSSystem(nn.Module):
 
     def export(self, directory: str | Path, config: Any, state_dict: dict[str, torch.Tensor] | None = None,
                prefix: str = "") -> Path:
-        """Writes ``<module>.safetensors`` for each module, the config, text tokenizer and speakers."""
+        """Writes ``<module>.safetensors`` for each module, the config, text tokenizer, speakers and the record of
+        trained modules (:func:`trained_modules` of ``config``)."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         for name, tensors in self.module_state_dicts(state_dict, prefix).items():
@@ -121,10 +159,17 @@ class TTSSystem(nn.Module):
         (directory / CONFIG_FILE).write_text(OmegaConf.to_yaml(config, resolve=True))
         self.text_tokenizer.save(directory)
         (directory / SPEAKERS_FILE).write_text(json.dumps(self.speakers))
+        (directory / TRAINED_FILE).write_text(json.dumps(trained_modules(config)))
         return directory
 
     def load_modules(self, directory: str | Path, modules: Sequence[str] = MODULES) -> None:
-        """Loads the named modules' weights from an export (strict: every key must match)."""
+        """Loads the named modules' weights from an export (strict: every key must match).
+
+        Raises:
+            FileNotFoundError: naming a missing file.
+            ValueError: naming a file that is not safetensors (truncated, random bytes), holds NaN or Inf, or
+                whose tensors do not fit the module as configured.
+        """
         unknown = sorted(set(modules) - set(MODULES))
         if unknown:
             raise ValueError(f"unknown module(s) {unknown}; known: {', '.join(MODULES)}")
@@ -132,7 +177,18 @@ class TTSSystem(nn.Module):
             path = Path(directory) / f"{name}.safetensors"
             if not path.is_file():
                 raise FileNotFoundError(f"export {directory} has no {path.name}")
-            getattr(self, name).load_state_dict(load_file(str(path)), strict=True)
+            try:
+                tensors = load_file(str(path))
+            except SafetensorError as err:
+                raise ValueError(f"{path}: not a readable safetensors file (truncated or corrupt?): {err}") from err
+            broken = next((key for key, value in tensors.items()
+                           if value.is_floating_point() and not torch.isfinite(value).all()), None)
+            if broken is not None:
+                raise ValueError(f"{path}: tensor {broken!r} holds NaN or Inf (corrupt weights)")
+            try:
+                getattr(self, name).load_state_dict(tensors, strict=True)
+            except RuntimeError as err:  # missing/unexpected keys or wrong shapes
+                raise ValueError(f"{path}: does not fit the {name} of {directory / CONFIG_FILE}: {err}") from err
 
     @classmethod
     def from_export(cls, directory: str | Path, map_location: str | torch.device = "cpu") -> tuple["TTSSystem", Any]:
@@ -140,8 +196,14 @@ class TTSSystem(nn.Module):
         from e2e_tts.config import load_config, to_object
 
         directory = Path(directory)
+        if not directory.is_dir():
+            raise FileNotFoundError(f"export directory {directory} does not exist")
         config = load_config([directory / CONFIG_FILE])
-        system = cls(to_object(config.model), load_text_tokenizer(directory),
-                     json.loads((directory / SPEAKERS_FILE).read_text()), to_object(config.audio))
+        speakers_path = directory / SPEAKERS_FILE
+        try:
+            speakers = json.loads(speakers_path.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise ValueError(f"{speakers_path}: not a JSON list of speaker names: {err}") from err
+        system = cls(to_object(config.model), load_text_tokenizer(directory), speakers, to_object(config.audio))
         system.load_modules(directory)
         return system.to(map_location).eval(), config

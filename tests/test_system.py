@@ -1,6 +1,7 @@
 """TTSSystem and the objectives across modules: where gradients go, what stays frozen, export round trip."""
 
 import dataclasses
+import json
 import shutil
 import subprocess
 
@@ -15,7 +16,7 @@ from e2e_tts.objectives.grpo import GRPOObjective, group_advantages, penalise_tr
 from e2e_tts.objectives.prompting import prefix_partners, same_speaker_partners
 from e2e_tts.objectives.multitask import MultiTaskObjective
 from e2e_tts.stage import GRPOConfig, GumbelConfig, StageConfig
-from e2e_tts.system import MODULES, TTSSystem
+from e2e_tts.system import MODULES, TRAINED_FILE, TTSSystem, read_trained
 from e2e_tts.text import ByteTokenizer
 
 
@@ -345,6 +346,58 @@ def test_export_round_trip(system, tmp_path):
     (tmp_path / "flow.safetensors").unlink()
     with pytest.raises(FileNotFoundError, match="flow.safetensors"):
         rebuilt.load_modules(tmp_path)
+
+
+def test_export_records_the_trained_modules_across_init_from(system, tmp_path):
+    def export(name, *overrides):
+        config = load_config(overrides=["text.tokenizer=bytes", *overrides])
+        return system.export(tmp_path / name, config)
+
+    joint = export("joint", "stage.trainable=[tokenizer,llm,flow,reward]")
+    assert read_trained(joint) == {"tokenizer": True, "llm": True, "flow": True, "reward": True, "vocoder": False}
+    vocoder = export("vocoder", f"stage.init_from={joint}", "stage.trainable=[vocoder]")
+    assert read_trained(vocoder) == dict.fromkeys(MODULES, True)
+    # Modules not loaded from init_from start fresh: untrained, whatever the earlier export says of them.
+    partial = export("partial", f"stage.init_from={vocoder}", "stage.init_modules=[tokenizer,vocoder]",
+                     "stage.trainable=[llm]")
+    assert read_trained(partial) == {"tokenizer": True, "llm": True, "flow": False, "reward": False,
+                                     "vocoder": True}
+    # An export from before the record: what it held is unknown, not untrained.
+    (joint / TRAINED_FILE).unlink()
+    assert read_trained(joint) is None
+    after_old = export("after_old", f"stage.init_from={joint}", "stage.trainable=[vocoder]")
+    assert read_trained(after_old) == {**dict.fromkeys(MODULES, None), "vocoder": True}
+    (joint / TRAINED_FILE).write_text(json.dumps({"vocoder": "yes"}))
+    with pytest.raises(ValueError, match=f"{joint / TRAINED_FILE}: expected"):
+        read_trained(joint)
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda data: data[:len(data) // 2], "not a readable safetensors file"),  # truncated
+    (lambda data: bytes(range(256)) * 8, "not a readable safetensors file"),  # random bytes
+    (lambda data: b"", "not a readable safetensors file"),
+])
+def test_corrupt_weights_are_named_with_what_is_wrong(system, tmp_path, damage, message):
+    system.export(tmp_path, load_config(overrides=["text.tokenizer=bytes"]))
+    path = tmp_path / "vocoder.safetensors"
+    path.write_bytes(damage(path.read_bytes()))
+    with pytest.raises(ValueError, match=f"{path}: {message}"):
+        system.load_modules(tmp_path)
+
+
+def test_weights_with_nan_or_the_wrong_shape_are_named(system, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    system.export(tmp_path, load_config(overrides=["text.tokenizer=bytes"]))
+    path = tmp_path / "flow.safetensors"
+    tensors = load_file(str(path))
+    key = next(iter(tensors))
+    save_file({**tensors, key: torch.full_like(tensors[key], float("nan"))}, str(path))
+    with pytest.raises(ValueError, match=f"{path}: tensor '{key}' holds NaN or Inf"):
+        system.load_modules(tmp_path)
+    save_file({**tensors, key: torch.zeros(3)}, str(path))
+    with pytest.raises(ValueError, match=f"(?s){path}: does not fit the flow of .*size mismatch for {key}"):
+        system.load_modules(tmp_path)
 
 
 def test_speaker_ids_mark_unknown_speakers(system):
