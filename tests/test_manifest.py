@@ -288,10 +288,10 @@ def test_ordinary_ids_are_accepted(utt):
 
 @pytest.mark.parametrize("utt", PATH_IDS)
 def test_every_reader_refuses_an_id_that_is_a_path(tmp_path, utt):
-    quoted = json.dumps(utt)
+    rows = [{"id": "a", "audio": "a.wav", "text": "t", "speaker": "s"}, {"id": utt, "audio": "x.wav", "text": "t",
+                                                                          "speaker": "s"}]
     readers = [
-        (read_jsonl, write(tmp_path / "m.jsonl", '{"id": "a", "audio": "a.wav", "text": "t", "speaker": "s"}\n'
-                                                  f'{{"id": {quoted}, "audio": "x.wav", "text": "t", "speaker": "s"}}\n'),
+        (read_jsonl, write(tmp_path / "m.jsonl", "".join(json.dumps(row) + "\n" for row in rows)),
          tmp_path / "m.jsonl"),
         (read_ljspeech, write(tmp_path / "lj" / "metadata.csv", f"LJ1|fine|fine\n{utt}|text|text\n").parent,
          tmp_path / "lj" / "metadata.csv"),

@@ -2,14 +2,18 @@ import argparse
 import io
 import json
 import tarfile
+from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
 
-from e2e_tts.audio import AudioConfig
+from e2e_tts.audio import AudioConfig, encode_flac
+from e2e_tts.data import shards as shards_module
+from e2e_tts.data.features import SampleFeaturizer, SampleFilter, SampleRejected
 from e2e_tts.data.manifest import ManifestEntry, read_manifest, write_jsonl
 from e2e_tts.data.shards import read_shard_list, register, write_shards
+from e2e_tts.text import PhonemeTokenizer
 
 RATE = 22050  # the sources are at another rate than the shards (16 kHz), so resampling is exercised
 
@@ -159,3 +163,139 @@ def test_bad_arguments_and_lists_are_explained(tmp_path):
     (tmp_path / "x.list").write_text("missing-000000.tar\n")
     with pytest.raises(FileNotFoundError, match="missing-000000.tar"):
         read_shard_list(tmp_path / "x.list")
+
+
+# Hostile and careless input (issue 19)
+
+def folder_snapshot(directory):
+    return {path.name: path.read_bytes() for path in sorted(directory.iterdir())}
+
+
+def run_command(argv, capsys):
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers())
+    args = parser.parse_args(["shards", *argv])
+    code = args.func(args)
+    return code, capsys.readouterr().err
+
+
+def test_a_run_that_writes_nothing_leaves_the_folder_as_it_was(tmp_path, capsys):
+    write_shards(make_entries(tmp_path, 4), tmp_path / "shards", AudioConfig(), shard_size=2, workers=1)
+    before = folder_snapshot(tmp_path / "shards")
+    assert "train-000001.tar" in before and "train.list" in before
+    # another split sharded into the same folder without --prefix, all of whose audio is missing
+    absent = [ManifestEntry(id=f"v{i}", audio=str(tmp_path / "absent.wav"), text="x", speaker="s") for i in range(3)]
+    write_jsonl(absent, tmp_path / "valid.jsonl")
+    code, err = run_command(["--manifest", str(tmp_path / "valid.jsonl"), "--out", str(tmp_path / "shards"),
+                             "--workers", "1"], capsys)
+    assert code == 2 and err.startswith("error: ") and "valid.jsonl" in err and "missing_audio=3" in err
+    assert folder_snapshot(tmp_path / "shards") == before
+
+
+def test_a_crash_keeps_the_earlier_set_and_leaves_no_partial_file(tmp_path, monkeypatch):
+    write_shards(make_entries(tmp_path, 4), tmp_path / "shards", AudioConfig(), shard_size=2, workers=1)
+    before = folder_snapshot(tmp_path / "shards")
+    encode = shards_module._encode_entry
+
+    def crash_on_the_fourth(entry, *args):
+        if entry.id == "utt3":
+            raise RuntimeError("disk on fire")
+        return encode(entry, *args)
+
+    monkeypatch.setattr(shards_module, "_encode_entry", crash_on_the_fourth)
+    with pytest.raises(RuntimeError, match="disk on fire"):
+        write_shards(make_entries(tmp_path, 6), tmp_path / "shards", AudioConfig(), shard_size=2, workers=1)
+    assert folder_snapshot(tmp_path / "shards") == before  # the first new shard was written, but not swapped in
+
+
+def test_a_prefix_that_is_a_pattern_is_refused(tmp_path):
+    write_shards(make_entries(tmp_path, 2), tmp_path / "shards", AudioConfig(), workers=1)
+    for prefix in ("*", "t[r]ain", "a b"):
+        with pytest.raises(ValueError, match="prefix"):
+            write_shards(make_entries(tmp_path, 1), tmp_path / "shards", AudioConfig(), prefix=prefix, workers=1)
+    assert (tmp_path / "shards" / "train-000000.tar").is_file()
+
+
+def test_ids_that_are_paths_are_skipped_and_never_become_member_names(tmp_path):
+    good = make_entries(tmp_path, 1)
+    bad = [ManifestEntry(id=utt, audio=good[0].audio, text="a path", speaker="s")
+           for utt in ("a/b", "/etc/passwd", "\\evil", "..", "new\nline", "tab\tid")]
+    stats = write_shards(good + bad, tmp_path / "shards", AudioConfig(), workers=1)
+    assert stats.utterances == 1 and stats.skipped == {"invalid_id": 6}
+    assert set(tar_members(stats.shards[0])) == {"utt0.json", "utt0.audio.flac"}
+
+
+def test_a_wav_cut_mid_data_is_skipped_as_truncated(tmp_path):
+    good = make_entries(tmp_path, 1)
+    whole = (tmp_path / "u0.wav").read_bytes()
+    (tmp_path / "cut.wav").write_bytes(whole[:len(whole) // 2])
+    cut = ManifestEntry(id="cut", audio=str(tmp_path / "cut.wav"), text="Half of it.", speaker="s")
+    stats = write_shards(good + [cut], tmp_path / "shards", AudioConfig(), workers=1)
+    assert stats.utterances == 1 and stats.skipped == {"truncated": 1}
+    assert stats.rejected[0]["id"] == "cut" and "cut.wav" in stats.rejected[0]["detail"]
+
+
+def test_overlong_audio_is_judged_by_its_header(tmp_path, monkeypatch):
+    # One second of FLAC whose header claims an hour: refused before it is decoded, not cut to what is there.
+    buffer = io.BytesIO()
+    sf.write(buffer, np.sin(np.arange(8000) / 10).astype(np.float32) * 0.3, 8000, format="FLAC")
+    data = bytearray(buffer.getvalue())
+    packed = int.from_bytes(data[18:26], "big")  # STREAMINFO: rate, channels, bits, 36-bit sample count
+    data[18:26] = ((packed >> 36 << 36) | 3600 * 8000).to_bytes(8, "big")
+    (tmp_path / "hour.flac").write_bytes(bytes(data))
+    entry = ManifestEntry(id="hour", audio=str(tmp_path / "hour.flac"), text="An hour, it says.", speaker="s")
+    stats = write_shards(make_entries(tmp_path, 1) + [entry], tmp_path / "shards", AudioConfig(), workers=1)
+    assert stats.skipped == {"too_long": 1} and "3600" in stats.rejected[0]["detail"]
+
+
+TEXTS = ["Hello there.", "?!...", "...", "--", "\u00bf?", "(  )", "42", "A"]
+
+
+def test_the_writer_accepts_exactly_the_texts_training_accepts(tmp_path):
+    audio = make_entries(tmp_path, 1)[0].audio
+    entries = [ManifestEntry(id=f"t{i}", audio=audio, text=text, speaker="s") for i, text in enumerate(TEXTS)]
+    stats = write_shards(entries, tmp_path / "shards", AudioConfig(), workers=1)
+    written = {name.partition(".")[0] for name in tar_members(stats.shards[0])}
+    featurizer = SampleFeaturizer(AudioConfig(), PhonemeTokenizer(), SampleFilter(0.0, 100.0))
+    trained = set()
+    for i, text in enumerate(TEXTS):
+        meta = {"text": text, "speaker": "s", "language": "en"}
+        try:
+            featurizer({"__key__": f"t{i}", "json": json.dumps(meta).encode(), "audio.flac": encode_flac(
+                np.sin(np.arange(16000) / 10).astype(np.float32) * 0.3, 16000)})
+            trained.add(f"t{i}")
+        except SampleRejected as rejection:
+            assert rejection.reason == "empty_text"
+    assert written == trained and {"t0", "t6", "t7"} <= written and "t1" not in written
+    assert stats.skipped == {"empty_text": len(TEXTS) - len(written)}
+
+
+def test_command_line_input_problems_are_one_line_errors(tmp_path, capsys):
+    out = ["--out", str(tmp_path / "out"), "--workers", "1"]
+    code, err = run_command(["--manifest", str(tmp_path / "nope.jsonl"), *out], capsys)
+    assert code == 2 and err == f"error: {tmp_path / 'nope.jsonl'}: does not exist\n"
+    (tmp_path / "bad.jsonl").write_text('{"id": "a", "audio": "a.wav", "text": "t", "speaker": "s"}\n{oops\n')
+    code, err = run_command(["--manifest", str(tmp_path / "bad.jsonl"), *out], capsys)
+    assert code == 2 and err.startswith(f"error: {tmp_path / 'bad.jsonl'}:2: invalid JSON")
+    (tmp_path / "path.jsonl").write_text('{"id": "../../x", "audio": "a.wav", "text": "t", "speaker": "s"}\n')
+    code, err = run_command(["--manifest", str(tmp_path / "path.jsonl"), *out], capsys)
+    assert code == 2 and err.startswith(f"error: {tmp_path / 'path.jsonl'}:1: id '../../x'")
+    write_jsonl(make_entries(tmp_path, 1), tmp_path / "m.jsonl")
+    code, err = run_command(["--manifest", str(tmp_path / "m.jsonl"), "--shard-size", "0", *out], capsys)
+    assert code == 2 and err.startswith("error: ") and "shard" in err
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_an_empty_transcript_is_skipped_and_counted_not_fatal(tmp_path, capsys):
+    entries = make_entries(tmp_path, 3)
+    entries[1].text = ""
+    write_jsonl(entries, tmp_path / "m.jsonl")
+    (tmp_path / "lj" / "wavs").mkdir(parents=True)
+    for entry in entries:
+        (tmp_path / "lj" / "wavs" / f"{entry.id}.wav").write_bytes(Path(entry.audio).read_bytes())
+    (tmp_path / "lj" / "metadata.csv").write_text("".join(f"{e.id}|{e.text}|\n" for e in entries))
+    for manifest in (tmp_path / "m.jsonl", tmp_path / "lj"):
+        code, _ = run_command(["--manifest", str(manifest), "--out", str(tmp_path / manifest.stem), "--workers", "1"],
+                              capsys)
+        saved = json.loads((tmp_path / manifest.stem / "train.stats.json").read_text())
+        assert code == 0 and saved["utterances"] == 2 and saved["skipped"] == {"empty_text": 1}

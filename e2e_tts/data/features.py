@@ -94,10 +94,7 @@ class SampleFeaturizer:
         declared = meta.get("duration")
         if isinstance(declared, (int, float)) and math.isfinite(declared):
             self.sample_filter.check_duration(float(declared))  # cheap: before any decoding
-        text = normalize_text(meta["text"], meta["language"])
-        text_ids = self.tokenizer.encode(text)
-        if not text_ids:
-            raise SampleRejected("empty_text", f"{key}: no text ids after normalisation of {meta['text']!r}")
+        text_ids = encode_text(meta["text"], meta["language"], self.tokenizer, key)
         self.sample_filter.check_text_length(len(text_ids))
 
         wav = self._decode(raw, key)
@@ -118,11 +115,26 @@ class SampleFeaturizer:
         if audio is None:
             raise SampleRejected("missing_audio", f"{key}: no {' or '.join(AUDIO_FIELDS)} member")
         try:
-            wav, rate = load_audio(bytes(audio), self.audio_config.sample_rate)
+            wav, rate = load_audio(bytes(audio), self.audio_config.sample_rate, self.audio_config.max_duration)
             check_audio(wav, rate, self.audio_config)
         except AudioRejected as err:
             raise SampleRejected(err.reason, f"{key}: {err}") from err
         return wav
+
+
+def encode_text(text: str, language: str, tokenizer: TextTokenizer, key: str) -> list[int]:
+    """The text ids training reads for a text: :func:`normalize_text` in its language, then ``tokenizer``.
+
+    The shard writer applies it too, so that a text that training would reject is skipped when shards are written.
+
+    Raises:
+        SampleRejected: ``empty_text`` when the text gives no id (empty, only spaces, or only punctuation to the
+            phoneme tokenizer).
+    """
+    text_ids = tokenizer.encode(normalize_text(text, language))
+    if not text_ids:
+        raise SampleRejected("empty_text", f"{key}: no text ids after normalisation of {text!r}")
+    return text_ids
 
 
 def _metadata(raw: dict[str, Any]) -> dict[str, Any]:

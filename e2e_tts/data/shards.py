@@ -5,18 +5,25 @@ A shard is a plain tar of samples (DESIGN.md "Shard sample")::
     <key>.audio.flac   mono, ``AudioConfig.sample_rate``, peak-normalised, 16-bit FLAC
     <key>.json         {"text", "speaker", "language", "duration", "sample_rate"[, "emotion"][, "quality"]}
 
-Every manifest entry is validated before it is written: the id (unique, usable as a tar key), the required
-fields, the text (:func:`e2e_tts.text.check_text`) and the audio (:func:`e2e_tts.audio.check_audio`). An
-invalid entry is skipped and counted under its reason, and listed with the detail in the stats file.
+Every manifest entry is validated before it is written: the id (unique, a file name that stays in its folder
+(:func:`e2e_tts.data.manifest.utterance_id_problem`), usable as a tar key), the required fields, the text (the
+bounds of :func:`e2e_tts.text.check_text`, and the acceptance of training, :func:`e2e_tts.data.features.encode_text`,
+with the tokenizer training will use) and the audio (its length from the header before it is decoded, then
+:func:`e2e_tts.audio.check_audio`). An invalid entry is skipped and counted under its reason, and listed with the
+detail in the stats file.
 
 Entries are assigned to shards by position (entry ``i`` of the valid ids goes to shard ``i // shard_size``)
 and each pool worker writes whole shards with a fixed tar mtime, so that the same manifest always gives
 byte-identical shards whatever the number of workers. Outputs in ``out_dir``:
 
-- ``<prefix>-000000.tar`` ... the shards (shards whose entries were all rejected are not written, and
-  shards of that name left by an earlier run are removed);
+- ``<prefix>-000000.tar`` ... the shards (shards whose entries were all rejected are not written);
 - ``<prefix>.list``: one shard path per line, relative to the list's directory (:func:`read_shard_list`);
 - ``<prefix>.stats.json``: hours, utterances, speakers, per-speaker counts, skipped counts by reason.
+
+Nothing in ``out_dir`` changes until every shard is written: shards are written as ``*.tar.partial`` and swapped in
+only when the whole run succeeded with at least one utterance; only then are the shards of this prefix that an
+earlier run left and this one did not write removed. A run that fails or writes nothing leaves the folder as it was
+and no partial file behind.
 
 Command line: ``e2e-tts shards --manifest data/corpus/manifest.jsonl --out data/shards``.
 """
@@ -27,6 +34,8 @@ import argparse
 import dataclasses
 import json
 import os
+import re
+import sys
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -36,11 +45,13 @@ from typing import Any, Iterable, Optional, Sequence
 import webdataset as wds
 
 from e2e_tts.audio import AudioConfig, AudioRejected, check_audio, encode_flac, load_audio, normalize_peak
-from e2e_tts.data.features import SampleRejected
-from e2e_tts.data.manifest import MANIFEST_FORMATS, ManifestEntry, read_manifest
-from e2e_tts.text import TextConfig, check_text
+from e2e_tts.data.features import SampleRejected, encode_text
+from e2e_tts.data.manifest import MANIFEST_FORMATS, ManifestEntry, read_manifest, utterance_id_problem
+from e2e_tts.text import TextConfig, TextTokenizer, build_text_tokenizer, check_text
 
 SHARD_NAME = "{prefix}-{index:06d}.tar"
+PARTIAL = ".partial"  # suffix of a shard until the whole run has succeeded
+PREFIX_PATTERN = re.compile(r"[\w-]+")  # a plain name: no path, no dot, nothing a glob would expand
 TAR_MTIME = 0.0  # a fixed member mtime keeps the tar bytes reproducible
 
 
@@ -96,10 +107,12 @@ class ShardStats:
                 "skipped": dict(sorted(self.skipped.items())), "skipped_total": sum(self.skipped.values()),
                 "num_shards": len(self.shards), "shards": self.shards, "rejected": self.rejected}
 
+    def skipped_summary(self) -> str:
+        return ", ".join(f"{reason}={count}" for reason, count in sorted(self.skipped.items())) or "none"
+
     def summary(self) -> str:
-        skipped = ", ".join(f"{reason}={count}" for reason, count in sorted(self.skipped.items())) or "none"
         return (f"{self.utterances} utterances, {self.hours:.3f} h, {self.speakers} speakers, "
-                f"{len(self.shards)} shards; skipped: {skipped}")
+                f"{len(self.shards)} shards; skipped: {self.skipped_summary()}")
 
 
 def write_shards(entries: Iterable[ManifestEntry], out_dir: str | Path, audio_config: AudioConfig,
@@ -114,18 +127,21 @@ def write_shards(entries: Iterable[ManifestEntry], out_dir: str | Path, audio_co
         shard_size: samples per shard before validation (a shard holds at most this many).
         workers: processes writing shards in parallel (``<= 1``: write in this process).
         prefix: shard file prefix, also names the ``.list`` and ``.stats.json`` files.
-        text_config: the bounds ``check_text`` applies (default: ``TextConfig()``); each text is normalised
-            in its entry's own language.
+        text_config: the bounds ``check_text`` applies and the tokenizer training will use (default:
+            ``TextConfig()``); each text is normalised in its entry's own language.
     Returns:
-        the statistics, also saved to ``<out_dir>/<prefix>.stats.json``.
+        the statistics, also saved to ``<out_dir>/<prefix>.stats.json`` when at least one utterance was written
+        (otherwise ``out_dir`` is left as it was).
     Raises:
-        ValueError: ``shard_size`` below 1 or a ``prefix`` that is not a plain file-name stem.
+        ValueError: ``shard_size`` below 1, a ``prefix`` that is not a plain name (letters, digits, ``_``, ``-``),
+            or a text tokenizer that cannot be built.
     """
     if shard_size < 1:
         raise ValueError(f"shard_size must be >= 1, got {shard_size}")
-    if not prefix or "/" in prefix or "." in prefix:
-        raise ValueError(f"prefix must be a plain name without '/' or '.', got {prefix!r}")
+    if not PREFIX_PATTERN.fullmatch(prefix):
+        raise ValueError(f"prefix must be a plain name of letters, digits, '_' and '-', got {prefix!r}")
     text_config = text_config or TextConfig()
+    tokenizer = build_text_tokenizer(text_config, texts=())  # chars without a vocabulary: any character is an id
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
 
@@ -141,24 +157,43 @@ def write_shards(entries: Iterable[ManifestEntry], out_dir: str | Path, audio_co
         accepted.append(entry)
 
     tasks = [(str(out_dir / SHARD_NAME.format(prefix=prefix, index=index)), accepted[start:start + shard_size],
-              audio_config, text_config) for index, start in enumerate(range(0, len(accepted), shard_size))]
-    if workers > 1 and len(tasks) > 1:
-        with ProcessPoolExecutor(max_workers=min(workers, len(tasks))) as pool:
-            results = list(pool.map(_write_shard, tasks))
-    else:
-        results = [_write_shard(task) for task in tasks]
-    for shard_stats in results:  # in shard order, whatever order the workers finished in
-        stats.merge(shard_stats)
-    written = {Path(path).name for path in stats.shards}
-    for stale in out_dir.glob(f"{prefix}-[0-9][0-9][0-9][0-9][0-9][0-9].tar"):
-        if stale.name not in written:  # from an earlier run into this directory: would confuse a glob
-            stale.unlink()
-
-    list_path = out_dir / f"{prefix}.list"
-    list_path.write_text("".join(f"{Path(path).name}\n" for path in stats.shards))
-    (out_dir / f"{prefix}.stats.json").write_text(json.dumps(stats.to_dict(), indent=1, ensure_ascii=False))
-    print(f"wrote {out_dir}/{prefix}: {stats.summary()}")
+              audio_config, text_config, tokenizer)
+             for index, start in enumerate(range(0, len(accepted), shard_size))]
+    try:
+        if workers > 1 and len(tasks) > 1:
+            with ProcessPoolExecutor(max_workers=min(workers, len(tasks))) as pool:
+                results = list(pool.map(_write_shard, tasks))
+        else:
+            results = [_write_shard(task) for task in tasks]
+        for shard_stats in results:  # in shard order, whatever order the workers finished in
+            stats.merge(shard_stats)
+        if stats.utterances:
+            _swap_in(out_dir, prefix, stats)
+    finally:
+        for path, *_ in tasks:
+            Path(path + PARTIAL).unlink(missing_ok=True)
+    print(f"{'wrote' if stats.utterances else 'left unchanged'} {out_dir}/{prefix}: {stats.summary()}")
     return stats
+
+
+def _swap_in(out_dir: Path, prefix: str, stats: ShardStats) -> None:
+    """Moves the finished ``*.tar.partial`` shards to their names, writes the list and the statistics, then removes
+    the shards of this prefix that an earlier run left and this one did not write (a glob would pick them up)."""
+    for path in stats.shards:
+        os.replace(path + PARTIAL, path)
+    written = {Path(path).name for path in stats.shards}
+    _write_atomically(out_dir / f"{prefix}.list", "".join(f"{Path(path).name}\n" for path in stats.shards))
+    _write_atomically(out_dir / f"{prefix}.stats.json", json.dumps(stats.to_dict(), indent=1, ensure_ascii=False))
+    stale = re.compile(re.escape(prefix) + r"-\d{6}\.tar")
+    for path in out_dir.iterdir():
+        if stale.fullmatch(path.name) and path.name not in written:
+            path.unlink()
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    partial = path.with_name(path.name + PARTIAL)
+    partial.write_text(text, encoding="utf-8")
+    os.replace(partial, path)
 
 
 def read_shard_list(path: str | Path) -> list[str]:
@@ -183,40 +218,43 @@ def read_shard_list(path: str | Path) -> list[str]:
 
 
 def _key_problem(entry_id: Any, seen_ids: set[str]) -> Optional[tuple[str, str]]:
-    """Why an id cannot be a tar sample key: webdataset splits member names at the first dot."""
+    """Why an id cannot be a tar sample key: a member name that stays in its folder, and webdataset splits member
+    names at the first dot and reserves keys starting with ``_``."""
     if not isinstance(entry_id, str) or not entry_id.strip():
         return "missing_field", f"id {entry_id!r} is empty"
-    if "." in entry_id or entry_id.startswith("_") or entry_id != entry_id.strip():
-        return "invalid_id", f"id {entry_id!r} must not contain '.', start with '_' or have outer spaces"
+    problem = utterance_id_problem(entry_id)
+    if problem:
+        return "invalid_id", problem
+    if "." in entry_id or entry_id.startswith("_"):
+        return "invalid_id", f"id {entry_id!r} must not contain '.' or start with '_'"
     if entry_id in seen_ids:
         return "duplicate_id", f"id {entry_id!r} appears more than once; the first is kept"
     return None
 
 
-def _write_shard(task: tuple[str, Sequence[ManifestEntry], AudioConfig, TextConfig]) -> ShardStats:
-    """Writes one shard (atomically: a crash leaves no half-written shard under the final name)."""
-    path, entries, audio_config, text_config = task
+def _write_shard(task: tuple[str, Sequence[ManifestEntry], AudioConfig, TextConfig, TextTokenizer]) -> ShardStats:
+    """Writes one shard as ``<path>.partial``, left for :func:`_swap_in` (removed when no entry was written)."""
+    path, entries, audio_config, text_config, tokenizer = task
     stats = ShardStats()
-    partial = f"{path}.partial"
+    partial = path + PARTIAL
     with wds.TarWriter(partial, mtime=TAR_MTIME) as writer:
         for entry in entries:
             try:
-                sample, seconds = _encode_entry(entry, audio_config, text_config)
+                sample, seconds = _encode_entry(entry, audio_config, text_config, tokenizer)
             except SampleRejected as err:
                 stats.add_rejected(entry.id, err.reason, str(err))
                 continue
             writer.write(sample)
             stats.add_written(entry.speaker, seconds)
     if stats.utterances:
-        os.replace(partial, path)
         stats.shards.append(path)
     else:
         os.remove(partial)
     return stats
 
 
-def _encode_entry(entry: ManifestEntry, audio_config: AudioConfig,
-                  text_config: TextConfig) -> tuple[dict[str, Any], float]:
+def _encode_entry(entry: ManifestEntry, audio_config: AudioConfig, text_config: TextConfig,
+                  tokenizer: TextTokenizer) -> tuple[dict[str, Any], float]:
     """One validated sample for the tar writer, and its duration in seconds.
 
     Raises:
@@ -232,10 +270,11 @@ def _encode_entry(entry: ManifestEntry, audio_config: AudioConfig,
     text_problem = check_text(entry.text, dataclasses.replace(text_config, language=entry.language))
     if text_problem:
         raise SampleRejected(text_problem, f"{entry.id}: text {entry.text[:80]!r}")
+    encode_text(entry.text, entry.language, tokenizer, entry.id)  # what training would reject is skipped now
     if not Path(entry.audio).is_file():
         raise SampleRejected("missing_audio", f"{entry.id}: {entry.audio} does not exist")
     try:
-        wav, rate = load_audio(entry.audio, audio_config.sample_rate)
+        wav, rate = load_audio(entry.audio, audio_config.sample_rate, audio_config.max_duration)
         check_audio(wav, rate, audio_config)
     except AudioRejected as err:
         raise SampleRejected(err.reason, f"{entry.id}: {err}") from err
@@ -268,14 +307,28 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--workers", type=int, default=2, help="parallel shard writers (default: 2)")
     parser.add_argument("--sample-rate", type=int, default=AudioConfig.sample_rate,
                         help=f"sample rate of the written audio (default: {AudioConfig.sample_rate})")
+    parser.add_argument("--text-tokenizer", default=TextConfig.tokenizer, choices=("bytes", "chars", "phonemes"),
+                        help="the text.tokenizer training will use: texts it turns into no id are skipped "
+                             f"(default: {TextConfig.tokenizer})")
+    parser.add_argument("--text-language", default=TextConfig.language,
+                        help=f"the text.language training will use (default: {TextConfig.language})")
     parser.set_defaults(func=_run_command)
 
 
 def _run_command(args: argparse.Namespace) -> int:
-    entries = read_manifest(args.manifest, format=args.format)
-    stats = write_shards(entries, args.out, AudioConfig(sample_rate=args.sample_rate), shard_size=args.shard_size,
-                         workers=args.workers, prefix=args.prefix)
+    """Runs ``e2e-tts shards``: 0 when shards were written, 2 (``error: ...`` on stderr) otherwise."""
+    try:
+        text_config = TextConfig(tokenizer=args.text_tokenizer, language=args.text_language)
+        entries = read_manifest(args.manifest, format=args.format)
+        stats = write_shards(entries, args.out, AudioConfig(sample_rate=args.sample_rate),
+                             shard_size=args.shard_size, workers=args.workers, prefix=args.prefix,
+                             text_config=text_config)
+    except (ValueError, OSError) as err:  # ManifestError is a ValueError
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     if stats.utterances == 0:
-        print(f"error: no entry of {args.manifest} could be written")
-        return 1
+        example = f"; e.g. {stats.rejected[0]['detail']}" if stats.rejected else ""
+        print(f"error: no entry of {args.manifest} could be written (skipped: {stats.skipped_summary()}{example}); "
+              f"{args.out} is unchanged", file=sys.stderr)
+        return 2
     return 0
