@@ -192,7 +192,8 @@ def test_a_run_that_writes_nothing_leaves_the_folder_as_it_was(tmp_path, capsys)
     assert folder_snapshot(tmp_path / "shards") == before
 
 
-def test_a_crash_keeps_the_earlier_set_and_leaves_no_partial_file(tmp_path, monkeypatch):
+@pytest.mark.parametrize("workers", [1, 2])  # forked workers inherit the patched function
+def test_a_crash_keeps_the_earlier_set_and_leaves_no_partial_file(tmp_path, monkeypatch, workers):
     write_shards(make_entries(tmp_path, 4), tmp_path / "shards", AudioConfig(), shard_size=2, workers=1)
     before = folder_snapshot(tmp_path / "shards")
     encode = shards_module._encode_entry
@@ -204,8 +205,8 @@ def test_a_crash_keeps_the_earlier_set_and_leaves_no_partial_file(tmp_path, monk
 
     monkeypatch.setattr(shards_module, "_encode_entry", crash_on_the_fourth)
     with pytest.raises(RuntimeError, match="disk on fire"):
-        write_shards(make_entries(tmp_path, 6), tmp_path / "shards", AudioConfig(), shard_size=2, workers=1)
-    assert folder_snapshot(tmp_path / "shards") == before  # the first new shard was written, but not swapped in
+        write_shards(make_entries(tmp_path, 6), tmp_path / "shards", AudioConfig(), shard_size=2, workers=workers)
+    assert folder_snapshot(tmp_path / "shards") == before  # the other new shards were written, but not swapped in
 
 
 def test_a_prefix_that_is_a_pattern_is_refused(tmp_path):
