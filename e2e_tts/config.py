@@ -11,7 +11,7 @@ Merge order (later wins): schema defaults < preset (``preset: tiny|paper``) < YA
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, is_dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -20,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from e2e_tts.audio import AudioConfig
+from e2e_tts.checks import FieldError
 from e2e_tts.data.loader import DataConfig
 from e2e_tts.engine import EngineConfig
 from e2e_tts.models import flow, llm, reward, tokenizer, vocoder
@@ -116,7 +117,8 @@ def load_config(paths: Sequence[str | Path] = (), overrides: Sequence[str] = (),
     Returns:
         a read-only omegaconf ``DictConfig`` typed by ``schema``.
     Raises:
-        ConfigError: unknown key, wrong type, missing required value, unreadable or malformed file.
+        ConfigError: unknown key, wrong type, value refused by its schema's checks, missing required value,
+            unreadable or malformed file.
     """
     layers = [(_read_yaml(Path(p)), str(p)) for p in paths]
     layers.append((_parse_overrides(overrides), "command line"))
@@ -132,8 +134,37 @@ def load_config(paths: Sequence[str | Path] = (), overrides: Sequence[str] = (),
     missing = sorted(OmegaConf.missing_keys(base))
     if missing:
         raise ConfigError(f"missing required config value(s): {', '.join(missing)}")
+    _check_values(base, "", layers)
     OmegaConf.set_readonly(base, True)
     return base
+
+
+def _check_values(node: DictConfig, path: str, layers: Sequence[tuple[DictConfig, str]]) -> None:
+    """Builds each section's dataclass, innermost first, so that a value its ``__post_init__`` refuses is
+    reported with the full key and the last file (or the command line) that set it."""
+    for key in node:
+        child = node[key]
+        if isinstance(child, DictConfig) and is_dataclass(OmegaConf.get_type(child)):
+            _check_values(child, f"{path}{key}.", layers)
+    try:
+        OmegaConf.to_object(node)
+    except FieldError as err:
+        key = path + err.field
+        raise ConfigError(f"{_source_of(key, layers)}: bad config value {key}: {err.problem}") from None
+    except ValueError as err:  # a check that does not name its field: name the section
+        raise ConfigError(f"{_source_of(path.rstrip('.'), layers)}: bad config value in {path.rstrip('.')}: "
+                          f"{err}") from None
+
+
+_UNSET = object()
+
+
+def _source_of(key: str, layers: Sequence[tuple[DictConfig, str]]) -> str:
+    """The last layer that sets ``key``, where its value comes from."""
+    for layer, source in reversed(layers):
+        if OmegaConf.select(layer, key, default=_UNSET, throw_on_resolution_failure=False) is not _UNSET:
+            return source
+    return "defaults"
 
 
 def save_config(config: Any, path: str | Path) -> None:

@@ -31,9 +31,15 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from e2e_tts.checks import FieldError, at_least, one_of, positive, within
+
 LATEST = "latest"
 RANK_STATE = "rank_state_{rank:05d}.pt"
 COMPLETE = "complete.json"
+ZERO_STAGES = (0, 1, 2, 3)
+PRECISIONS = ("auto", "fp32", "bf16")
+BACKENDS = ("auto", "gloo", "nccl")
+SCHEDULES = ("constant", "linear", "cosine")
 
 
 @dataclass
@@ -57,6 +63,15 @@ class EngineConfig:
     tensorboard: bool = True
     progress_bar: bool = True
 
+    def __post_init__(self) -> None:
+        one_of(self, "zero_stage", ZERO_STAGES)
+        one_of(self, "precision", PRECISIONS)
+        one_of(self, "backend", BACKENDS)
+        for name in ("gradient_accumulation_steps", "log_every", "save_every", "keep_last"):
+            at_least(self, name, 1)
+        for name in ("gradient_clipping", "export_every", "valid_every"):
+            at_least(self, name, 0)
+
 
 @dataclass
 class OptimConfig:
@@ -70,6 +85,17 @@ class OptimConfig:
     warmup_steps: int = 100
     total_steps: int = 1000
     min_lr_ratio: float = 0.05
+
+    def __post_init__(self) -> None:
+        positive(self, "lr")
+        positive(self, "eps")
+        if len(self.betas) != 2 or not all(0 <= beta < 1 for beta in self.betas):
+            raise FieldError("betas", f"must be two values in [0, 1), got {list(self.betas)}")
+        at_least(self, "weight_decay", 0)
+        one_of(self, "schedule", SCHEDULES)
+        at_least(self, "warmup_steps", 0)
+        at_least(self, "total_steps", 1)
+        within(self, "min_lr_ratio", 0, 1)
 
 
 @dataclass
@@ -120,10 +146,8 @@ def lr_factor(step: int, config: OptimConfig) -> float:
     progress = min(1.0, (step - config.warmup_steps) / max(1, config.total_steps - config.warmup_steps))
     if config.schedule == "linear":
         decay = 1.0 - progress
-    elif config.schedule == "cosine":
+    else:  # cosine (OptimConfig refuses other names)
         decay = 0.5 * (1.0 + np.cos(np.pi * progress))
-    else:
-        raise ValueError(f"unknown schedule {config.schedule!r} (constant, linear, cosine)")
     return config.min_lr_ratio + (1.0 - config.min_lr_ratio) * float(decay)
 
 
@@ -197,8 +221,6 @@ class TrainingEngine:
         precision = config.precision
         if precision == "auto":
             precision = "bf16" if dist.device.type == "cuda" else "fp32"
-        if precision not in ("fp32", "bf16"):
-            raise ValueError(f"precision must be auto, fp32 or bf16, got {precision!r}")
         self.precision = precision
         optimizer = build_optimizer(model, optim)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, optim))

@@ -9,7 +9,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
+from e2e_tts.checks import FieldError, at_least, each_one_of, one_of, positive
 from e2e_tts.engine import OptimConfig
+from e2e_tts.system import MODULES
+
+OBJECTIVES = ("multitask", "e2e", "grpo", "vocoder")  # what e2e_tts.objectives.build_objective builds
 
 
 @dataclass
@@ -25,6 +29,11 @@ class GumbelConfig:
     tau_end: float = 0.5
     anneal_steps: int = 1000
     hard: bool = True
+
+    def __post_init__(self) -> None:
+        positive(self, "tau_start")
+        positive(self, "tau_end")
+        at_least(self, "anneal_steps", 0)
 
     def temperature(self, step: int) -> float:
         progress = min(1.0, step / max(1, self.anneal_steps))
@@ -55,6 +64,12 @@ class GRPOConfig:
     scale_rewards: bool = True
     reward_weights: Dict[str, float] = field(default_factory=dict)
     prompt: bool = True
+
+    def __post_init__(self) -> None:
+        positive(self, "temperature")
+        at_least(self, "top_k", 0)
+        if not 0 < self.top_p <= 1:
+            raise FieldError("top_p", f"must be in (0, 1], got {self.top_p!r}")
 
 
 @dataclass
@@ -90,3 +105,14 @@ class StageConfig:
     grpo: GRPOConfig = field(default_factory=GRPOConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     max_steps: int = 1000
+
+    def __post_init__(self) -> None:
+        one_of(self, "objective", OBJECTIVES)
+        each_one_of(self, "trainable", MODULES)
+        if self.init_modules is not None:
+            each_one_of(self, "init_modules", MODULES)
+        negative = {name: weight for name, weight in self.loss_weights.items() if not weight >= 0}
+        if negative:
+            raise FieldError("loss_weights", f"must be >= 0, got {negative}")
+        at_least(self, "kl_beta", 0)
+        at_least(self, "max_steps", 1)  # 0 would export untrained weights as if trained

@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 
 from e2e_tts.config import ConfigError, load_config, model_preset, save_config, to_object
@@ -79,3 +81,48 @@ def test_config_is_read_only():
     config = load_config()
     with pytest.raises(Exception):
         config.seed = 3
+
+
+@pytest.mark.parametrize("override, key", [
+    ("engine.zero_stage=7", "engine.zero_stage"),
+    ("engine.precision=fp16", "engine.precision"),
+    ("engine.gradient_accumulation_steps=0", "engine.gradient_accumulation_steps"),
+    ("engine.save_every=0", "engine.save_every"),
+    ("stage.objective=sft", "stage.objective"),
+    ("stage.trainable=[llm,tokenizr]", "stage.trainable"),
+    ("stage.max_steps=0", "stage.max_steps"),
+    ("stage.max_steps=-5", "stage.max_steps"),
+    ("stage.optim.lr=-0.001", "stage.optim.lr"),
+    ("stage.optim.schedule=step", "stage.optim.schedule"),
+    ("stage.optim.betas=[0.9,1.5]", "stage.optim.betas"),
+    ("stage.grpo.top_p=0", "stage.grpo.top_p"),
+    ("stage.gumbel.tau_end=0", "stage.gumbel.tau_end"),
+    ("data.max_frames=0", "data.max_frames"),
+    ("data.max_error_fraction=2", "data.max_error_fraction"),
+    ("data.resampled=true", "data.resampled"),
+])
+def test_bad_values_are_refused_at_load_naming_key_and_source(override, key):
+    """`e2e-tts config` printed these and training failed later (or ran, like max_steps=0 exporting untrained
+    weights): each is refused when the config is loaded, naming the dotted key and where it was set."""
+    with pytest.raises(ConfigError) as err:
+        load_config(overrides=[override])
+    assert f"{key}:" in str(err.value) and str(err.value).startswith("command line:"), str(err.value)
+
+
+def test_bad_value_in_a_file_names_the_file_that_set_it(tmp_path):
+    bad = write(tmp_path / "bad.yaml", "engine:\n  zero_stage: 7\n")
+    other = write(tmp_path / "other.yaml", "seed: 3\n")
+    with pytest.raises(ConfigError) as err:
+        load_config([bad, other])
+    assert str(err.value).startswith(f"{bad}: bad config value engine.zero_stage: must be one of 0, 1, 2, 3, got 7")
+    # a component whose check does not name its field: the section is named
+    with pytest.raises(ConfigError) as err:
+        load_config([other], ["model.llm.prompt_pairs=2"])
+    assert str(err.value).startswith("command line: bad config value in model.llm: ") and "prompt_pairs" in str(err.value)
+
+
+def test_every_shipped_stage_and_recipe_passes_the_value_checks():
+    root = Path(__file__).resolve().parents[1]
+    for recipe in sorted((root / "recipes").glob("*/config.yaml")):
+        for stage in sorted((root / "stages").glob("*.yaml")):
+            load_config([recipe, stage])

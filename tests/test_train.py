@@ -138,7 +138,7 @@ def test_init_modules_loads_only_the_named_modules(shards, joint_export, tmp_pat
         assert torch.equal(load_file(str(export / "tokenizer.safetensors"))[key], value)
     # the joint flow has one block: loading it into this two-block flow would have failed
     assert any(key.startswith("transformer.blocks.1.") for key in load_file(str(export / "flow.safetensors")))
-    with pytest.raises(ValueError, match="unknown module"):
+    with pytest.raises(ValueError, match=r"stage.init_modules: names unknown \['tokenizr'\]"):
         train(stage_config(shards, tmp_path / "typo", "separate", 1, f"stage.init_from={joint_export}",
                            "stage.init_modules=[tokenizr]"))
 

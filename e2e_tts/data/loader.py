@@ -57,6 +57,7 @@ import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from e2e_tts.audio import LOG_FLOOR, AudioConfig
+from e2e_tts.checks import FieldError, at_least, positive, within
 from e2e_tts.data.features import ERROR_REASONS, SampleFeaturizer, SampleFilter, SampleRejected
 from e2e_tts.data.shards import read_shard_list
 from e2e_tts.models.masks import lengths_to_mask
@@ -113,6 +114,23 @@ class DataConfig:
     max_text_length: Optional[int] = 512
     return_wav: bool = False
     max_error_fraction: float = 0.01
+
+    def __post_init__(self) -> None:
+        for name in ("max_frames", "max_samples", "sort_buffer", "prefetch_factor"):
+            at_least(self, name, 1)
+        for name in ("num_workers", "shuffle_buffer"):
+            at_least(self, name, 0)
+        if self.resampled and (self.steps_per_epoch is None or self.steps_per_epoch < 1):
+            raise FieldError("resampled", "needs steps_per_epoch >= 1 (batches per rank and epoch)")
+        if not self.resampled and self.steps_per_epoch is not None:
+            raise FieldError("steps_per_epoch", "only applies with resampled=true; an exact epoch is one pass over "
+                                                "the shards")
+        for name in ("min_duration", "max_duration"):
+            if getattr(self, name) is not None:
+                positive(self, name)
+        if self.max_text_length is not None:
+            at_least(self, "max_text_length", 1)
+        within(self, "max_error_fraction", 0, 1)
 
 
 PRESETS: dict[str, DataConfig] = {
@@ -437,22 +455,11 @@ class SpeechDataLoader:
 
     def _check_config(self, audio_config: AudioConfig, sample_filter: SampleFilter) -> None:
         cfg = self.config
-        for name in ("max_frames", "max_samples", "sort_buffer"):
-            if getattr(cfg, name) < 1:
-                raise ValueError(f"DataConfig.{name} must be >= 1, got {getattr(cfg, name)}")
-        if cfg.num_workers < 0 or cfg.shuffle_buffer < 0:
-            raise ValueError(f"DataConfig.num_workers and shuffle_buffer must be >= 0, got {cfg.num_workers} and "
-                             f"{cfg.shuffle_buffer}")
         longest = math.ceil(min(sample_filter.max_duration, audio_config.max_duration) * audio_config.sample_rate
                             / audio_config.hop_length)
         if cfg.max_frames < longest:
             raise ValueError(f"DataConfig.max_frames={cfg.max_frames} cannot hold the longest accepted utterance "
                              f"({longest} frames); raise max_frames or lower max_duration")
-        if cfg.resampled and (cfg.steps_per_epoch is None or cfg.steps_per_epoch < 1):
-            raise ValueError("DataConfig.resampled needs steps_per_epoch >= 1 (batches per rank and epoch)")
-        if not cfg.resampled and cfg.steps_per_epoch is not None:
-            raise ValueError("DataConfig.steps_per_epoch only applies with resampled=true; an exact epoch is one "
-                             "pass over the shards")
         if not cfg.resampled:
             needed = self.world_size * self.num_streams
             if len(self.shards) < needed:
