@@ -118,7 +118,8 @@ def test_bad_value_in_a_file_names_the_file_that_set_it(tmp_path):
     # a component whose check does not name its field: the section is named
     with pytest.raises(ConfigError) as err:
         load_config([other], ["model.llm.prompt_pairs=2"])
-    assert str(err.value).startswith("command line: bad config value in model.llm: ") and "prompt_pairs" in str(err.value)
+    assert str(err.value).startswith("command line: bad config value in model.llm: ")
+    assert "prompt_pairs" in str(err.value)
 
 
 def test_every_shipped_stage_and_recipe_passes_the_value_checks():

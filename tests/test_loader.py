@@ -303,3 +303,15 @@ def test_rank_comes_from_arguments_or_environment(monkeypatch):
         resolve_rank(rank=1)
     with pytest.raises(ValueError, match="rank must be"):
         resolve_rank(2, 2)
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_an_epoch_with_no_batch_is_an_error_naming_the_filters(shards, num_workers):
+    """Every utterance is longer than max_duration: the loop used to start empty epochs forever."""
+    loader = make_loader(config(shards, num_workers=num_workers, min_duration=0.1, max_duration=0.3))
+    with pytest.raises(DataError) as err:
+        key_batches(loader)
+    message = str(err.value)
+    assert f"all {NUM_SAMPLES} samples read were dropped: duration_above_max {NUM_SAMPLES} (max_duration=0.3)" \
+        in message
+    assert "epoch 0 (rank 0) has no batch" in message and shards in message

@@ -525,12 +525,22 @@ class SpeechDataLoader:
         seen = self._samples + sum(self._epoch_skipped.values())
         logger.info("epoch %d (rank %d): %d batches, %d samples, skipped %s", self._epoch, self.rank, self._batches,
                     self._samples, dict(self._epoch_skipped))
-        epoch, fraction = self._epoch, errors / max(seen, 1)
+        epoch, fraction, dropped, empty = self._epoch, errors / max(seen, 1), self._epoch_skipped, not self._batches
         self._start_epoch(epoch + 1)
         if fraction > self.config.max_error_fraction:
             raise DataError(f"epoch {epoch}: {errors} of {seen} samples were broken ({fraction:.1%} > "
                             f"max_error_fraction={self.config.max_error_fraction:.1%}); skipped by reason: "
                             f"{dict(self.skipped)}")
+        if empty:  # the next epoch would be empty too: training would loop over empty epochs forever
+            sample_filter = self.featurizer.sample_filter
+            settings = {"duration_below_min": f"min_duration={sample_filter.min_duration}",
+                        "duration_above_max": f"max_duration={sample_filter.max_duration}",
+                        "text_above_max_length": f"max_text_length={sample_filter.max_text_length}"}
+            reasons = ", ".join(f"{reason} {count}" + (f" ({settings[reason]})" if reason in settings else "")
+                                for reason, count in dropped.most_common())
+            what = f"all {seen} samples read were dropped: {reasons}" if seen else "no sample was read"
+            raise DataError(f"epoch {epoch} (rank {self.rank}) has no batch: {what}; shards: "
+                            f"{list(self.config.shards)}")
 
     # -- checkpointing ------------------------------------------------------------------------------------------
 
