@@ -16,6 +16,11 @@ ASR backend of :mod:`e2e_tts.eval.asr`, or ``"rm"``: the project's reward model 
 transcribes every candidate and the kept one has the lowest Seed-TTS-Eval WER among the candidates that are not
 dropouts (silent, or too short for the text); ties go to the earlier candidate.
 
+Settings (:meth:`Synthesizer.settings`): :class:`SynthesisConfig` defaults < the export's ``synthesis`` section (the
+recipe's decoding settings, recorded in its config.yaml) < what the caller gives. The vocoder left unset is the
+trained one, or Griffin-Lim with a note when the export records that its vocoder was never trained; asked for by
+name, a never-trained vocoder is an error in the commands.
+
 Randomness comes from one ``torch.Generator`` seeded with ``SynthesisConfig.seed`` per :meth:`Synthesizer.synthesize`
 call and handed to every sampler, so a call is reproducible. Rows share the generator in batch order, so a text's
 audio also depends on the batch it was sampled in (the batch size, and the texts before it).
@@ -29,6 +34,7 @@ import json
 import math
 import sys
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
@@ -41,17 +47,20 @@ from tqdm import tqdm
 
 from e2e_tts.audio import (LOG_FLOOR, AudioConfig, MelSpectrogram, is_silent, load_audio, normalize_peak, resample,
                            write_audio)
+from e2e_tts.data.manifest import utterance_id_problem
 from e2e_tts.models.flow import SCHEDULES
 from e2e_tts.models.llm import MAX_LEN_RATIO, MIN_LEN_RATIO
 from e2e_tts.models.masks import lengths_to_mask
 from e2e_tts.models.vocoder import griffin_lim
-from e2e_tts.system import TTSSystem
+from e2e_tts.system import TRAINED_FILE, TTSSystem, read_trained
 from e2e_tts.text import TextConfig, check_text, normalize_text
 
 VOCODERS = ("model", "griffin-lim")
 TOKEN_VERIFIER = "rm"  # the reward model reading the generated tokens (no audio round trip)
 WER_LANGUAGES = ("en", "zh")
 RESULTS_FILE = "synthesis.json"
+VOCODER_HOWTO = ("for a trained vocoder run `bash recipes/tiny/run.sh --vocoder-steps N` (its stage 5), or train "
+                 "`-c stages/vocoder.yaml stage.init_from=<this export>`")
 
 
 @dataclass
@@ -64,7 +73,9 @@ class SynthesisConfig:
         min_len_ratio, max_len_ratio: speech tokens per text id: EOS is masked below the minimum, a row stops at
             the maximum (see :meth:`e2e_tts.models.llm.SpeechLLM.generate`).
         solver, nfe, schedule, sway_coef, cfg_strength: flow ODE sampling; None = the flow config's value.
-        vocoder: ``"model"`` (the trained vocoder) or ``"griffin-lim"`` (training-free phase reconstruction).
+        vocoder: ``"model"`` (the trained vocoder), ``"griffin-lim"`` (training-free phase reconstruction) or
+            None: the model's when the export's vocoder was trained, else Griffin-Lim (see
+            :meth:`Synthesizer.choose_vocoder`).
         griffin_lim_iters: Griffin-Lim iterations.
         seed: seeds the generator of every random draw of a call.
         batch_size: rows per model call; with best-of-N every text takes ``num_candidates`` rows.
@@ -89,7 +100,7 @@ class SynthesisConfig:
     schedule: Optional[str] = None
     sway_coef: Optional[float] = None
     cfg_strength: Optional[float] = None
-    vocoder: str = "model"
+    vocoder: Optional[str] = None
     griffin_lim_iters: int = 32
     seed: int = 0
     batch_size: int = 8
@@ -105,7 +116,7 @@ class SynthesisConfig:
         if not 0 <= self.min_len_ratio <= self.max_len_ratio:
             raise ValueError(f"SynthesisConfig needs 0 <= min_len_ratio <= max_len_ratio, got "
                              f"{self.min_len_ratio} and {self.max_len_ratio}")
-        if self.vocoder not in VOCODERS:
+        if self.vocoder is not None and self.vocoder not in VOCODERS:
             raise ValueError(f"SynthesisConfig.vocoder must be one of {VOCODERS}, got {self.vocoder!r}")
         if self.schedule is not None and self.schedule not in SCHEDULES:
             raise ValueError(f"SynthesisConfig.schedule must be one of {SCHEDULES}, got {self.schedule!r}")
@@ -256,14 +267,18 @@ class Synthesizer:
         audio_config: the mel analysis and sample rate the system was trained on.
         text_config: text language and acceptance bounds.
         export_dir: where the system was loaded from (reported, and reused by an ``rm:<same dir>`` verifier).
+        defaults: the settings a run starts from (the export's ``synthesis`` section; None = ``SynthesisConfig()``).
+        trained: which modules were trained (:func:`e2e_tts.system.read_trained`; None = unknown).
     Raises:
         ValueError: when the modules disagree on framing, or the flow needs a speaker embedding (synthesis has
             no speaker encoder).
     """
 
     def __init__(self, system: TTSSystem, audio_config: AudioConfig, text_config: TextConfig,
-                 export_dir: Optional[str | Path] = None):
+                 export_dir: Optional[str | Path] = None, defaults: Optional[SynthesisConfig] = None,
+                 trained: Optional[dict[str, Optional[bool]]] = None):
         self.system = system.eval()
+        self.defaults, self.trained = defaults or SynthesisConfig(), trained
         self.audio_config, self.text_config = audio_config, text_config
         self.export_dir = None if export_dir is None else Path(export_dir).resolve()
         self.device = next(system.parameters()).device
@@ -280,9 +295,11 @@ class Synthesizer:
 
     @classmethod
     def from_pretrained(cls, export_dir: str | Path, device: str | torch.device = "cpu") -> "Synthesizer":
-        """Loads an export directory written by :meth:`TTSSystem.export`."""
+        """Loads an export directory written by :meth:`TTSSystem.export`, with its recorded decoding settings and
+        trained modules."""
         system, config = TTSSystem.from_export(export_dir, map_location=device)
-        return cls(system, OmegaConf.to_object(config.audio), OmegaConf.to_object(config.text), export_dir)
+        return cls(system, OmegaConf.to_object(config.audio), OmegaConf.to_object(config.text), export_dir,
+                   OmegaConf.to_object(config.synthesis), read_trained(export_dir))
 
     @property
     def sample_rate(self) -> int:
@@ -294,6 +311,47 @@ class Synthesizer:
         ``n_fft / 2`` samples)."""
         cfg = self.audio_config
         return max(self.system.tokenizer.config.frames_per_token * cfg.hop_length, cfg.n_fft // 2 + 1)
+
+    # ---- settings ---------------------------------------------------------------------------------------------
+
+    def settings(self, **overrides: Any) -> tuple[SynthesisConfig, list[str]]:
+        """A command's settings: the export's (:attr:`defaults`) with every override that is not None on top, the
+        vocoder chosen by :meth:`choose_vocoder`.
+
+        Returns:
+            the settings and the notes to show the user (a fallback to Griffin-Lim, an export without a record).
+        Raises:
+            ValueError: for a bad value, or the model vocoder asked for by name when it was never trained.
+        """
+        config = dataclasses.replace(self.defaults, **{k: v for k, v in overrides.items() if v is not None})
+        config, note = self.choose_vocoder(config)
+        return config, [note] if note else []
+
+    def choose_vocoder(self, config: SynthesisConfig) -> tuple[SynthesisConfig, Optional[str]]:
+        """Sets ``config.vocoder`` by what the export records of its vocoder, and says why when it matters.
+
+        Unset: the model's when trained (or unknown, noted), else Griffin-Lim (noted). ``"model"`` when the record
+        says never trained: refused, since it decodes near-silent noise.
+
+        Returns:
+            the settings with a vocoder, and a note or None.
+        Raises:
+            ValueError: ``"model"`` asked for on a never-trained vocoder, saying how to get one.
+        """
+        if config.vocoder == "griffin-lim":
+            return config, None
+        trained = None if self.trained is None else self.trained["vocoder"]
+        record = TRAINED_FILE if self.export_dir is None else str(self.export_dir / TRAINED_FILE)
+        if trained is False:
+            if config.vocoder == "model":
+                raise ValueError(f"vocoder 'model' asked for, but {record} says the export's vocoder was never "
+                                 f"trained: it would decode noise. Use --vocoder griffin-lim, or {VOCODER_HOWTO}")
+            return dataclasses.replace(config, vocoder="griffin-lim"), (
+                f"the export's vocoder was never trained ({record}): decoding with Griffin-Lim; {VOCODER_HOWTO}")
+        note = None if trained else (f"{record} is missing or does not know the vocoder (an older export): "
+                                     f"decoding with its vocoder, which may never have been trained; "
+                                     f"--vocoder griffin-lim if the audio is noise")
+        return dataclasses.replace(config, vocoder="model"), note
 
     # ---- inputs -----------------------------------------------------------------------------------------------
 
@@ -333,9 +391,11 @@ class Synthesizer:
             text: the transcript of the prompt audio.
             sample_rate: rate of an array ``wav`` (None = the model rate); ignored for a path.
         Raises:
-            ValueError: for a rejected transcript, non-mono or non-finite audio, or audio too short for one token.
+            ValueError: for a rejected transcript, unreadable, non-mono, non-finite or silent audio, or audio too short
+                for one token.
         """
         _, text_ids = self.prepare_text(text, "prompt text")
+        what = f"prompt {wav}" if isinstance(wav, (str, Path)) else "prompt audio"
         if isinstance(wav, (str, Path)):
             audio, _ = load_audio(wav, self.sample_rate)
         else:
@@ -344,7 +404,10 @@ class Synthesizer:
                 raise ValueError(f"prompt audio must be mono (N,), got shape {audio.shape}")
             audio = resample(audio, sample_rate or self.sample_rate, self.sample_rate)
         if not np.isfinite(audio).all():
-            raise ValueError("prompt audio contains NaN or Inf")
+            raise ValueError(f"{what} contains NaN or Inf")
+        threshold = self.audio_config.silence_threshold_db
+        if is_silent(audio, threshold):  # its tokens and mel would make the model clone silence
+            raise ValueError(f"{what} is silent (peak below {threshold} dBFS): a prompt must be speech")
         speech_ids, mel = self.tokenize_audio(audio)
         return Prompt(text_ids=text_ids, speech_ids=speech_ids, mel=mel)
 
@@ -376,7 +439,8 @@ class Synthesizer:
             texts: raw texts (normalised here).
             prompt_wav: zero-shot prompt audio (path or mono array), or None.
             prompt_text: transcript of ``prompt_wav`` (required with it).
-            config: settings (None = defaults).
+            config: settings (None = the export's, :attr:`defaults`); an unset vocoder is chosen by
+                :meth:`choose_vocoder` and its note issued as a warning.
             prompt_sample_rate: rate of an array ``prompt_wav`` (None = the model rate).
             verifier: an ASR backend (anything with ``transcribe(wavs, sample_rate) -> list[str]``); overrides
                 ``config.verifier``.
@@ -387,7 +451,7 @@ class Synthesizer:
             ValueError: for a rejected text (named), a prompt without transcript or vice versa, or best-of-N
                 without a verifier.
         """
-        config = config or SynthesisConfig()
+        config = config or self.defaults
         if (prompt_wav is None) != (prompt_text is None):
             raise ValueError("zero-shot synthesis needs both prompt_wav and prompt_text (the LLM continues the "
                              "prompt's transcript and speech); give both or neither")
@@ -397,6 +461,10 @@ class Synthesizer:
         prepared = [self.prepare_text(text, f"text {i}") for i, text in enumerate(texts)]
         prompt = None if prompt_wav is None else self.encode_prompt(prompt_wav, prompt_text, prompt_sample_rate)
         check = self._build_verifier(config, verifier)
+        if config.vocoder is None:
+            config, note = self.choose_vocoder(config)
+            if note:
+                warnings.warn(note, stacklevel=2)
 
         generator = torch.Generator(device=self.device).manual_seed(config.seed)
         rows = [(t, c) for t in range(len(texts)) for c in range(config.num_candidates)]
@@ -639,8 +707,9 @@ def read_text_list(path: str | Path) -> list[tuple[str, str]]:
             raise ValueError(f"{where}: expected 'id<TAB>text', found no tab in {line!r}")
         if not utt or not text:
             raise ValueError(f"{where}: empty {'id' if not utt else 'text'} in {line!r}")
-        if "/" in utt or "\\" in utt or utt.startswith("."):
-            raise ValueError(f"{where}: id {utt!r} cannot be a file name (no slashes, no leading dot)")
+        problem = utterance_id_problem(utt)
+        if problem:
+            raise ValueError(f"{where}: {problem}")
         if utt in seen:
             raise ValueError(f"{where}: duplicate id {utt!r} (first on line {seen[utt]})")
         seen[utt] = number
@@ -653,25 +722,38 @@ def read_text_list(path: str | Path) -> list[tuple[str, str]]:
 LLM_SAMPLING_FIELDS = ("temperature", "top_k", "top_p", "repetition_aware", "min_len_ratio", "max_len_ratio")
 
 
+VOCODER_HELP = ("default: the export's synthesis.vocoder, else its vocoder when the export records it trained, "
+                "else griffin-lim (with a note)")
+
+
+def export_default(field: str) -> str:
+    """Help text of a flag whose default is the export's recorded setting."""
+    return f"default: the export's synthesis.{field}, else {getattr(SynthesisConfig(), field)}"
+
+
 def add_llm_sampling_arguments(group: argparse._ActionsContainer) -> None:
-    """Adds the flags of :data:`LLM_SAMPLING_FIELDS` (``e2e-tts synth`` and ``e2e-tts eval seedtts`` share them)."""
-    defaults = SynthesisConfig()
-    group.add_argument("--temperature", type=float, default=defaults.temperature)
-    group.add_argument("--top-k", type=int, default=defaults.top_k)
-    group.add_argument("--top-p", type=float, default=defaults.top_p)
-    group.add_argument("--no-repetition-aware", dest="repetition_aware", action="store_false",
+    """Adds the flags of :data:`LLM_SAMPLING_FIELDS` (``e2e-tts synth`` and ``e2e-tts eval seedtts`` share them).
+
+    Every default is None, so that the export's recorded setting applies unless the flag is given.
+    """
+    group.add_argument("--temperature", type=float, help=export_default("temperature"))
+    group.add_argument("--top-k", type=int, help=export_default("top_k"))
+    group.add_argument("--top-p", type=float, help=export_default("top_p"))
+    group.add_argument("--no-repetition-aware", dest="repetition_aware", action="store_const", const=False,
                        help="plain nucleus sampling instead of repetition-aware sampling")
-    group.add_argument("--min-len-ratio", type=float, default=defaults.min_len_ratio,
-                       help="no EOS before this many speech tokens per text id")
-    group.add_argument("--max-len-ratio", type=float, default=defaults.max_len_ratio,
-                       help="stop without EOS at this many speech tokens per text id")
+    group.add_argument("--min-len-ratio", type=float,
+                       help="no EOS before this many speech tokens per text id; " + export_default("min_len_ratio"))
+    group.add_argument("--max-len-ratio", type=float,
+                       help="stop without EOS at this many speech tokens per text id; "
+                            + export_default("max_len_ratio"))
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Adds the ``synth`` subcommand to the ``e2e-tts`` command line."""
-    defaults = SynthesisConfig()
+    """Adds the ``synth`` subcommand to the ``e2e-tts`` command line (flags left out take the export's settings)."""
     parser = subparsers.add_parser("synth", help="synthesise texts with an exported model (zero-shot, best-of-N)",
-                                   description="Writes <out>/<id>.wav per text and <out>/synthesis.json.")
+                                   description="Writes <out>/<id>.wav per text and <out>/synthesis.json. A flag "
+                                               "left out takes the export's recorded synthesis setting (the "
+                                               "recipe's), else the built-in default.")
     parser.add_argument("--model", required=True, help="export directory (<stage output_dir>/export)")
     texts = parser.add_mutually_exclusive_group(required=True)
     texts.add_argument("--text", action="append", help="a text to say (repeatable; ids utt1, utt2, ...)")
@@ -680,23 +762,24 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--prompt-text", help="transcript of --prompt-wav")
     parser.add_argument("--out", required=True, help="output folder")
     add_llm_sampling_arguments(parser.add_argument_group("LLM sampling"))
-    decoding = parser.add_argument_group("flow and vocoder (flow defaults come from the model config)")
+    decoding = parser.add_argument_group("flow and vocoder (left out: the export's synthesis settings, else the "
+                                                           "flow config's)")
     decoding.add_argument("--solver", help="torchdiffeq method (euler, midpoint, rk4, dopri5, ...)")
     decoding.add_argument("--nfe", type=int, help="ODE steps")
     decoding.add_argument("--schedule", choices=SCHEDULES, help="ODE time grid")
     decoding.add_argument("--sway-coef", type=float, help="sway schedule coefficient")
     decoding.add_argument("--cfg-strength", type=float, help="classifier-free guidance strength")
-    decoding.add_argument("--vocoder", choices=VOCODERS, default=defaults.vocoder)
-    decoding.add_argument("--griffin-lim-iters", type=int, default=defaults.griffin_lim_iters)
+    decoding.add_argument("--vocoder", choices=VOCODERS, help=VOCODER_HELP)
+    decoding.add_argument("--griffin-lim-iters", type=int, help=export_default("griffin_lim_iters"))
     best = parser.add_argument_group("best-of-N")
-    best.add_argument("--num-candidates", type=int, default=defaults.num_candidates, help="N (1 = off)")
+    best.add_argument("--num-candidates", type=int, help="N (1 = off); " + export_default("num_candidates"))
     best.add_argument("--verifier", help="'rm' (reward model on the tokens) or an ASR spec: pocketsphinx, "
                                          "whisper:<dir>, paraformer:<dir>, rm:<export dir>")
     best.add_argument("--wer-language", choices=WER_LANGUAGES, help="WER scoring language (default: from the model)")
-    best.add_argument("--min-seconds-per-char", type=float, default=defaults.min_seconds_per_char,
-                      help="shorter candidates are dropouts")
-    parser.add_argument("--seed", type=int, default=defaults.seed)
-    parser.add_argument("--batch-size", type=int, default=defaults.batch_size, help="rows per model call")
+    best.add_argument("--min-seconds-per-char", type=float,
+                      help="shorter candidates are dropouts; " + export_default("min_seconds_per_char"))
+    parser.add_argument("--seed", type=int, help=export_default("seed"))
+    parser.add_argument("--batch-size", type=int, help="rows per model call; " + export_default("batch_size"))
     parser.add_argument("--device", default="cpu", help="torch device (cpu, cuda, cuda:1, ...)")
     parser.set_defaults(func=run)
 
@@ -705,8 +788,11 @@ def run(args: argparse.Namespace) -> int:
     """Runs ``e2e-tts synth``; bad input is reported on stderr with exit status 2."""
     try:
         items = read_text_list(args.texts) if args.texts else [(f"utt{i}", t) for i, t in enumerate(args.text, 1)]
-        config = SynthesisConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(SynthesisConfig)})
         synthesizer = Synthesizer.from_pretrained(args.model, args.device)
+        config, notes = synthesizer.settings(**{f.name: getattr(args, f.name)
+                                                for f in dataclasses.fields(SynthesisConfig)})
+        for note in notes:
+            print(f"note: {note}", file=sys.stderr)
         results = synthesizer.synthesize([text for _, text in items], args.prompt_wav, args.prompt_text, config,
                                          progress=True)
     except (ValueError, FileNotFoundError) as err:
@@ -720,14 +806,19 @@ def run(args: argparse.Namespace) -> int:
         utterances.append({"id": utt, "wav": f"{utt}.wav", **result.to_json()})
     audio_seconds = sum(r.duration for r in results)
     compute_seconds = sum(sum(r.timings.values()) for r in results)
+    silent = [utt for (utt, _), r in zip(items, results)
+              if is_silent(r.wav, synthesizer.audio_config.silence_threshold_db)]
     summary = {"model": str(Path(args.model).resolve()), "device": args.device,
                "prompt_wav": args.prompt_wav, "prompt_text": args.prompt_text,
-               "settings": dataclasses.asdict(config), "sample_rate": synthesizer.sample_rate,
+               "settings": dataclasses.asdict(config), "notes": notes, "sample_rate": synthesizer.sample_rate,
                "totals": {"utterances": len(results), "audio_seconds": audio_seconds,
                           "compute_seconds": compute_seconds,
-                          "rtf": compute_seconds / audio_seconds if audio_seconds > 0 else None},
+                          "rtf": compute_seconds / audio_seconds if audio_seconds > 0 else None,
+                          "silent": silent},
                "utterances": utterances}
     (out / RESULTS_FILE).write_text(json.dumps(summary, indent=1, ensure_ascii=False), encoding="utf-8")
+    if silent:
+        print(f"warning: {len(silent)} of {len(results)} outputs are silent: {', '.join(silent)}", file=sys.stderr)
     rtf = summary["totals"]["rtf"]
     print(f"{len(results)} utterances, {audio_seconds:.1f} s of audio, RTF {'n/a' if rtf is None else f'{rtf:.3f}'}"
           f" -> {out}")

@@ -221,6 +221,17 @@ def test_wavlm_ecapa_spec_and_file_errors(tmp_path):
             build_similarity(bad)
 
 
+@pytest.mark.parametrize("damage", [lambda data: data[:len(data) // 2], lambda data: bytes(range(256)) * 8,
+                                    lambda data: data[:200] + bytes(100) + data[300:]])
+def test_wavlm_ecapa_names_a_damaged_checkpoint(tmp_path, damage):
+    path = tmp_path / "wavlm_large_finetune.pth"
+    _random_official_checkpoint(path)
+    path.write_bytes(damage(path.read_bytes()))
+    with pytest.raises(ValueError, match=re.escape(f"{path}: not a readable PyTorch checkpoint")) as caught:
+        build_similarity(f"wavlm-ecapa:{path}")
+    assert "weights_only" not in str(caught.value)  # torch's advice to unpickle anyway is not repeated
+
+
 def test_wavlm_matches_transformers_wavlm_with_mapped_weights():
     """Our WavLM (original s3prl names) computes what transformers' independent port computes."""
     from transformers import WavLMConfig, WavLMModel

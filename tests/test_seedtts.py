@@ -199,6 +199,35 @@ def test_malformed_meta_fails_with_the_line_number(tmp_path, capsys):
     assert "meta.lst:3:" in capsys.readouterr().err
 
 
+def test_a_silent_wav_fails_with_the_wer_of_an_empty_transcript_and_no_sim(tmp_path):
+    sf.write(tmp_path / "prompt.wav", tone(24000, PROMPT_RATE), PROMPT_RATE)
+    sf.write(tmp_path / "said.wav", tone(16000, SYNTH_RATE), SYNTH_RATE)
+    sf.write(tmp_path / "quiet.wav", np.full(16001, 1e-4, np.float32), SYNTH_RATE)  # -80 dBFS
+    meta = tmp_path / "meta.lst"
+    meta.write_text("said|Prompt.|prompt.wav|Good day.\nquiet|Prompt.|prompt.wav|Good night.\n")
+    asr = LengthKeyedASR({16000: "good day"})  # the silent wav is not its to hear
+    similarity = PairKeyedSimilarity({(16000, 24000): 0.9})  # an embedding of silence scored 0.43
+    output = run_seedtts(meta, tmp_path, asr, similarity, "en")
+    summary, rows = output["summary"], {row["utt"]: row for row in output["utterances"]}
+    assert rows["quiet"]["status"] == "failed" and rows["quiet"]["errors"] == ["silent audio (peak below -50.0 dBFS)"]
+    assert rows["quiet"]["wer"] == 1.0 and rows["quiet"]["hyp"] == "" and rows["quiet"]["sim"] is None
+    assert summary["seedtts_wer"] == 50.0 and summary["num_wer_scored"] == 2  # counted in WER as a total failure
+    assert summary["sim"] == 0.9 and summary["num_sim_scored"] == 1  # not in SIM
+    assert summary["failed"] == {"quiet": "silent audio (peak below -50.0 dBFS)"} and asr.calls == [(1, 16000)]
+
+
+def test_an_empty_meta_list_is_refused_naming_the_file(tmp_path, capsys):
+    meta = tmp_path / "empty.lst"
+    meta.write_text("\n  \n")
+    with pytest.raises(ValueError, match=f"{meta}: no utterance line"):
+        run_seedtts(meta, tmp_path, LengthKeyedASR({}), None, "en")
+    for argv in (["seedtts", "--similarity", "none"], ["seedtts", "--model", str(tmp_path / "not_loaded")],
+                 ["failures"]):
+        assert run_cli([*argv, "--meta", str(meta), "--wavs", str(tmp_path), "--out", str(tmp_path / "r.json")]) == 2
+        assert f"error: {meta}: no utterance line" in capsys.readouterr().err
+    assert not (tmp_path / "r.json").exists()
+
+
 def test_an_empty_reference_fails_before_any_audio_is_transcribed(testset):
     meta, wavs, asr, _ = testset
     items = read_seedtts_meta(meta)
@@ -286,6 +315,81 @@ def test_seedtts_command_synthesises_missing_wavs_grouped_by_prompt(export, tmp_
     assert json.loads(out.read_text())["settings"]["synthesis"]["synthesized_now"] == 0
     assert run_cli([*argv[:-4], "--seed", "4", "--batch-size", "4"]) == 2  # other settings, same folder
     assert "use a fresh --wavs folder" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def recipe_export(tmp_path_factory):
+    """An export whose recipe recorded decoding settings, written by a stage that did not train the vocoder."""
+    config = load_config(overrides=OVERRIDES + ["synthesis.temperature=0.5", "synthesis.top_k=10",
+                                                "synthesis.max_len_ratio=1.5", "synthesis.griffin_lim_iters=2"])
+    torch.manual_seed(0)
+    system = TTSSystem(to_object(config.model), ByteTokenizer(), ["alice"])
+    return system.export(tmp_path_factory.mktemp("recipe_export"), config)
+
+
+def test_seedtts_synthesises_as_the_export_records_and_never_with_an_untrained_vocoder(recipe_export, tmp_path,
+                                                                                        capsys):
+    sf.write(tmp_path / "p1.wav", tone(12000, 22050, 150.0), 22050)
+    meta = tmp_path / "meta.lst"
+    meta.write_text("a1|Hi there.|p1.wav|Good day.\n")
+    common = ["seedtts", "--meta", str(meta), "--asr", f"rm:{recipe_export}", "--similarity", "none",
+              "--model", str(recipe_export)]
+    assert run_cli([*common, "--wavs", str(tmp_path / "plain"), "--out", str(tmp_path / "plain.json")]) == 0
+    err = capsys.readouterr().err
+    assert "vocoder was never trained" in err and "--vocoder-steps" in err
+    synthesis = json.loads((tmp_path / "plain.json").read_text())["settings"]["synthesis"]
+    settings = synthesis["settings"]
+    assert (settings["temperature"], settings["top_k"], settings["vocoder"]) == (0.5, 10, "griffin-lim")
+    assert "never trained" in synthesis["notes"][0]
+    assert json.loads((tmp_path / "plain" / "synthesis.json").read_text())["notes"] == synthesis["notes"]
+
+    assert run_cli([*common, "--top-k", "3", "--wavs", str(tmp_path / "flag"), "--out", str(tmp_path / "f.json")]) == 0
+    settings = json.loads((tmp_path / "f.json").read_text())["settings"]["synthesis"]["settings"]
+    assert (settings["temperature"], settings["top_k"]) == (0.5, 3)
+
+    assert run_cli([*common, "--vocoder", "model", "--wavs", str(tmp_path / "model"),
+                    "--out", str(tmp_path / "m.json")]) == 2
+    assert "bash recipes/tiny/run.sh --vocoder-steps N" in capsys.readouterr().err
+    assert not (tmp_path / "model" / "a1.wav").exists()
+
+
+@pytest.mark.parametrize("utt", ["../outside", "sub/dir", "/tmp/absolute", ".hidden", "back\\slash"])
+def test_seedtts_refuses_ids_that_are_paths_before_writing_or_scoring(recipe_export, tmp_path, capsys, utt):
+    outside = tmp_path / "outside.wav"  # an existing file the id points at: neither overwritten nor scored
+    sf.write(outside, tone(8000, SYNTH_RATE), SYNTH_RATE)
+    before = outside.read_bytes()
+    meta = tmp_path / "meta.lst"
+    meta.write_text(f"fine|Good day.\n{utt}|Good night.\n")
+    wavs = tmp_path / "wavs"
+    assert run_cli(["seedtts", "--meta", str(meta), "--wavs", str(wavs), "--out", str(tmp_path / "r.json"),
+                    "--model", str(recipe_export), "--asr", f"rm:{recipe_export}", "--similarity", "none"]) == 2
+    assert f"{meta}:2: id {utt!r}" in capsys.readouterr().err
+    assert not wavs.exists() and not (tmp_path / "r.json").exists() and outside.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["meta.lst", "outside.wav"]
+
+
+def test_seedtts_names_a_corrupt_weights_file(recipe_export, tmp_path, capsys):
+    copy = tmp_path / "export"
+    shutil.copytree(recipe_export, copy)
+    path = copy / "flow.safetensors"
+    path.write_bytes(b"\xff" * 64)
+    meta = tmp_path / "meta.lst"
+    meta.write_text("a1|Good day.\n")
+    assert run_cli(["seedtts", "--meta", str(meta), "--wavs", str(tmp_path / "w"), "--out", str(tmp_path / "r.json"),
+                    "--model", str(copy), "--similarity", "none"]) == 2
+    assert f"error: {path}: not a readable safetensors file" in capsys.readouterr().err
+
+
+def test_seedtts_refuses_a_silent_prompt_naming_it(recipe_export, tmp_path):
+    sf.write(tmp_path / "quiet.wav", np.zeros(12000, np.float32), 22050)
+    meta = tmp_path / "meta.lst"
+    meta.write_text("a1|Hi there.|quiet.wav|Good day.\n")
+    out = tmp_path / "r.json"
+    assert run_cli(["seedtts", "--meta", str(meta), "--wavs", str(tmp_path / "w"), "--out", str(out), "--model",
+                    str(recipe_export), "--asr", f"rm:{recipe_export}", "--similarity", "none"]) == 1
+    missing = json.loads(out.read_text())["summary"]["missing"]
+    assert missing == {"a1": f"not synthesised: prompt {tmp_path / 'quiet.wav'}: prompt {tmp_path / 'quiet.wav'} is "
+                             f"silent (peak below -50.0 dBFS): a prompt must be speech"}
 
 
 def test_failures_command_lists_failing_and_missing_ids(tmp_path):

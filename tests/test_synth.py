@@ -6,6 +6,7 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 
 import argparse  # noqa: E402
 import json  # noqa: E402
+import re  # noqa: E402
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
@@ -14,7 +15,7 @@ import torch  # noqa: E402
 
 from e2e_tts.config import load_config, to_object  # noqa: E402
 from e2e_tts.eval.asr import RewardModelASR  # noqa: E402
-from e2e_tts.system import TTSSystem  # noqa: E402
+from e2e_tts.system import TRAINED_FILE, TTSSystem  # noqa: E402
 from e2e_tts.synth import (CandidateScore, SynthesisConfig, Synthesizer, choose_candidate, read_text_list,  # noqa: E402
                            register)
 from e2e_tts.text import ByteTokenizer, PhonemeTokenizer  # noqa: E402
@@ -22,7 +23,9 @@ from e2e_tts.vocab import EOS_ID  # noqa: E402
 from shared import MICRO_MODEL_OVERRIDES  # noqa: E402
 
 OVERRIDES = MICRO_MODEL_OVERRIDES
-FAST = dict(max_len_ratio=1.5, batch_size=4)
+# The random vocoder asked for by name: the library decodes with it (the commands would refuse it, since the
+# fixture's export records it as never trained).
+FAST = dict(max_len_ratio=1.5, batch_size=4, vocoder="model")
 SAMPLES_PER_TOKEN = 2 * 320  # token_mel_ratio x hop_length
 
 
@@ -152,14 +155,15 @@ def test_a_seed_makes_synthesis_reproducible_and_different_seeds_differ(synth):
 
 
 def test_griffin_lim_and_model_vocoders_both_run_deterministically(synth):
-    config = dict(seed=1, griffin_lim_iters=4, **FAST)
-    model, = synth.synthesize(["Vocode me."], config=SynthesisConfig(vocoder="model", **config))
-    griffin, = synth.synthesize(["Vocode me."], config=SynthesisConfig(vocoder="griffin-lim", **config))
-    griffin_again, = synth.synthesize(["Vocode me."], config=SynthesisConfig(vocoder="griffin-lim", **config))
+    config = dict(FAST, seed=1, griffin_lim_iters=4)
+    model, = synth.synthesize(["Vocode me."], config=SynthesisConfig(**config))
+    griffin, = synth.synthesize(["Vocode me."], config=SynthesisConfig(**{**config, "vocoder": "griffin-lim"}))
+    with pytest.warns(UserWarning, match="vocoder was never trained"):  # unset: the export's record decides
+        unset, = synth.synthesize(["Vocode me."], config=SynthesisConfig(**{**config, "vocoder": None}))
     assert torch.equal(model.tokens, griffin.tokens)  # the vocoder draws after the LLM and the flow
     assert len(griffin.wav) == len(model.wav) and np.isfinite(griffin.wav).all()
     assert not np.allclose(griffin.wav, model.wav)
-    assert np.array_equal(griffin.wav, griffin_again.wav)  # its random phase comes from our seed
+    assert np.array_equal(griffin.wav, unset.wav)  # its random phase comes from our seed
 
 
 class LengthJudge:
@@ -185,7 +189,8 @@ def test_best_of_n_keeps_the_lowest_wer_candidate_that_is_not_a_dropout(fresh_sy
     with torch.no_grad():  # a strong EOS row makes candidates stop early and at different lengths
         synth.system.llm.decoder.get_output_embeddings().weight[EOS_ID] *= 30
     text = "the cat sat on the mat"
-    config = dict(seed=0, min_len_ratio=0.0, max_len_ratio=1.5, top_k=0, top_p=1.0, num_candidates=6, batch_size=4)
+    config = dict(seed=0, min_len_ratio=0.0, max_len_ratio=1.5, top_k=0, top_p=1.0, num_candidates=6, batch_size=4,
+                  vocoder="model")
 
     judge = LengthJudge(text)
     result, = synth.synthesize([text], config=SynthesisConfig(min_seconds_per_char=0.0, **config), verifier=judge)
@@ -292,6 +297,10 @@ def test_malformed_tsv_lines_are_reported_with_their_line_number(export, tmp_pat
         read_text_list(bad)
     assert run_cli(["--model", str(export[0]), "--texts", str(bad), "--out", str(tmp_path / "o")]) == 2
     assert "bad.tsv:1" in capsys.readouterr().err
+    for utt in ("../up", "a/b", "/abs", ".hidden", "back\\slash", "tab\x07bell"):
+        bad.write_text(f"fine\tText.\n{utt}\tText.\n")
+        with pytest.raises(ValueError, match=f":2: id {re.escape(repr(utt))}"):
+            read_text_list(bad)
 
 
 def test_bad_requests_raise_clear_errors(synth):
@@ -302,6 +311,96 @@ def test_bad_requests_raise_clear_errors(synth):
     with pytest.raises(ValueError, match="needs a verifier"):
         synth.synthesize(["Fine."], config=SynthesisConfig(num_candidates=3))
     with pytest.raises(ValueError, match="fewer than one speech token"):
-        synth.encode_prompt(np.zeros(100, np.float32), "Short.")
+        synth.encode_prompt(np.full(100, 0.1, np.float32), "Short.")
     with pytest.raises(ValueError, match="vocoder"):
         SynthesisConfig(vocoder="hifigan")
+
+
+def test_a_silent_prompt_is_refused_naming_the_file(export, tmp_path, capsys):
+    silent = tmp_path / "silent.wav"
+    sf.write(silent, np.full(16000, 1e-4, np.float32), 16000)  # -80 dBFS: no voice to clone
+    assert run_cli(["--model", str(export[0]), "--text", "Hello.", "--prompt-wav", str(silent), "--prompt-text",
+                    "Nothing.", "--out", str(tmp_path / "out")]) == 2
+    assert f"prompt {silent} is silent" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_silent_outputs_are_counted_and_named(export, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(Synthesizer, "_vocode", lambda self, mel, mask, config, generator:
+                        [np.zeros(int(n) * 320, np.float32) for n in mask.sum(1)])
+    out = tmp_path / "out"
+    assert run_cli(["--model", str(export[0]), "--text", "Hello.", "--out", str(out), "--max-len-ratio", "1.5"]) == 0
+    assert json.loads((out / "synthesis.json").read_text())["totals"]["silent"] == ["utt1"]
+    assert "1 of 1 outputs are silent: utt1" in capsys.readouterr().err
+
+
+def with_record(export_dir, tmp_path, vocoder):
+    """A copy of the export whose record says the vocoder was trained (True), never trained (False), or that has
+    no record (None, an older export)."""
+    import shutil
+
+    copy = tmp_path / f"export_{vocoder}"
+    shutil.copytree(export_dir, copy)
+    record = json.loads((copy / TRAINED_FILE).read_text())
+    if vocoder is None:
+        (copy / TRAINED_FILE).unlink()
+    else:
+        (copy / TRAINED_FILE).write_text(json.dumps({**record, "vocoder": vocoder}))
+    return copy
+
+
+def test_an_untrained_vocoder_falls_back_to_griffin_lim_or_is_refused_by_name(export, tmp_path, capsys):
+    """The fixture's export was written by a stage that did not train the vocoder: its record says so."""
+    argv = ["--model", str(export[0]), "--text", "Hello.", "--max-len-ratio", "1.5", "--griffin-lim-iters", "2"]
+    assert run_cli([*argv, "--out", str(tmp_path / "default")]) == 0
+    err = capsys.readouterr().err
+    assert "vocoder was never trained" in err and "Griffin-Lim" in err and "--vocoder-steps" in err
+    summary = json.loads((tmp_path / "default" / "synthesis.json").read_text())
+    assert summary["settings"]["vocoder"] == "griffin-lim" and "never trained" in summary["notes"][0]
+
+    assert run_cli([*argv, "--vocoder", "model", "--out", str(tmp_path / "model")]) == 2
+    err = capsys.readouterr().err
+    assert "never trained" in err and "bash recipes/tiny/run.sh --vocoder-steps N" in err
+    assert "stages/vocoder.yaml" in err and not (tmp_path / "model").exists()
+
+    trained = with_record(export[0], tmp_path, True)
+    assert run_cli([*argv[:1], str(trained), *argv[2:], "--out", str(tmp_path / "trained")]) == 0
+    summary = json.loads((tmp_path / "trained" / "synthesis.json").read_text())
+    assert summary["settings"]["vocoder"] == "model" and summary["notes"] == []
+
+    older = with_record(export[0], tmp_path, None)  # unknown: a warning, not an error
+    assert run_cli([*argv[:1], str(older), *argv[2:], "--vocoder", "model", "--out", str(tmp_path / "older")]) == 0
+    assert f"{older / TRAINED_FILE} is missing" in capsys.readouterr().err
+    assert json.loads((tmp_path / "older" / "synthesis.json").read_text())["settings"]["vocoder"] == "model"
+
+
+def test_the_exports_decoding_settings_apply_without_flags_and_flags_override(tmp_path, monkeypatch):
+    config = load_config(overrides=OVERRIDES + ["synthesis.temperature=0.5", "synthesis.top_k=10",
+                                                "synthesis.max_len_ratio=1.5", "synthesis.griffin_lim_iters=2"])
+    torch.manual_seed(0)
+    directory = TTSSystem(to_object(config.model), ByteTokenizer(), ["alice"]).export(tmp_path / "export", config)
+    seen = []
+    generate = Synthesizer.generate_tokens
+    monkeypatch.setattr(Synthesizer, "generate_tokens",
+                        lambda self, ids, prompt, config, gen: seen.append(config) or generate(self, ids, prompt,
+                                                                                              config, gen))
+    assert run_cli(["--model", str(directory), "--text", "Hello.", "--out", str(tmp_path / "plain")]) == 0
+    assert (seen[-1].temperature, seen[-1].top_k, seen[-1].max_len_ratio) == (0.5, 10, 1.5)
+    assert seen[-1].top_p == SynthesisConfig().top_p  # not in the recipe: the built-in default
+    settings = json.loads((tmp_path / "plain" / "synthesis.json").read_text())["settings"]
+    assert (settings["temperature"], settings["top_k"]) == (0.5, 10)
+
+    assert run_cli(["--model", str(directory), "--text", "Hello.", "--out", str(tmp_path / "flag"),
+                    "--top-k", "3", "--no-repetition-aware"]) == 0
+    assert (seen[-1].temperature, seen[-1].top_k, seen[-1].repetition_aware) == (0.5, 3, False)
+
+
+def test_corrupt_weights_are_named_by_synth(export, tmp_path, capsys):
+    import shutil
+
+    copy = tmp_path / "export"
+    shutil.copytree(export[0], copy)
+    path = copy / "llm.safetensors"
+    path.write_bytes(path.read_bytes()[:1000])
+    assert run_cli(["--model", str(copy), "--text", "Hello.", "--out", str(tmp_path / "out")]) == 2
+    assert f"{path}: not a readable safetensors file" in capsys.readouterr().err

@@ -18,16 +18,17 @@ from typing import Any, Callable, Optional, Sequence
 import torch
 
 from e2e_tts.audio import AudioRejected, load_audio
-from e2e_tts.data.manifest import ManifestEntry, read_manifest, read_seedtts_meta
+from e2e_tts.data.manifest import ManifestEntry, read_manifest
 from e2e_tts.eval.asr import ASRBackend, build_asr, parse_asr_spec
 from e2e_tts.eval.failures import FailureConfig, SynthesizedItem, detect_failures
 from e2e_tts.eval.normalize import LANGUAGES
 from e2e_tts.eval.phones import id_error_rates
-from e2e_tts.eval.seedtts import (format_summary, read_first_channel, run_seedtts, synthesize_missing,
+from e2e_tts.eval.seedtts import (format_summary, read_first_channel, read_meta, run_seedtts, synthesize_missing,
                                   synthesized_wav_paths, write_results)
 from e2e_tts.eval.similarity import SpeakerSimilarity, build_similarity
 from e2e_tts.models.tokenizer import token_statistics
-from e2e_tts.synth import LLM_SAMPLING_FIELDS, VOCODERS, SynthesisConfig, Synthesizer, add_llm_sampling_arguments
+from e2e_tts.synth import (LLM_SAMPLING_FIELDS, VOCODER_HELP, VOCODERS, Synthesizer, add_llm_sampling_arguments,
+                           export_default)
 from e2e_tts.text import normalize_text
 
 NO_SIMILARITY = "none"
@@ -91,14 +92,15 @@ def run_seedtts_command(args: argparse.Namespace) -> int:
         if args.model is None and not Path(args.wavs).is_dir():
             raise FileNotFoundError(f"--wavs folder {args.wavs} does not exist (give --model to synthesise into it)")
         if args.model is not None:
-            sampling = {name: getattr(args, name) for name in LLM_SAMPLING_FIELDS}
-            config = SynthesisConfig(seed=args.seed, nfe=args.nfe, cfg_strength=args.cfg_strength,
-                                     vocoder=args.vocoder, num_candidates=args.num_candidates,
-                                     verifier=args.verifier, batch_size=args.batch_size, wer_language=args.language,
-                                     **sampling)
-            items = read_seedtts_meta(args.meta)  # fail on a malformed list before loading a model
+            items = read_meta(args.meta)  # fail on a malformed list before loading a model
             synthesizer = Synthesizer.from_pretrained(args.model, args.device)
-            synthesis, missing_reasons = synthesize_missing(items, args.wavs, synthesizer, config,
+            config, notes = synthesizer.settings(
+                seed=args.seed, nfe=args.nfe, cfg_strength=args.cfg_strength, vocoder=args.vocoder,
+                num_candidates=args.num_candidates, verifier=args.verifier, batch_size=args.batch_size,
+                wer_language=args.language, **{name: getattr(args, name) for name in LLM_SAMPLING_FIELDS})
+            for note in notes:
+                print(f"note: {note}", file=sys.stderr)
+            synthesis, missing_reasons = synthesize_missing(items, args.wavs, synthesizer, config, notes=notes,
                                                             device=args.device, progress=True)
         asr, similarity, reference = build_judges(args.asr, args.similarity, args.language, args.device,
                                                   synthesizer)
@@ -122,7 +124,6 @@ def run_seedtts_command(args: argparse.Namespace) -> int:
 
 
 def _add_seedtts(subparsers: argparse._SubParsersAction) -> None:
-    defaults = SynthesisConfig()
     parser = subparsers.add_parser(
         "seedtts", help="Seed-TTS-Eval WER/SIM of <wavs>/<utt>.wav (synthesising missing ones with --model)",
         description="Scores exactly as BytedanceSpeech/seed-tts-eval (mean per-utterance WER x 100; SIM against "
@@ -142,17 +143,19 @@ def _add_seedtts(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--ground-truth", action="store_true",
                         help="also score the meta's ground-truth wavs (the human reference row)")
     parser.add_argument("--device", default="cpu", help="torch device of all models")
-    synthesis = parser.add_argument_group("synthesis of missing wavs (only with --model)")
+    synthesis = parser.add_argument_group("synthesis of missing wavs (only with --model; a flag left out takes the "
+                                          "export's recorded synthesis setting)")
     synthesis.add_argument("--model", help="export directory: synthesise every missing <utt>.wav first, one "
                                            "zero-shot call per prompt (use a fresh --wavs folder per setting)")
-    synthesis.add_argument("--seed", type=int, default=defaults.seed)
+    synthesis.add_argument("--seed", type=int, help=export_default("seed"))
     add_llm_sampling_arguments(parser.add_argument_group("LLM sampling of missing wavs (only with --model)"))
-    synthesis.add_argument("--nfe", type=int, help="flow ODE steps (default: the model's)")
-    synthesis.add_argument("--cfg-strength", type=float, help="classifier-free guidance (default: the model's)")
-    synthesis.add_argument("--vocoder", choices=VOCODERS, default=defaults.vocoder)
-    synthesis.add_argument("--num-candidates", type=int, default=defaults.num_candidates, help="best-of-N")
+    synthesis.add_argument("--nfe", type=int, help="flow ODE steps (default: the export's, else the flow config's)")
+    synthesis.add_argument("--cfg-strength", type=float,
+                           help="classifier-free guidance (default: the export's, else the flow config's)")
+    synthesis.add_argument("--vocoder", choices=VOCODERS, help=VOCODER_HELP)
+    synthesis.add_argument("--num-candidates", type=int, help="best-of-N; " + export_default("num_candidates"))
     synthesis.add_argument("--verifier", help="best-of-N verifier: 'rm' or an ASR spec")
-    synthesis.add_argument("--batch-size", type=int, default=defaults.batch_size)
+    synthesis.add_argument("--batch-size", type=int, help=export_default("batch_size"))
     parser.set_defaults(func=run_seedtts_command)
 
 
@@ -169,7 +172,7 @@ def run_failures(meta: str | Path, wav_dir: str | Path, asr: Optional[ASRBackend
     Raises:
         ManifestError: for a malformed list.
     """
-    items = read_seedtts_meta(meta)
+    items = read_meta(meta)
     judged, missing = [], {}
     for item, path in zip(items, synthesized_wav_paths(items, wav_dir)):
         if not Path(path).is_file():

@@ -27,6 +27,7 @@ Forward, per waveform ``(N,)`` at 16 kHz (as ``verification.py`` calls it, one u
 from __future__ import annotations
 
 import math
+import pickle
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Mapping
@@ -417,7 +418,13 @@ def load_speaker_verifier(path: str | Path, map_location: str = "cpu") -> EcapaT
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"speaker-verification checkpoint {path} does not exist")
-    checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+    try:
+        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+    except (RuntimeError, pickle.UnpicklingError, EOFError) as err:
+        # torch's unpickling message advises weights_only=False, which would run code from a file that is already odd
+        detail = "" if isinstance(err, pickle.UnpicklingError) else f": {str(err).splitlines()[0]}"
+        raise ValueError(f"{path}: not a readable PyTorch checkpoint (truncated, corrupt or not a .pth "
+                         f"file){detail}") from err
     if not isinstance(checkpoint, Mapping) or not isinstance(checkpoint.get("model"), Mapping):
         raise ValueError(f"{path}: expected a dict with a 'model' state dict (wavlm_large_finetune.pth layout)")
     state = {key: value for key, value in checkpoint["model"].items() if not key.startswith(TRAINING_ONLY_PREFIXES)}

@@ -23,6 +23,10 @@ Departures, all towards reporting more:
 * Also given: corpus WER (all errors / all reference tokens), the count of WER > 0.5 and the mean WER of the others.
 * A reference text that normalises to nothing is an error before any audio is read (the official script crashes
   on it mid-run, see :class:`~e2e_tts.eval.wer.EmptyReferenceError`).
+* A silent wav (peak below ``AudioConfig.silence_threshold_db``) is ``failed``: it scores the WER of an empty
+  transcript (1.0) without asking the ASR, and no SIM (an embedding of silence scored 0.43 against a voice, which
+  raised the mean).
+* A list without an utterance line is an error (:func:`read_meta`), not "0 of 0".
 
 ``results.json`` (:func:`write_results`)::
 
@@ -53,7 +57,7 @@ import numpy as np
 import soundfile as sf
 from tqdm import tqdm
 
-from e2e_tts.audio import write_audio
+from e2e_tts.audio import AudioConfig, is_silent, write_audio
 from e2e_tts.data.manifest import SeedTTSItem, read_seedtts_meta
 from e2e_tts.eval.asr import ASRBackend
 from e2e_tts.eval.similarity import SpeakerSimilarity, mean_similarity
@@ -105,6 +109,19 @@ class ItemResult:
         }
 
 
+def read_meta(path: str | Path) -> list[SeedTTSItem]:
+    """The lines of a Seed-TTS-Eval list (:func:`~e2e_tts.data.manifest.read_seedtts_meta`).
+
+    Raises:
+        ManifestError: for a malformed line.
+        ValueError: naming the file when it has no utterance line (scoring it would report "0 of 0" as done).
+    """
+    items = read_seedtts_meta(path)
+    if not items:
+        raise ValueError(f"{path}: no utterance line: nothing to synthesise or score")
+    return items
+
+
 def read_first_channel(path: str | Path) -> tuple[np.ndarray, int]:
     """Reads audio at its native rate: ``(N,)`` float64 (the first channel of a multi-channel file) and the rate."""
     data, rate = sf.read(str(path), dtype="float64", always_2d=True)
@@ -128,7 +145,8 @@ def _error(stage: str, err: BaseException) -> str:
 def evaluate(items: Sequence[SeedTTSItem], wav_paths: Sequence[Optional[str]], asr: ASRBackend,
              similarity: Optional[SpeakerSimilarity], language: str, *,
              reference: Optional[Callable[[str], str]] = None, missing_reasons: Optional[Mapping[str, str]] = None,
-             progress: bool = False, label: str = "synthesized") -> list[ItemResult]:
+             silence_threshold_db: float = AudioConfig.silence_threshold_db, progress: bool = False,
+             label: str = "synthesized") -> list[ItemResult]:
     """Transcribes, scores and speaker-compares every item's wav; never drops an item.
 
     Args:
@@ -141,6 +159,7 @@ def evaluate(items: Sequence[SeedTTSItem], wav_paths: Sequence[Optional[str]], a
             recogniser transcribes in its text tokenizer's rendering).
         missing_reasons: utt -> why its wav does not exist (e.g. synthesis rejected the text), reported instead
             of a bare "not found".
+        silence_threshold_db: peak dBFS below which a wav is silent: failed, WER of an empty transcript, no SIM.
         progress: show a progress bar.
         label: the condition's name on the progress bar.
     Returns:
@@ -174,6 +193,11 @@ def evaluate(items: Sequence[SeedTTSItem], wav_paths: Sequence[Optional[str]], a
             result.errors.append(_error("unreadable audio", err))
             continue
         result.duration, result.sample_rate = len(wav) / rate, rate
+        if is_silent(wav, silence_threshold_db):  # nothing said: counts in WER, kept out of SIM
+            result.status = "failed"
+            result.errors.append(f"silent audio (peak below {silence_threshold_db} dBFS)")
+            result.scored = score_utterance(item.utt, ref, "", language)
+            continue
         try:
             result.scored = score_utterance(item.utt, ref, asr.transcribe([wav], rate)[0], language)
         except Exception as err:  # noqa: BLE001 - any backend error is this item's failure, reported by name
@@ -214,7 +238,7 @@ def _write_synthesis_record(path: Path, header: dict[str, Any], rows: Mapping[st
 
 
 def synthesize_missing(items: Sequence[SeedTTSItem], wav_dir: str | Path, synthesizer: Synthesizer,
-                       config: SynthesisConfig, *, device: str = "cpu",
+                       config: SynthesisConfig, *, notes: Sequence[str] = (), device: str = "cpu",
                        progress: bool = False) -> tuple[dict[str, Any], dict[str, str]]:
     """Synthesises ``<wav_dir>/<utt>.wav`` for every item that has none, one zero-shot call per prompt.
 
@@ -226,7 +250,8 @@ def synthesize_missing(items: Sequence[SeedTTSItem], wav_dir: str | Path, synthe
         items: meta lines.
         wav_dir: output folder.
         synthesizer: the model.
-        config: sampling, decoding and best-of-N settings.
+        config: sampling, decoding and best-of-N settings (:meth:`Synthesizer.settings`).
+        notes: what the user was told about the settings (e.g. a fallback to Griffin-Lim), recorded.
         device: recorded in ``synthesis.json``.
         progress: show progress bars.
     Returns:
@@ -239,7 +264,7 @@ def synthesize_missing(items: Sequence[SeedTTSItem], wav_dir: str | Path, synthe
     wav_dir.mkdir(parents=True, exist_ok=True)
     record_path = wav_dir / RESULTS_FILE
     header = {"model": str(synthesizer.export_dir), "device": device, "settings": dataclasses.asdict(config),
-              "sample_rate": synthesizer.sample_rate}
+              "notes": list(notes), "sample_rate": synthesizer.sample_rate}
     rows = _read_synthesis_record(record_path, header)
     rejected: dict[str, str] = {}
     groups: dict[tuple[Optional[str], Optional[str]], list[SeedTTSItem]] = {}
@@ -270,7 +295,8 @@ def synthesize_missing(items: Sequence[SeedTTSItem], wav_dir: str | Path, synthe
                               "prompt_text": prompt_text, **result.to_json()}
         synthesized += len(group)
         _write_synthesis_record(record_path, header, rows)
-    record = {"model": header["model"], "settings": header["settings"], "record": str(record_path.resolve()),
+    record = {"model": header["model"], "settings": header["settings"], "notes": header["notes"],
+              "record": str(record_path.resolve()),
               "synthesized_now": synthesized, "rejected": rejected}
     return record, rejected
 
@@ -352,11 +378,11 @@ def run_seedtts(meta: str | Path, wav_dir: str | Path, asr: ASRBackend, similari
         ground_truth: also score the meta's ground-truth wavs (the "human" reference row).
         synthesis: how missing wavs were synthesised (recorded in the settings), or None.
     Raises:
-        ManifestError: for a malformed meta list (``<file>:<line>: ...``).
+        ManifestError: for a malformed meta list (``<file>:<line>: ...``); ValueError for an empty one.
         EmptyReferenceError: for a text that normalises to nothing.
     """
     meta = Path(meta)
-    items = read_seedtts_meta(meta)
+    items = read_meta(meta)
     results = evaluate(items, synthesized_wav_paths(items, wav_dir), asr, similarity, language,
                        reference=reference, missing_reasons=missing_reasons, progress=progress)
     settings = {
