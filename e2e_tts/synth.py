@@ -763,7 +763,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", required=True, help="output folder")
     add_llm_sampling_arguments(parser.add_argument_group("LLM sampling"))
     decoding = parser.add_argument_group("flow and vocoder (left out: the export's synthesis settings, else the "
-                                                           "flow config's)")
+                                         "flow config's)")
     decoding.add_argument("--solver", help="torchdiffeq method (euler, midpoint, rk4, dopri5, ...)")
     decoding.add_argument("--nfe", type=int, help="ODE steps")
     decoding.add_argument("--schedule", choices=SCHEDULES, help="ODE time grid")
