@@ -105,7 +105,7 @@ def synthetic_batch(seed: int, size: int = MICRO_BATCH_SIZE) -> dict[str, Any]:
     speakers = [SPEAKERS[int(i)] for i in torch.randint(0, len(SPEAKERS), (size,), generator=generator)]
     return {"mel": mel, "mel_mask": torch.arange(mel.shape[1]) < mel_lengths[:, None],
             "text_ids": text_ids, "text_mask": torch.arange(text_ids.shape[1]) < text_lengths[:, None],
-            "speaker": speakers}
+            "speaker": speakers, "keys": [f"seed{seed}_{i}" for i in range(size)]}
 
 
 def micro_batch(step: int, index: int) -> dict[str, Any]:

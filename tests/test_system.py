@@ -42,7 +42,7 @@ def make_batch(batch_size=3, frames=40, seed=0):
     text_ids = torch.randint(0, 256, (batch_size, 9), generator=gen)
     text_mask = torch.arange(9)[None] < text_lengths[:, None]
     return {"mel": mel, "mel_mask": mel_mask, "text_ids": text_ids, "text_mask": text_mask,
-            "speaker": ["a", "b", "a"][:batch_size]}
+            "speaker": ["a", "b", "a"][:batch_size], "keys": [f"seed{seed}_{i}" for i in range(batch_size)]}
 
 
 @pytest.fixture
@@ -468,7 +468,8 @@ def test_reward_and_llm_overfit_the_tokens_of_real_utterances(tmp_path):
     text_ids = [torch.tensor(list(t.encode())) for t in texts]
     text_batch = torch.nn.utils.rnn.pad_sequence(text_ids, batch_first=True)
     text_mask = torch.arange(text_batch.shape[1])[None] < torch.tensor([len(t) for t in text_ids])[:, None]
-    batch = {"mel": mel, "mel_mask": mask, "text_ids": text_batch, "text_mask": text_mask, "speaker": ["rms"] * 3}
+    batch = {"mel": mel, "mel_mask": mask, "text_ids": text_batch, "text_mask": text_mask, "speaker": ["rms"] * 3,
+             "keys": texts}
     system.set_trainable(["llm", "reward"])
     objective = MultiTaskObjective(system, StageConfig(trainable=["llm", "reward"],
                                                        loss_weights={"llm": 1.0, "reward": 1.0})).train()

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from e2e_tts.objectives.token_cache import FrozenTokenCache
 from e2e_tts.stage import StageConfig
 from e2e_tts.system import TTSSystem
 
@@ -43,6 +44,7 @@ class EndToEndObjective(nn.Module):
                              f"this system has not (no training speakers)")
         self.kl_beta = stage.kl_beta
         self.gumbel = stage.gumbel
+        self.frozen_tokens = FrozenTokenCache(system.tokenizer)
         self.reference = copy.deepcopy(system.llm).requires_grad_(False).eval() if stage.kl_beta > 0 else None
         self.step = 0
 
@@ -55,24 +57,23 @@ class EndToEndObjective(nn.Module):
     def forward(self, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
         system = self.system
         codebook = system.codebook()
-        with torch.no_grad():
-            tokens = system.tokenizer(batch["mel"], batch["mel_mask"])
+        speech_ids, speech_mask = self.frozen_tokens(batch["mel"], batch["mel_mask"], batch["keys"])
         # The alignment was trained in the earlier stages: no guided-attention loss here.
-        out = system.llm(batch["text_ids"], batch["text_mask"], tokens.ids, tokens.mask, codebook, guide=False)
-        num_tokens = tokens.ids.shape[1]
+        out = system.llm(batch["text_ids"], batch["text_mask"], speech_ids, speech_mask, codebook, guide=False)
+        num_tokens = speech_ids.shape[1]
         vocab = codebook.shape[0]
         # Positions 0..S-1 predict the speech tokens; EOS (last column) is not a codebook point.
         logits = out.logits[:, :num_tokens, :vocab].float()
         tau = self.gumbel.temperature(self.step)
         soft = F.gumbel_softmax(logits, tau=tau, hard=self.gumbel.hard, dim=-1)
-        soft = soft * tokens.mask[..., None]
+        soft = soft * speech_mask[..., None]
 
         losses: dict[str, torch.Tensor] = {}
         if "flow" in self.weights:
-            losses["flow"] = system.flow.loss(batch["mel"], batch["mel_mask"], soft, tokens.mask, codebook)
+            losses["flow"] = system.flow.loss(batch["mel"], batch["mel_mask"], soft, speech_mask, codebook)
         if "asr" in self.weights or "speaker" in self.weights:
             speaker = system.speaker_ids(batch["speaker"], soft.device)
-            rm = system.reward(soft, tokens.mask, codebook, batch["text_ids"], batch["text_mask"], speaker=speaker)
+            rm = system.reward(soft, speech_mask, codebook, batch["text_ids"], batch["text_mask"], speaker=speaker)
             if "asr" in self.weights:
                 text_tokens = batch["text_mask"].sum(1) + 1  # reference ids plus eos
                 losses["asr"] = -(rm.text_log_prob / text_tokens).mean()
@@ -84,7 +85,7 @@ class EndToEndObjective(nn.Module):
         metrics = {k: v.item() for k, v in losses.items()}
         if self.reference is not None:
             with torch.no_grad():
-                ref = self.reference(batch["text_ids"], batch["text_mask"], tokens.ids, tokens.mask, codebook)
+                ref = self.reference(batch["text_ids"], batch["text_mask"], speech_ids, speech_mask, codebook)
             log_p = out.logits.float().log_softmax(-1)
             log_q = ref.logits.float().log_softmax(-1)
             kl_per_position = (log_p.exp() * (log_p - log_q)).sum(-1)

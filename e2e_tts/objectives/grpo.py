@@ -34,6 +34,7 @@ from e2e_tts.eval.phones import id_error_rates
 from e2e_tts.models.llm import MAX_LEN_RATIO, MIN_LEN_RATIO, new_token_limits
 from e2e_tts.models.masks import pad_rows
 from e2e_tts.objectives.prompting import same_speaker_partners
+from e2e_tts.objectives.token_cache import FrozenTokenCache
 from e2e_tts.stage import StageConfig
 from e2e_tts.system import TTSSystem
 
@@ -81,6 +82,7 @@ class GRPOObjective(nn.Module):
                              f"this system has not (no training speakers)")
         self.system, self.config, self.kl_beta = system, config, stage.kl_beta
         self.reference = copy.deepcopy(system.llm).requires_grad_(False).eval() if stage.kl_beta > 0 else None
+        self.frozen_tokens = FrozenTokenCache(system.tokenizer)
         self.step = 0
 
     def train(self, mode: bool = True) -> "GRPOObjective":
@@ -154,10 +156,9 @@ class GRPOObjective(nn.Module):
     def forward(self, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
         system, config = self.system, self.config
         codebook, device = system.codebook(), batch["text_ids"].device
-        with torch.no_grad():
-            tokens = system.tokenizer(batch["mel"], batch["mel_mask"])
+        speech_ids, speech_mask = self.frozen_tokens(batch["mel"], batch["mel_mask"], batch["keys"])
         texts = [row[:n] for row, n in zip(batch["text_ids"], batch["text_mask"].sum(1).tolist())]
-        true_speech = [row[:n] for row, n in zip(tokens.ids, tokens.mask.sum(1).tolist())]
+        true_speech = [row[:n] for row, n in zip(speech_ids, speech_mask.sum(1).tolist())]
         partners = same_speaker_partners(batch["speaker"]) if config.prompt else [None] * len(texts)
         empty = texts[0].new_zeros(0)
         group = config.num_samples

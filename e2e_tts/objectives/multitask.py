@@ -2,7 +2,8 @@
 
 * joint: the tokenizer trains, and its straight-through codes feed the LLM, flow and reward model, so
   ``0.1 * llm + 1.0 * flow + 1.0 * reward`` all shape the tokenizer.
-* separate: the tokenizer is frozen; the consumers train on its ids (no gradient can reach it).
+* separate: the tokenizer is frozen; the consumers train on its ids (no gradient can reach it), read once per
+  utterance (:class:`~e2e_tts.objectives.token_cache.FrozenTokenCache`).
 * cascade (the paper's baseline): the tokenizer is trained by the recognition loss alone
   (``llm: 0, flow: 0``), then the others train separately on its frozen ids.
 
@@ -21,6 +22,7 @@ from torch import nn
 
 from e2e_tts.models.llm import IGNORE_INDEX, LLMOutput
 from e2e_tts.objectives.prompting import prefix_partners, same_speaker_partners
+from e2e_tts.objectives.token_cache import FrozenTokenCache
 from e2e_tts.stage import StageConfig
 from e2e_tts.system import TTSSystem
 
@@ -46,19 +48,24 @@ class MultiTaskObjective(nn.Module):
             raise ValueError(f"stage {stage.name!r}: trainable module(s) {idle or list(stage.trainable)} have no "
                              f"non-zero loss weight")
         self.train_tokenizer = "tokenizer" in stage.trainable
+        self.frozen_tokens = None if self.train_tokenizer else FrozenTokenCache(system.tokenizer)
         self.step = 0
 
     def forward(self, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
         system = self.system
         codebook = system.codebook()
-        with torch.set_grad_enabled(self.train_tokenizer and torch.is_grad_enabled()):
-            tokens = system.tokenizer(batch["mel"], batch["mel_mask"])
         # The joint stage passes differentiable codes; a frozen tokenizer passes plain ids.
-        speech = tokens.codes if self.train_tokenizer else tokens.ids
+        aux_loss = None
+        if self.train_tokenizer:
+            tokens = system.tokenizer(batch["mel"], batch["mel_mask"])
+            speech, speech_ids, speech_mask, aux_loss = tokens.codes, tokens.ids, tokens.mask, tokens.aux_loss
+        else:
+            speech_ids, speech_mask = self.frozen_tokens(batch["mel"], batch["mel_mask"], batch["keys"])
+            speech = speech_ids
         losses: dict[str, torch.Tensor] = {}
         metrics: dict[str, float] = {}
         if "llm" in self.weights:
-            llm_inputs = batch["text_ids"], batch["text_mask"], speech, tokens.mask, tokens.ids
+            llm_inputs = batch["text_ids"], batch["text_mask"], speech, speech_mask, speech_ids
             if self.training and system.llm.config.prompt_pairs > 0:
                 llm_inputs = prefix_partners(*llm_inputs, batch["speaker"], system.llm.config.prompt_pairs)
             text_ids, text_mask, llm_speech, llm_speech_mask, speech_ids = llm_inputs
@@ -71,20 +78,20 @@ class MultiTaskObjective(nn.Module):
                 metrics["llm_guide"] = out.guide_loss.item()
                 losses["llm"] = losses["llm"] + system.llm.config.guide_weight * out.guide_loss
             if not self.training:
-                metrics.update(self.behind_prompt(batch["text_ids"], batch["text_mask"], tokens.ids, tokens.mask,
+                metrics.update(self.behind_prompt(batch["text_ids"], batch["text_mask"], speech_ids, speech_mask,
                                                   batch["speaker"], codebook))
         if "flow" in self.weights:
-            terms = system.flow.loss_terms(batch["mel"], batch["mel_mask"], speech, tokens.mask, codebook)
+            terms = system.flow.loss_terms(batch["mel"], batch["mel_mask"], speech, speech_mask, codebook)
             losses["flow"] = system.flow.weighted_loss(terms)
             metrics.update({f"flow_{k}": v.item() for k, v in terms.items()})
         if "reward" in self.weights:
-            out = system.reward(speech, tokens.mask, codebook, batch["text_ids"], batch["text_mask"],
+            out = system.reward(speech, speech_mask, codebook, batch["text_ids"], batch["text_mask"],
                                 speaker=system.speaker_ids(batch["speaker"], speech.device))
             losses["reward"] = out.loss
             metrics.update({f"reward_{k}": v.item() for k, v in out.losses.items()})
         total = sum(self.weights[k] * v for k, v in losses.items())
-        if self.train_tokenizer:
-            total = total + tokens.aux_loss
+        if aux_loss is not None:
+            total = total + aux_loss
         metrics.update({k: v.item() for k, v in losses.items()})
         metrics["loss"] = total.item()
         return total, metrics
