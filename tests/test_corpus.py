@@ -1,6 +1,7 @@
 """Sentence pool, held-out list, engines and make_corpus (the embedded default corpus)."""
 
 import argparse
+import json
 import shutil
 from pathlib import Path
 
@@ -9,8 +10,9 @@ import pytest
 import soundfile as sf
 
 from e2e_tts.data import corpus as corpus_module
-from e2e_tts.data.corpus import (EngineUnavailable, FliteEngine, get_engine, make_corpus, register, speaker_name,
-                                 split_sizes)
+from e2e_tts.data.corpus import (EngineUnavailable, FliteEngine, corpus_sentence_source, get_engine, make_corpus,
+                                 register, sentence_source, speaker_name, split_sizes)
+from e2e_tts.data.grammar import load_grammar
 from e2e_tts.data.manifest import read_jsonl
 from e2e_tts.data.sentences import (build_sentence_lists, clean_sentence, corpus_sentences, heldout_sentences,
                                     looks_like_clause, pool_sentences, sentence_key, split_sentences)
@@ -158,7 +160,13 @@ def test_make_corpus_small(tmp_path):
     texts = {split: {entry.text for entry in entries} for split, entries in manifests.items()}
     assert not texts["train"] & texts["valid"] and not texts["train"] & texts["test"]
     assert not texts["valid"] & texts["test"]
-    assert set().union(*texts.values()) == set(corpus_sentences(12, seed=5))
+    assert set().union(*texts.values()) == set(sentence_source("demo").corpus(12, seed=5))
+    vocabulary = load_grammar().vocabulary()
+    assert all(set(text.lower().rstrip(".").split()) <= vocabulary for text in set().union(*texts.values()))
+    assert not set().union(*texts.values()) & set(sentence_source("demo").heldout())
+    provenance = json.loads((out / "corpus.json").read_text())
+    assert provenance["domain"] == "demo" and "demo_grammar.json" in provenance["sentences"]
+    assert corpus_sentence_source(out).heldout() == sentence_source("demo").heldout()
     assert {entry.speaker for entry in manifests["test"]} == {speaker_name("flite", v) for v in voices}
     assert {entry.speaker for entry in manifests["train"]} == {"flite-kal16", "flite-slt"}  # round robin
 
@@ -196,3 +204,24 @@ def test_utterances_per_sentence_and_cli(tmp_path):
     assert {entry.speaker for entry in train} == {"flite-kal16", "flite-awb"}
     with pytest.raises(ValueError, match="utterances_per_sentence"):
         make_corpus(tmp_path, num_sentences=4, voices=["kal16"], utterances_per_sentence=2, progress=False)
+
+
+@needs_flite
+def test_open_english_stays_one_flag_away(tmp_path):
+    result = make_corpus(tmp_path, num_sentences=3, voices=["kal16"], domain="open-english", seed=2, workers=1,
+                         progress=False)
+    texts = {entry.text for entries in result.manifests.values() for entry in entries}
+    assert texts == set(corpus_sentences(3, seed=2))
+    assert corpus_sentence_source(tmp_path).heldout() == heldout_sentences()
+
+
+def test_unknown_domain_or_bad_grammar_is_an_error_naming_it(tmp_path, capsys):
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers(dest="command"))
+    bad = tmp_path / "grammar.json"
+    bad.write_text('{"slots": {"x": ["a"]}, "templates": ["say {y}"]}')
+    for domain, message in (("klingon", "unknown sentence domain 'klingon'"), (str(bad), f"{bad}: template")):
+        args = parser.parse_args(["corpus", "--out", str(tmp_path / "out"), "--domain", domain])
+        assert args.func(args) == 2
+        assert message in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

@@ -7,7 +7,8 @@
         --texts test --prompts librivox
 
 Each line is ``utt|prompt text|prompt wav|text|ground-truth wav``, paths relative to the list as in the
-official lists. Texts: ``heldout`` = e2e_tts.data.sentences.heldout_sentences (in no split of the corpus), or
+official lists. Texts: ``heldout`` = the held-out sentences of the corpus's domain (in no split of the corpus; the
+domain is read from the corpus's ``corpus.json``), or
 ``test`` = the distinct sentences of the manifest (a split never trained on). Ground truth: the manifest's
 utterance of ``--speaker`` for test texts; for held-out texts, that voice's flite rendering, synthesised here
 so that the recogniser's ceiling can be measured on exactly the evaluated sentences.
@@ -22,9 +23,8 @@ from itertools import cycle
 from pathlib import Path
 
 from e2e_tts.audio import write_audio
-from e2e_tts.data.corpus import get_engine
+from e2e_tts.data.corpus import corpus_sentence_source, get_engine
 from e2e_tts.data.manifest import ManifestEntry, read_jsonl
-from e2e_tts.data.sentences import heldout_sentences
 
 LIBRIVOX = Path("/usr/share/pocketsphinx/test/data/librivox")
 
@@ -72,7 +72,7 @@ def main() -> None:
         voice = args.speaker.split("-", 1)[1]
         engine = get_engine("flite")
         items = []
-        for i, text in enumerate(heldout_sentences()[:args.limit]):
+        for i, text in enumerate(corpus_sentence_source(Path(args.manifest).parent).heldout()[:args.limit]):
             truth = out.parent / "ground_truth" / f"heldout_{i:03d}.wav"
             if not truth.is_file():
                 write_audio(truth, *engine.synthesize(text, voice))

@@ -15,11 +15,13 @@ from __future__ import annotations
 import argparse
 import functools
 import hashlib
+import json
 import math
 import os
 import re
 import shutil
 import subprocess
+import sys
 import tempfile
 from collections import Counter, defaultdict
 from concurrent.futures import ProcessPoolExecutor
@@ -32,10 +34,13 @@ from tqdm import tqdm
 
 from e2e_tts.audio import AudioConfig, AudioRejected, check_audio, load_audio, resample, write_audio
 from e2e_tts.data.manifest import ManifestEntry, write_jsonl
-from e2e_tts.data.sentences import corpus_sentences
+from e2e_tts.data import grammar as grammar_sentences
+from e2e_tts.data import sentences as open_english
 from e2e_tts.espeak import ESPEAK
 
 DEFAULT_VOICES = ("kal16", "awb", "rms", "slt")
+DOMAINS = ("demo", "open-english")  # or the path of a grammar JSON file (e2e_tts.data.grammar)
+PROVENANCE_FILE = "corpus.json"  # beside the manifests: where the sentences came from, and how they were spoken
 DEFAULT_SPLITS = (("train", 0.9), ("valid", 0.05), ("test", 0.05))
 ALL_VOICES_SPLIT = "test"  # every sentence of this split is spoken by every voice
 
@@ -197,6 +202,67 @@ def speaker_name(engine: str, voice: str) -> str:
     return f"{engine}-" + re.sub(r"[^A-Za-z0-9]+", "-", voice).strip("-")
 
 
+@dataclass(frozen=True)
+class SentenceSource:
+    """Where a corpus's sentences come from: a domain's corpus draw and its held-out list (in no corpus).
+
+    Attributes:
+        domain: ``demo``, ``open-english`` or the path of a grammar JSON file.
+        description: one line for the corpus's provenance file.
+    """
+
+    domain: str
+    description: str
+
+    def _grammar(self) -> grammar_sentences.Grammar:
+        path = grammar_sentences.DEMO_GRAMMAR_FILE if self.domain == "demo" else Path(self.domain)
+        return grammar_sentences.load_grammar(path)
+
+    def corpus(self, n: int, seed: int) -> list[str]:
+        """``n`` distinct sentences in an order fixed by ``seed``, as the engines read them."""
+        if self.domain == "open-english":
+            return open_english.corpus_sentences(n, seed)
+        return [grammar_sentences.as_written(s) for s in grammar_sentences.corpus_sentences(self._grammar(), n, seed)]
+
+    def heldout(self) -> list[str]:
+        """The domain's held-out sentences, as the engines read them."""
+        if self.domain == "open-english":
+            return open_english.heldout_sentences()
+        return [grammar_sentences.as_written(s) for s in grammar_sentences.heldout_sentences(self._grammar())]
+
+
+def sentence_source(domain: str) -> SentenceSource:
+    """The :class:`SentenceSource` of a domain name or grammar path.
+
+    Raises:
+        ValueError: for a name that is neither a known domain nor an existing file.
+        e2e_tts.data.grammar.GrammarError: for a malformed grammar file (naming it).
+    """
+    if domain == "open-english":
+        return SentenceSource(domain, "open English: WordNet 3.0 gloss examples (e2e_tts/data/sentences.py)")
+    if domain != "demo" and not Path(domain).is_file():
+        raise ValueError(f"unknown sentence domain {domain!r}: use one of {', '.join(DOMAINS)} or a grammar JSON file")
+    domain = domain if domain == "demo" else str(Path(domain).absolute())
+    grammar = SentenceSource(domain, "")._grammar()  # reads and validates the file now, naming it
+    return SentenceSource(domain, f"grammar {grammar.source}: {len(grammar.templates)} templates, "
+                                  f"{len(grammar.vocabulary())} words")
+
+
+def corpus_sentence_source(corpus_dir: str | Path) -> SentenceSource:
+    """The sentence source a corpus folder was made from (its provenance file; corpora made before it: open English).
+
+    Raises:
+        ValueError: naming the provenance file when it is unreadable or names no domain.
+    """
+    path = Path(corpus_dir) / PROVENANCE_FILE
+    if not path.is_file():
+        return sentence_source("open-english")
+    try:
+        return sentence_source(json.loads(path.read_text())["domain"])
+    except (json.JSONDecodeError, KeyError, TypeError) as err:
+        raise ValueError(f"{path}: cannot read the corpus's sentence domain ({err!r})") from None
+
+
 def split_sizes(num_sentences: int, fractions: Sequence[float]) -> list[int]:
     """Sentences per split: largest-remainder rounding, at least one for every split with a positive fraction.
 
@@ -309,10 +375,10 @@ class CorpusResult:
 
 
 def make_corpus(out_dir: str | Path, num_sentences: int = 2000, voices: Sequence[str] = DEFAULT_VOICES,
-                engine: str = "flite", splits: Sequence[tuple[str, float]] = DEFAULT_SPLITS, seed: int = 0,
-                workers: int = 2, utterances_per_sentence: int = 1, audio: Optional[AudioConfig] = None,
+                engine: str = "flite", domain: str = "demo", splits: Sequence[tuple[str, float]] = DEFAULT_SPLITS,
+                seed: int = 0, workers: int = 2, utterances_per_sentence: int = 1, audio: Optional[AudioConfig] = None,
                 progress: bool = True) -> CorpusResult:
-    """Synthesises ``num_sentences`` packaged sentences into ``out_dir`` and writes one manifest per split.
+    """Synthesises ``num_sentences`` sentences of a domain into ``out_dir`` and writes one manifest per split.
 
     Splits are by sentence: each sentence belongs to exactly one split. In every split but ``test`` a sentence is
     spoken by ``utterances_per_sentence`` voices taken round-robin, so voices get equal shares; every ``test``
@@ -322,9 +388,11 @@ def make_corpus(out_dir: str | Path, num_sentences: int = 2000, voices: Sequence
 
     Args:
         out_dir: corpus folder (created).
-        num_sentences: distinct sentences to draw from :func:`e2e_tts.data.sentences.corpus_sentences`.
+        num_sentences: distinct sentences to draw from the domain (none of its held-out sentences).
         voices: engine voice names.
         engine: a key of :data:`ENGINES`.
+        domain: ``demo`` (the shipped grammar), ``open-english`` or a grammar JSON path (:func:`sentence_source`);
+            recorded with the engine, voices and seed in ``<out>/corpus.json``.
         splits: ``(name, fraction)`` pairs; fractions sum to 1.
         seed: selects and orders the sentences.
         workers: synthesis processes (1 = in this process).
@@ -348,9 +416,10 @@ def make_corpus(out_dir: str | Path, num_sentences: int = 2000, voices: Sequence
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
     sizes = split_sizes(num_sentences, [fraction for _, fraction in splits])
+    source = sentence_source(domain)
     for voice in voices:
         get_engine(engine).check_voice(voice)
-    sentences = corpus_sentences(num_sentences, seed)
+    sentences = source.corpus(num_sentences, seed)
 
     out_dir = Path(out_dir).absolute()
     planned = plan_utterances(sentences, dict(zip(names, sizes)), voices, engine, utterances_per_sentence, out_dir)
@@ -375,6 +444,9 @@ def make_corpus(out_dir: str | Path, num_sentences: int = 2000, voices: Sequence
     for name, entries in result.manifests.items():
         result.manifest_paths[name] = out_dir / f"{name}.jsonl"
         write_jsonl(entries, result.manifest_paths[name])
+    provenance = {"domain": source.domain, "sentences": source.description, "num_sentences": num_sentences,
+                  "seed": seed, "engine": engine, "voices": voices, "splits": dict(zip(names, sizes))}
+    (out_dir / PROVENANCE_FILE).write_text(json.dumps(provenance, indent=1) + "\n")
     return result
 
 
@@ -383,6 +455,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("corpus", help="synthesise the embedded default corpus (wavs + jsonl manifests)",
                                    description=make_corpus.__doc__.split("\n")[0])
     parser.add_argument("--out", required=True, help="corpus folder to write")
+    parser.add_argument("--domain", default="demo",
+                        help="where the sentences come from: demo (the closed-vocabulary demo grammar, default), "
+                             "open-english (WordNet examples) or the path of a grammar JSON file")
     parser.add_argument("--num-sentences", type=int, default=2000, help="distinct sentences (default 2000)")
     parser.add_argument("--voices", default=",".join(DEFAULT_VOICES), help="comma-separated engine voices")
     parser.add_argument("--engine", default="flite", choices=sorted(ENGINES))
@@ -393,11 +468,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run_corpus_command)
 
 
-def run_corpus_command(args: argparse.Namespace) -> None:
-    """Runs :func:`make_corpus` from parsed ``corpus`` arguments and prints the summary."""
+def run_corpus_command(args: argparse.Namespace) -> int:
+    """Runs :func:`make_corpus` from parsed ``corpus`` arguments and prints the summary (exit 2 on bad arguments)."""
     voices = [voice.strip() for voice in args.voices.split(",") if voice.strip()]
-    result = make_corpus(args.out, num_sentences=args.num_sentences, voices=voices, engine=args.engine,
-                         seed=args.seed, workers=args.workers, utterances_per_sentence=args.utterances_per_sentence)
+    try:
+        result = make_corpus(args.out, num_sentences=args.num_sentences, voices=voices, engine=args.engine,
+                             domain=args.domain, seed=args.seed, workers=args.workers,
+                             utterances_per_sentence=args.utterances_per_sentence)
+    except (ValueError, EngineUnavailable) as err:  # GrammarError is a ValueError
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     print(result.summary())
     for name, path in result.manifest_paths.items():
         print(f"{name}: {path}")
+    return 0
