@@ -24,7 +24,7 @@ from e2e_tts.models.llm import SpeechLLM
 from e2e_tts.models.reward import RewardModel
 from e2e_tts.models.tokenizer import SpeechTokenizer
 from e2e_tts.models.vocoder import Vocoder
-from e2e_tts.text import TextTokenizer, load_text_tokenizer
+from e2e_tts.text import TOKENIZER_FILE, TextTokenizer, load_text_tokenizer
 from e2e_tts.vocab import TokenLayout
 
 MODULES = ("tokenizer", "llm", "flow", "reward", "vocoder")
@@ -204,6 +204,12 @@ class TTSSystem(nn.Module):
             speakers = json.loads(speakers_path.read_text(encoding="utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError) as err:
             raise ValueError(f"{speakers_path}: not a JSON list of speaker names: {err}") from err
-        system = cls(to_object(config.model), load_text_tokenizer(directory), speakers, to_object(config.audio))
+        if not isinstance(speakers, list) or not all(isinstance(name, str) for name in speakers):
+            raise ValueError(f"{speakers_path}: not a JSON list of speaker names")
+        try:
+            text_tokenizer = load_text_tokenizer(directory)
+        except (UnicodeDecodeError, json.JSONDecodeError, KeyError) as err:  # the reader does not name its file
+            raise ValueError(f"{directory / TOKENIZER_FILE}: not a saved text tokenizer: {err!r}") from err
+        system = cls(to_object(config.model), text_tokenizer, speakers, to_object(config.audio))
         system.load_modules(directory)
         return system.to(map_location).eval(), config

@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import re
 import shutil
 import subprocess
 
@@ -17,7 +18,7 @@ from e2e_tts.objectives.prompting import prefix_partners, same_speaker_partners
 from e2e_tts.objectives.multitask import MultiTaskObjective
 from e2e_tts.stage import GRPOConfig, GumbelConfig, StageConfig
 from e2e_tts.system import MODULES, TRAINED_FILE, TTSSystem, read_trained
-from e2e_tts.text import ByteTokenizer
+from e2e_tts.text import PHONEME_INVENTORY_VERSION, ByteTokenizer
 
 
 def small_models():
@@ -398,6 +399,21 @@ def test_weights_with_nan_or_the_wrong_shape_are_named(system, tmp_path):
     save_file({**tensors, key: torch.zeros(3)}, str(path))
     with pytest.raises(ValueError, match=f"(?s){path}: does not fit the flow of .*size mismatch for {key}"):
         system.load_modules(tmp_path)
+
+
+@pytest.mark.parametrize("name, content, message", [
+    ("speakers.json", b'["a", "b"', "not a JSON list of speaker names"),
+    ("speakers.json", b'{"a": 1}', "not a JSON list of speaker names"),
+    ("text_tokenizer.json", b"\x00\xff", "not a saved text tokenizer"),
+    ("text_tokenizer.json", json.dumps({"kind": "phonemes", "inventory": PHONEME_INVENTORY_VERSION}).encode(),
+     "not a saved text tokenizer: KeyError('language')"),
+    ("config.yaml", b"model: [", "not valid YAML"),
+])
+def test_a_damaged_export_file_is_named(system, tmp_path, name, content, message):
+    system.export(tmp_path, load_config(overrides=["text.tokenizer=bytes"]))
+    (tmp_path / name).write_bytes(content)
+    with pytest.raises(ValueError, match=re.escape(f"{tmp_path / name}: {message}")):
+        TTSSystem.from_export(tmp_path)
 
 
 def test_speaker_ids_mark_unknown_speakers(system):
