@@ -11,35 +11,49 @@ One code path from one CPU process to many GPU nodes:
 * The data loader yields whole dynamic batches, so DeepSpeed's micro batch is 1 "batch" per rank and gradient
   accumulation is DeepSpeed's own.
 * Checkpoints: ``save_checkpoint(save_latest=False)``, then every rank writes its own state (data position,
-  RNG) into the tag directory, then a barrier, then rank 0 replaces ``latest`` atomically. DeepSpeed's own
-  ``latest`` is written by rank 0 before the final barrier, while other ranks may still be writing, and not
-  atomically: a kill at that moment would leave ``latest`` naming a torn checkpoint.
+  RNG) into the tag directory, then a barrier, then rank 0 lists every file with its size in ``complete.json``
+  and replaces ``latest`` atomically. DeepSpeed's own ``latest`` is written by rank 0 before the final barrier,
+  while other ranks may still be writing, and not atomically: a kill at that moment would leave ``latest``
+  naming a torn checkpoint. A resume whose ``latest`` names a checkpoint with a file missing or cut falls back
+  to the newest complete one, with a warning.
+* A checkpoint folder may come from someone else, so reading it can run no code: the ranks' own state is JSON,
+  and DeepSpeed's files are unpickled with ``weights_only=True`` and an allow-list of the few DeepSpeed types
+  they hold (:func:`load_checkpoint_file`).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
+import pickle
 import random
+import re
 import shutil
 import socket
-from contextlib import closing
+from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
 
 from e2e_tts.checks import FieldError, at_least, one_of, positive, within
 
+logger = logging.getLogger(__name__)
+
 LATEST = "latest"
-RANK_STATE = "rank_state_{rank:05d}.pt"
+RANK_STATE = "rank_state_{rank:05d}.json"
 COMPLETE = "complete.json"
 ZERO_STAGES = (0, 1, 2, 3)
 PRECISIONS = ("auto", "fp32", "bf16")
 BACKENDS = ("auto", "gloo", "nccl")
 SCHEDULES = ("constant", "linear", "cosine")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be resumed from; the message names the file or folder and what is wrong."""
 
 
 @dataclass
@@ -183,18 +197,75 @@ def deepspeed_config(config: EngineConfig, world_size: int, use_bf16: bool) -> d
 
 
 def capture_rng() -> dict[str, Any]:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    """Every RNG state as JSON values (a checkpoint's rank state is JSON: nothing in it can run code)."""
+    version, python, gauss = random.getstate()
+    name, keys, position, has_gauss, cached_gaussian = np.random.get_state()
+    state = {"python": [version, list(python), gauss],
+             "numpy": [name, keys.tolist(), int(position), int(has_gauss), float(cached_gaussian)],
+             "torch": torch.get_rng_state().tolist()}
     if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state()
+        state["cuda"] = torch.cuda.get_rng_state().tolist()
     return state
 
 
 def restore_rng(state: dict[str, Any]) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
+    """Restores what :func:`capture_rng` captured."""
+    version, python, gauss = state["python"]
+    random.setstate((version, tuple(python), gauss))
+    name, keys, position, has_gauss, cached_gaussian = state["numpy"]
+    np.random.set_state((name, np.array(keys, dtype=np.uint32), position, has_gauss, cached_gaussian))
+    torch.set_rng_state(torch.tensor(state["torch"], dtype=torch.uint8))
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state(state["cuda"])
+        torch.cuda.set_rng_state(torch.tensor(state["cuda"], dtype=torch.uint8))
+
+
+def _deepspeed_checkpoint_types() -> list[type]:
+    """The types besides tensors and plain containers in DeepSpeed 0.19's checkpoints, found by saving ZeRO
+    stages 0 to 3 in fp32 and bf16, with and without optimizer offload."""
+    from deepspeed.runtime.fp16.loss_scaler import LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+    from deepspeed.utils.tensor_fragment import fragment_address
+
+    return [LossScaler, ZeroStageEnum, fragment_address]
+
+
+def _refusal(err: pickle.UnpicklingError) -> str:
+    """The useful line of torch's weights-only error (the rest suggests loading the file unsafely)."""
+    found = re.search(r"WeightsUnpickler error:\s*(.*?)(?: was not an allowed global|\n\n|$)", str(err), re.DOTALL)
+    return found.group(1).strip() if found else str(err).splitlines()[0]
+
+
+def load_checkpoint_file(path: str | Path, map_location: Any = None) -> Any:
+    """``torch.load`` of a DeepSpeed checkpoint file that cannot run code.
+
+    Raises:
+        CheckpointError: naming the file, when it holds any other type (unpickling it could run code) or
+            cannot be read.
+    """
+    try:
+        with torch.serialization.safe_globals(_deepspeed_checkpoint_types()):
+            return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise CheckpointError(f"{path}: refused: it holds more than tensors and DeepSpeed's state, and loading it "
+                              f"could run code ({_refusal(err)})") from None
+    except (RuntimeError, EOFError, OSError) as err:
+        raise CheckpointError(f"{path}: cannot read it as a checkpoint file: {str(err).splitlines()[0]}") from None
+
+
+@contextmanager
+def _weights_only_loads() -> Iterator[None]:
+    """Makes every ``torch.load`` weights-only with DeepSpeed's types allowed, for DeepSpeed code that calls
+    ``torch.load(weights_only=False)`` itself (zero_to_fp32); torch's own switch overrides the argument."""
+    previous = os.environ.get("TORCH_FORCE_WEIGHTS_ONLY_LOAD")
+    os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = "1"
+    try:
+        with torch.serialization.safe_globals(_deepspeed_checkpoint_types()):
+            yield
+    finally:
+        if previous is None:
+            del os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"]
+        else:
+            os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = previous
 
 
 class TrainingEngine:
@@ -227,6 +298,9 @@ class TrainingEngine:
         self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
             model=model.to(dist.device), optimizer=optimizer, lr_scheduler=scheduler,
             config=deepspeed_config(config, dist.world_size, precision == "bf16"))
+        # DeepSpeed reads every file of a checkpoint through its checkpoint engine, with weights_only=False.
+        self.engine.checkpoint_engine.load = load_checkpoint_file
+        self.checkpoint_tag: str | None = None  # of the checkpoint last saved or resumed from
 
     @property
     def module(self) -> torch.nn.Module:
@@ -282,14 +356,17 @@ class TrainingEngine:
         directory = Path(directory)
         tag = f"step_{self.global_step:08d}"
         self.engine.save_checkpoint(str(directory), tag=tag, client_state=client_state, save_latest=False)
-        torch.save(rank_state, directory / tag / RANK_STATE.format(rank=self.dist.rank))
+        (directory / tag / RANK_STATE.format(rank=self.dist.rank)).write_text(json.dumps(rank_state))
         torch.distributed.barrier()
         if self.dist.rank == 0:
+            # The sizes let a resume tell a complete checkpoint from one with a file lost or cut since.
+            files = {p.name: p.stat().st_size for p in sorted((directory / tag).iterdir()) if p.is_file()}
             (directory / tag / COMPLETE).write_text(json.dumps({"step": self.global_step,
-                                                                 "world_size": self.dist.world_size}))
+                                                                 "world_size": self.dist.world_size, "files": files}))
             _atomic_write(directory / LATEST, tag)
             self._prune(directory)
         torch.distributed.barrier()
+        self.checkpoint_tag = tag
         return directory / tag
 
     def _prune(self, directory: Path) -> None:
@@ -297,36 +374,81 @@ class TrainingEngine:
         latest = (directory / LATEST).read_text().strip()
         tags = sorted(p.name for p in directory.glob("step_*") if p.is_dir())
         # After the barrier an incomplete directory is debris of a killed save: it must not take a kept slot.
-        complete = [tag for tag in tags if (directory / tag / COMPLETE).is_file()]
+        complete = [tag for tag in tags if _checkpoint_problem(directory, tag) is None]
         keep = set(complete[len(complete) - self.config.keep_last:]) | {latest}
         for tag in tags:
             if tag not in keep:
                 shutil.rmtree(directory / tag, ignore_errors=True)
 
     def load(self, directory: str | Path) -> tuple[dict[str, Any], dict[str, Any]] | None:
-        """Restores the checkpoint named by ``latest``; returns ``(client_state, rank_state)`` or None.
+        """Restores the checkpoint named by ``latest`` (or, when a file of it is missing or cut, the newest
+        complete one, with a warning); returns ``(client_state, rank_state)`` or None. Writes nothing.
 
         Raises:
-            RuntimeError: the checkpoint was written by a different world size (the data position of each
-                rank cannot be carried over), or ``latest`` names an incomplete checkpoint.
+            CheckpointError: no complete checkpoint to fall back to; the checkpoint was written by a different
+                world size (the data position of each rank cannot be carried over); a file holds something
+                other than a checkpoint's state (it could run code) or cannot be read.
         """
         directory = Path(directory)
         if not (directory / LATEST).is_file():
             return None
-        tag = (directory / LATEST).read_text().strip()
-        marker = directory / tag / COMPLETE
-        if not marker.is_file():
-            raise RuntimeError(f"{directory / LATEST} names {tag}, which is incomplete (no {COMPLETE})")
-        saved_world = json.loads(marker.read_text())["world_size"]
+        tag = self._resumable_tag(directory)
+        saved_world = json.loads((directory / tag / COMPLETE).read_text())["world_size"]
         if saved_world != self.dist.world_size:
-            raise RuntimeError(f"checkpoint {directory / tag} was written by {saved_world} ranks, this run has "
-                               f"{self.dist.world_size}: resume with the same world size, or start a new stage "
-                               f"from its export")
+            raise CheckpointError(f"checkpoint {directory / tag} was written by {saved_world} ranks, this run has "
+                                  f"{self.dist.world_size}: resume with the same world size, or start a new stage "
+                                  f"from its export")
+        rank_file = directory / tag / RANK_STATE.format(rank=self.dist.rank)
+        try:
+            rank_state = json.loads(rank_file.read_text())
+        except (OSError, ValueError) as err:  # ValueError: not JSON, or not text
+            raise CheckpointError(f"{rank_file}: not a rank state written by e2e-tts train: {err}") from None
         path, client_state = self.engine.load_checkpoint(str(directory), tag=tag)
         if path is None:
-            raise RuntimeError(f"DeepSpeed could not load {directory / tag}")
-        rank_state = torch.load(directory / tag / RANK_STATE.format(rank=self.dist.rank), weights_only=False)
+            raise CheckpointError(f"DeepSpeed could not load {directory / tag}")
+        self.checkpoint_tag = tag
         return client_state, rank_state
+
+    def _resumable_tag(self, directory: Path) -> str:
+        """The tag ``latest`` names if that checkpoint is complete, else the newest complete one."""
+        latest = directory / LATEST
+        tag = latest.read_text(errors="replace").strip()
+        problem = _checkpoint_problem(directory, tag)
+        if problem is None:
+            return tag
+        others = {p.name: _checkpoint_problem(directory, p.name) for p in directory.glob("step_*") if p.name != tag}
+        complete = sorted(name for name, other in others.items() if other is None)
+        if not complete:
+            details = "; ".join(f"{name} {other}" for name, other in sorted(others.items()))
+            raise CheckpointError(f"{latest} names {tag}, which {problem}, and {directory} holds no other complete "
+                                  f"checkpoint" + (f" ({details})" if details else ""))
+        if self.dist.rank == 0:
+            logger.warning("%s names %s, which %s; resuming from %s, the newest complete checkpoint", latest, tag,
+                           problem, complete[-1])
+        return complete[-1]
+
+
+def _checkpoint_problem(directory: Path, tag: str) -> str | None:
+    """What keeps ``<directory>/<tag>`` from being resumed, as the end of a sentence; None when complete."""
+    if not re.fullmatch(r"step_\d+", tag):
+        return "is not a checkpoint name"
+    path = directory / tag
+    if not path.is_dir():
+        return "does not exist"
+    if not (path / COMPLETE).is_file():
+        return f"is incomplete (no {COMPLETE}: its save did not finish)"
+    try:
+        marker = json.loads((path / COMPLETE).read_text())
+        int(marker["world_size"])
+        recorded = {str(name): int(size) for name, size in marker["files"].items()}
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return f"has an unreadable {COMPLETE}"
+    missing = [name for name in recorded if not (path / name).is_file()]
+    if missing:
+        return f"is missing {', '.join(missing)}"
+    cut = [f"{name} of {(path / name).stat().st_size} bytes, {size} were written" for name, size in recorded.items()
+           if (path / name).stat().st_size != size]
+    return f"has {'; '.join(cut)}" if cut else None
 
 
 def _atomic_write(path: Path, text: str) -> None:
@@ -344,4 +466,10 @@ def consolidated_state_dict(checkpoint_dir: str | Path, tag: str | None = None) 
 
     checkpoint_dir = Path(checkpoint_dir)
     tag = tag or (checkpoint_dir / LATEST).read_text().strip()
-    return get_fp32_state_dict_from_zero_checkpoint(str(checkpoint_dir), tag=tag, exclude_frozen_parameters=False)
+    try:
+        with _weights_only_loads():
+            return get_fp32_state_dict_from_zero_checkpoint(str(checkpoint_dir), tag=tag,
+                                                            exclude_frozen_parameters=False)
+    except pickle.UnpicklingError as err:
+        raise CheckpointError(f"{checkpoint_dir / tag}: refused: a file holds more than tensors and DeepSpeed's "
+                              f"state, and loading it could run code ({_refusal(err)})") from None

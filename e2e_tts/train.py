@@ -29,9 +29,10 @@ from typing import Any, Sequence
 import torch
 
 from e2e_tts.config import ConfigError, load_config, save_config, to_object
-from e2e_tts.data.loader import SpeechDataLoader
+from e2e_tts.data.loader import DataError, SpeechDataLoader
 from e2e_tts.data.shards import read_shard_list
-from e2e_tts.engine import TrainingEngine, capture_rng, consolidated_state_dict, restore_rng, setup_distributed
+from e2e_tts.engine import (CheckpointError, TrainingEngine, capture_rng, consolidated_state_dict, restore_rng,
+                            setup_distributed)
 from e2e_tts.metrics import MetricsLogger
 from e2e_tts.objectives import build_objective
 from e2e_tts.system import MODULES, SPEAKERS_FILE, TTSSystem
@@ -106,8 +107,6 @@ def train(config: Any) -> Path:
     validator = (Validator(data, to_object(config.audio), system.text_tokenizer, config.seed, dist.device)
                  if data.valid_shards else None)
     torch.manual_seed(config.seed + 1000 * dist.rank)  # dropout/noise differ per rank, reproducibly
-    if dist.rank == 0:
-        save_config(config, out / "config.yaml")
 
     resumed = engine.load(checkpoints)
     start_step = engine.global_step
@@ -118,7 +117,10 @@ def train(config: Any) -> Path:
         restore_rng(rank_state["rng"])
         samples_seen = rank_state["samples_seen"]
         if dist.rank == 0:
-            print(f"resumed {stage.name} at step {engine.global_step} from {checkpoints}", file=sys.stderr)
+            print(f"resumed {stage.name} at step {engine.global_step} from {checkpoints / engine.checkpoint_tag}",
+                  file=sys.stderr)
+    if dist.rank == 0:  # only now: a resume that fails must leave the run's files as they were
+        save_config(config, out / "config.yaml")
 
     log = MetricsLogger(out, dist.rank == 0, config.engine.tensorboard, stage.max_steps, engine.global_step,
                         config.engine.progress_bar)
@@ -167,7 +169,7 @@ def export(engine: TrainingEngine, system: TTSSystem, config: Any, checkpoints: 
            directory: Path) -> Path:
     """Writes an export of the live weights to ``directory`` (ZeRO-3: gathered from the last checkpoint)."""
     if engine.engine.zero_optimization_stage() == 3:
-        state_dict = consolidated_state_dict(checkpoints) if dist.rank == 0 else None
+        state_dict = consolidated_state_dict(checkpoints, engine.checkpoint_tag) if dist.rank == 0 else None
     else:
         state_dict = engine.module.state_dict()
     if dist.rank == 0:
@@ -195,7 +197,11 @@ def run(args: argparse.Namespace) -> int:
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    directory = train(config)
+    try:
+        directory = train(config)
+    except (CheckpointError, DataError) as err:  # a checkpoint or data set that cannot be trained from
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     if torch.distributed.get_rank() == 0:
         print(f"export: {directory}")
     return 0

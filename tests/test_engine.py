@@ -5,14 +5,19 @@ and reward model; flow and vocoder frozen), so a loss is a pure function of the 
 """
 
 import json
+import logging
+import random
+import re
+import shutil
 
+import numpy as np
 import pytest
 import torch
 from distributed_worker import (FROZEN, MICRO_BATCHES, build_engine, build_objective, full_state_dict, micro_batch,
                                 tiny_stage, train_global_batches)
 
-from e2e_tts.engine import (COMPLETE, LATEST, RANK_STATE, OptimConfig, consolidated_state_dict, lr_factor,
-                            setup_distributed)
+from e2e_tts.engine import (COMPLETE, LATEST, RANK_STATE, CheckpointError, OptimConfig, capture_rng,
+                            consolidated_state_dict, lr_factor, restore_rng, setup_distributed)
 
 PEAK_LR = 3e-3
 OPTIM = dict(lr=PEAK_LR, warmup_steps=5, total_steps=100)  # every update of these short runs has its own lr
@@ -34,7 +39,11 @@ def new_engine(dist, zero_stage=2, keep_last=2, accumulation=MICRO_BATCHES, **op
 
 def save(engine, directory):
     return engine.save(directory, {"step": engine.global_step, "stage": "engine-test"},
-                       {"data": {"batches": engine.global_step}, "rng": torch.get_rng_state()})
+                       {"data": {"batches": engine.global_step}, "rng": capture_rng()})
+
+
+def draws():
+    return random.random(), float(np.random.rand()), float(torch.rand(()))
 
 
 def frozen_parameters(module):
@@ -85,14 +94,19 @@ def test_save_writes_a_complete_tag_then_points_latest_at_it(dist, tmp_path):
     train_global_batches(engine, dist, 1)
     path = save(engine, tmp_path)
     assert path == tmp_path / "step_00000001"
+    expected = draws()  # the RNG state saved is the one before these draws
     assert (tmp_path / LATEST).read_text() == "step_00000001"
-    assert json.loads((path / COMPLETE).read_text()) == {"step": 1, "world_size": 1}
-    assert (path / RANK_STATE.format(rank=0)).is_file() and (path / "mp_rank_00_model_states.pt").is_file()
+    marker = json.loads((path / COMPLETE).read_text())
+    assert marker["step"] == 1 and marker["world_size"] == 1
+    assert marker["files"] == {p.name: p.stat().st_size for p in path.iterdir() if p.name != COMPLETE}
+    assert {RANK_STATE.format(rank=0), "mp_rank_00_model_states.pt"} <= marker["files"].keys()
     assert not list(tmp_path.glob("*.tmp"))
 
     client_state, rank_state = new_engine(dist, zero_stage=2).load(tmp_path)
     assert client_state["step"] == 1 and client_state["stage"] == "engine-test"
-    assert rank_state["data"] == {"batches": 1} and torch.equal(rank_state["rng"], torch.get_rng_state())
+    assert rank_state["data"] == {"batches": 1}
+    restore_rng(rank_state["rng"])
+    assert draws() == expected
 
 
 def test_load_refuses_an_incomplete_checkpoint_and_another_world_size(dist, tmp_path):
@@ -106,8 +120,83 @@ def test_load_refuses_an_incomplete_checkpoint_and_another_world_size(dist, tmp_
         new_engine(dist, zero_stage=2).load(tmp_path)
 
     (path / COMPLETE).unlink()  # as if killed after DeepSpeed's files but before the marker
-    with pytest.raises(RuntimeError, match=f"names step_00000001, which is incomplete \\(no {COMPLETE}\\)"):
+    with pytest.raises(CheckpointError, match=f"names step_00000001, which is incomplete \\(no {COMPLETE}: its "
+                                              f"save did not finish\\), and .* holds no other complete checkpoint"):
         new_engine(dist, zero_stage=2).load(tmp_path)
+
+
+def test_latest_naming_a_broken_checkpoint_says_what_is_missing_and_falls_back(dist, tmp_path, caplog):
+    engine = new_engine(dist, zero_stage=2)
+    for _ in range(2):
+        train_global_batches(engine, dist, 1)
+        save(engine, tmp_path)
+    newest = tmp_path / "step_00000002"
+    optim = next(newest.glob("*optim_states.pt"))
+    for damage, missing in [(lambda: optim.write_bytes(optim.read_bytes()[:100]),
+                             f"has {optim.name} of 100 bytes, {optim.stat().st_size} were written"),
+                            (optim.unlink, f"is missing {optim.name}"),
+                            (lambda: shutil.rmtree(newest), "does not exist")]:
+        damage()
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="e2e_tts.engine"):
+            _, rank_state = new_engine(dist, zero_stage=2).load(tmp_path)
+        assert rank_state["data"] == {"batches": 1}  # the older checkpoint
+        assert f"{tmp_path / LATEST} names step_00000002, which {missing}; resuming from step_00000001, the " \
+               f"newest complete checkpoint" in caplog.text
+    assert (tmp_path / LATEST).read_text() == "step_00000002"  # nothing is rewritten by a load
+
+    (tmp_path / "step_00000001" / RANK_STATE.format(rank=0)).unlink()
+    with pytest.raises(CheckpointError, match=re.escape(
+            f"{tmp_path / LATEST} names step_00000002, which does not exist, and {tmp_path} holds no other "
+            f"complete checkpoint (step_00000001 is missing {RANK_STATE.format(rank=0)})")):
+        new_engine(dist, zero_stage=2).load(tmp_path)
+
+
+class PlantedCode:
+    """What a checkpoint crafted to run code holds: unpickling it creates the file ``path``."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return open, (self.path, "w")
+
+
+@pytest.mark.parametrize("zero_stage", [2, 3])
+def test_resume_refuses_code_planted_in_any_checkpoint_file(dist, tmp_path, zero_stage):
+    """A checkpoint someone hands over cannot run code: each file with a planted pickle (beside the real state,
+    so that the file is otherwise valid) is refused with an error naming it, and the code never runs."""
+    engine = new_engine(dist, zero_stage)
+    train_global_batches(engine, dist, 1)
+    path = save(engine, tmp_path / "checkpoints")
+    marker = tmp_path / "code_ran"
+    loader = new_engine(dist, zero_stage)
+    files = sorted(p for p in path.iterdir() if p.name != COMPLETE)
+    assert len(files) == 3
+    for file in files:
+        original = file.read_bytes()
+        if file.suffix == ".pt":
+            state = torch.load(file, weights_only=False)  # written by this test: trusted
+            torch.save({**state, "planted": PlantedCode(marker)}, file)
+        else:
+            torch.save({"planted": PlantedCode(marker)}, file)
+        _refresh_sizes(path)  # planted by someone who also fixed the sizes: only the content check is left
+        with pytest.raises(CheckpointError, match=re.escape(str(file))):
+            loader.load(tmp_path / "checkpoints")
+        assert not marker.exists(), file.name
+        if zero_stage == 3 and file.suffix == ".pt":
+            with pytest.raises(CheckpointError, match=re.escape(str(path))):
+                consolidated_state_dict(tmp_path / "checkpoints")
+            assert not marker.exists(), file.name
+        file.write_bytes(original)
+    _refresh_sizes(path)
+    assert loader.load(tmp_path / "checkpoints") is not None and loader.global_step == 1
+
+
+def _refresh_sizes(path):
+    marker = json.loads((path / COMPLETE).read_text())
+    marker["files"] = {name: (path / name).stat().st_size for name in marker["files"]}
+    (path / COMPLETE).write_text(json.dumps(marker))
 
 
 def test_keep_last_prunes_older_tags_but_never_the_one_latest_names(dist, tmp_path):

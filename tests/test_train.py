@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -18,7 +19,7 @@ from e2e_tts.audio import AudioConfig
 from e2e_tts.config import load_config
 from e2e_tts.data.manifest import ManifestEntry
 from e2e_tts.data.shards import write_shards
-from e2e_tts.train import train
+from e2e_tts.train import main, train
 from shared import MICRO_MODEL_OVERRIDES, child_env
 
 REPO = Path(__file__).resolve().parents[1]
@@ -93,6 +94,23 @@ def test_resume_is_exact(stage, shards, joint_export, tmp_path):
         other = load_file(str(tmp_path / "resumed" / "export" / f"{name}.safetensors"))
         for key, value in tensors.items():
             torch.testing.assert_close(other[key], value, rtol=1e-5, atol=1e-6)
+
+
+def test_a_failed_resume_says_what_is_missing_and_touches_nothing(shards, tmp_path, capsys):
+    """`latest` names a deleted folder and no complete checkpoint is left to fall back to: `e2e-tts train` exits 2
+    saying so, and the run's files (config.yaml included, which a resume with changed settings overwrote before
+    the check) are as they were."""
+    out = tmp_path / "run"
+    train(stage_config(shards, out, "joint", 1))
+    checkpoints = out / "checkpoints"
+    shutil.rmtree(checkpoints / (checkpoints / "latest").read_text())
+    before = {path: path.read_bytes() for path in out.rglob("*") if path.is_file()}
+    args = ["-c", str(REPO / "stages" / "joint.yaml"), *MICRO, f"data.shards=[{shards}]", f"output_dir={out}",
+            "stage.max_steps=2", "stage.optim.lr=2e-3"]
+    assert main(args) == 2
+    assert f"error: {checkpoints / 'latest'} names step_00000001, which does not exist, and {checkpoints} holds no " \
+           f"other complete checkpoint" in capsys.readouterr().err
+    assert {path: path.read_bytes() for path in out.rglob("*") if path.is_file()} == before
 
 
 def test_intermediate_exports_hold_the_weights_of_their_step(shards, tmp_path):
