@@ -16,8 +16,10 @@ import torch
 from distributed_worker import (FROZEN, MICRO_BATCHES, build_engine, build_objective, full_state_dict, micro_batch,
                                 tiny_stage, train_global_batches)
 
-from e2e_tts.engine import (COMPLETE, LATEST, RANK_STATE, CheckpointError, OptimConfig, capture_rng,
-                            consolidated_state_dict, lr_factor, restore_rng, setup_distributed)
+from e2e_tts.engine import (COMPLETE, LATEST, RANK_STATE, CheckpointError, EngineConfig, OptimConfig, TrainingEngine,
+                            capture_rng, consolidated_state_dict, load_checkpoint_file, lr_factor, restore_rng,
+                            setup_distributed)
+from e2e_tts.train import move_to
 
 PEAK_LR = 3e-3
 OPTIM = dict(lr=PEAK_LR, warmup_steps=5, total_steps=100)  # every update of these short runs has its own lr
@@ -150,6 +152,24 @@ def test_latest_naming_a_broken_checkpoint_says_what_is_missing_and_falls_back(d
             f"{tmp_path / LATEST} names step_00000002, which does not exist, and {tmp_path} holds no other "
             f"complete checkpoint (step_00000001 is missing {RANK_STATE.format(rank=0)})")):
         new_engine(dist, zero_stage=2).load(tmp_path)
+
+
+@pytest.mark.parametrize("zero_stage, precision, offload", [(0, "bf16", False), (1, "bf16", False),
+                                                         (3, "bf16", False), (2, "fp32", True)])
+def test_deepspeed_checkpoints_of_every_kind_load_under_the_allow_list(dist, tmp_path, zero_stage, precision,
+                                                                      offload):
+    """The allow-list of DeepSpeed types is complete for the settings the engine offers (ZeRO 1-3 in fp32 are
+    resumed by the tests above)."""
+    stage = tiny_stage(**OPTIM)
+    objective = build_objective(stage)
+    config = EngineConfig(zero_stage=zero_stage, precision=precision, offload_optimizer=offload, tensorboard=False,
+                          progress_bar=False)
+    engine = TrainingEngine(objective, stage.optim, config, dist, objective.system.external_parameters())
+    engine.train_step(move_to(micro_batch(0, 0), dist.device, engine.dtype))
+    files = sorted(save(engine, tmp_path).glob("*.pt"))
+    assert files
+    for file in files:
+        load_checkpoint_file(file)
 
 
 class PlantedCode:
