@@ -440,6 +440,8 @@ def _checkpoint_problem(directory: Path, tag: str) -> str | None:
     try:
         marker = json.loads((path / COMPLETE).read_text())
         int(marker["world_size"])
+        if "files" not in marker:
+            return f"was written by an older e2e-tts ({COMPLETE} lists no files; its rank state was a pickle)"
         recorded = {str(name): int(size) for name, size in marker["files"].items()}
     except (ValueError, KeyError, TypeError, AttributeError):
         return f"has an unreadable {COMPLETE}"

@@ -8,7 +8,8 @@ What it does, in order:
  2. build the text tokenizer and the system, load the previous stage's export (``stage.init_from``) and
     freeze what the stage does not train;
  3. wrap the stage's objective in the DeepSpeed engine; build the rank's data loader;
- 4. resume from ``<output_dir>/checkpoints/latest`` if it exists: engine state, data position, RNG states;
+ 4. resume from ``<output_dir>/checkpoints/latest`` if it exists (the newest complete checkpoint if that one is
+    damaged): engine state, data position, RNG states; only then write ``<output_dir>/config.yaml``;
  5. step until ``stage.max_steps`` optimizer updates, logging every ``engine.log_every``, checkpointing
     every ``engine.save_every`` and, with ``data.valid_shards``, validating every ``engine.valid_every``
     (:mod:`e2e_tts.validation`);

@@ -121,6 +121,10 @@ def test_load_refuses_an_incomplete_checkpoint_and_another_world_size(dist, tmp_
     with pytest.raises(RuntimeError, match="written by 2 ranks, this run has 1"):
         new_engine(dist, zero_stage=2).load(tmp_path)
 
+    (path / COMPLETE).write_text(json.dumps({"step": 1, "world_size": 1}))  # before markers listed the files
+    with pytest.raises(CheckpointError, match="names step_00000001, which was written by an older e2e-tts"):
+        new_engine(dist, zero_stage=2).load(tmp_path)
+
     (path / COMPLETE).unlink()  # as if killed after DeepSpeed's files but before the marker
     with pytest.raises(CheckpointError, match=f"names step_00000001, which is incomplete \\(no {COMPLETE}: its "
                                               f"save did not finish\\), and .* holds no other complete checkpoint"):
