@@ -44,6 +44,21 @@ def test_wer_curve_refuses_an_export_at_an_unlogged_step(tmp_path):
         wer_curve.curve_points(tmp_path)
 
 
+def test_kmeans_lookup_recovers_separated_clusters_and_maps_each_frame_group_to_its_centroid():
+    import torch
+
+    ceilings = load_tool("ceilings")
+    generator = torch.Generator().manual_seed(0)
+    centres = torch.randn(4, 6, generator=generator) * 10
+    rows = centres.repeat_interleave(30, dim=0) + 0.01 * torch.randn(120, 6, generator=generator)
+    centroids = ceilings.fit_kmeans(rows, k=4)
+    assert torch.cdist(centroids, centres).min(1).values.max() < 0.1
+    mel = rows[[0, 31, 95]].reshape(-1, 3)  # three groups of two 3-channel frames, and no partial group
+    decoded = ceilings.kmeans_lookup(torch.cat([mel, mel[:1]]), centroids)
+    assert decoded.shape == mel.shape
+    assert torch.allclose(decoded, centres[[0, 1, 3]].reshape(-1, 3), atol=0.05)
+
+
 def test_ceilings_decode_every_condition_at_the_utterance_length_with_the_given_sampler_settings(tmp_path):
     """On a micro export with random weights: each condition of the true audio gives audio of the utterance's
     length, the prior conditions are the prior head's mel (no ODE) of the true or the LLM's tokens, the sampler
@@ -76,8 +91,10 @@ def test_ceilings_decode_every_condition_at_the_utterance_length_with_the_given_
     settings = {"cfg_strength": 0.0, "temperature": 0.5, "nfe": 2}
     text, prompt_text = "hello there", "hi"
     llm_sampling = SynthesisConfig(temperature=0.5, top_k=3)
+    centroids = ceilings.fit_kmeans(ceilings.frame_groups(synth.log_mel(prompt)[0], 2), k=4)
     audio, forced_hits = ceilings.decode_conditions(synth, wav, text, prompt, prompt_text, list(ceilings.CONDITIONS),
-                                                    seed=0, flow_settings=settings, llm_sampling=llm_sampling)
+                                                    seed=0, flow_settings=settings, llm_sampling=llm_sampling,
+                                                    centroids=centroids)
     assert set(audio) == set(ceilings.CONDITIONS)
     true_ids = synth.tokenize_audio(wav)[0]
     for correct, total in forced_hits.values():

@@ -16,6 +16,11 @@ Conditions, on the same utterances (a held-out split of the corpus):
                            --llm-temperature / --llm-top-k) -> flow -> Griffin-Lim: synthesis of text whose audio
                            is known
   llm_prior_griffin_lim    the LLM's tokens -> prior head -> Griffin-Lim: the LLM judged without the ODE's noise
+  kmeans_lookup_griffin_lim
+                           a training-free codebook: k-means (as many centroids as the tokenizer has codes) over
+                           groups of frames_per_token log-mel frames of --kmeans-manifest (the training split),
+                           each group replaced by its nearest centroid -> Griffin-Lim: what the token rate and
+                           codebook size allow without learning; a learned tokenizer and decoder must beat it
   llm_teacher_forced_flow_griffin_lim
                            the LLM's most likely token at each step given the true tokens before it (and the
                            prompt) -> flow -> Griffin-Lim: the LLM without exposure bias. Where this is level
@@ -50,13 +55,44 @@ from e2e_tts.eval.wer import score_utterances, summarize_wer
 from e2e_tts.models.vocoder import griffin_lim
 from e2e_tts.synth import Prompt, SynthesisConfig, Synthesizer
 
-CONDITIONS = ("ground_truth", "griffin_lim", "vocoder", "flow_tokens_vocoder", "flow_tokens_griffin_lim",
-              "flow_prior_griffin_lim", "llm_flow_griffin_lim", "llm_prior_griffin_lim",
+CONDITIONS = ("ground_truth", "griffin_lim", "vocoder", "kmeans_lookup_griffin_lim", "flow_tokens_vocoder",
+              "flow_tokens_griffin_lim", "flow_prior_griffin_lim", "llm_flow_griffin_lim", "llm_prior_griffin_lim",
               "llm_teacher_forced_flow_griffin_lim")
 # Conditions that need the ground-truth audio's tokens, and those that need the LLM's free-running ones.
 TRUE_TOKEN_CONDITIONS = ("flow_tokens_vocoder", "flow_tokens_griffin_lim", "flow_prior_griffin_lim",
                          "llm_teacher_forced_flow_griffin_lim")
 LLM_SAMPLE_CONDITIONS = ("llm_flow_griffin_lim", "llm_prior_griffin_lim")
+
+
+def frame_groups(mel: torch.Tensor, size: int) -> torch.Tensor:
+    """Consecutive groups of ``size`` frames of a log-mel ``(T, n_mels)`` as rows ``(T // size, size * n_mels)``."""
+    usable = mel.shape[0] // size * size
+    return mel[:usable].reshape(-1, size * mel.shape[1])
+
+
+def fit_kmeans(rows: torch.Tensor, k: int, iterations: int = 25, seed: int = 0) -> torch.Tensor:
+    """Lloyd's k-means: centroids ``(k, D)`` of ``rows`` ``(N, D)``, started by seeded k-means++ (each new centre
+    drawn with probability proportional to the squared distance to the nearest one so far)."""
+    generator = torch.Generator().manual_seed(seed)
+    chosen = [int(torch.randint(len(rows), (1,), generator=generator))]
+    nearest_sq = (rows - rows[chosen[0]]).square().sum(1)
+    for _ in range(k - 1):
+        chosen.append(int(torch.multinomial(nearest_sq / nearest_sq.sum(), 1, generator=generator)))
+        nearest_sq = torch.minimum(nearest_sq, (rows - rows[chosen[-1]]).square().sum(1))
+    centroids = rows[chosen].clone()
+    for _ in range(iterations):
+        nearest = torch.cdist(rows, centroids).argmin(1)
+        sums = torch.zeros_like(centroids).index_add_(0, nearest, rows)
+        counts = torch.bincount(nearest, minlength=k)[:, None]
+        centroids = torch.where(counts > 0, sums / counts.clamp(min=1), centroids)  # an empty cluster stays put
+    return centroids
+
+
+def kmeans_lookup(mel: torch.Tensor, centroids: torch.Tensor) -> torch.Tensor:
+    """Each frame group of ``mel`` ``(T, n_mels)`` replaced by its nearest centroid: ``(T', n_mels)``, T' <= T."""
+    size = centroids.shape[1] // mel.shape[1]
+    groups = frame_groups(mel, size)
+    return centroids[torch.cdist(groups, centroids).argmin(1)].reshape(-1, mel.shape[1])
 
 
 def teacher_forced_argmax(synth: Synthesizer, prompt: Optional[Prompt], text: str, true_ids: torch.Tensor
@@ -76,12 +112,13 @@ def teacher_forced_argmax(synth: Synthesizer, prompt: Optional[Prompt], text: st
 @torch.inference_mode()
 def decode_conditions(synth: Synthesizer, wav: np.ndarray, text: str, prompt_wav: np.ndarray, prompt_text: str,
                       conditions: list[str], seed: int, flow_settings: dict[str, float | None],
-                      llm_sampling: SynthesisConfig
+                      llm_sampling: SynthesisConfig, centroids: Optional[torch.Tensor] = None
                       ) -> tuple[dict[str, np.ndarray], Optional[dict[str, tuple[int, int]]]]:
     """The waveform ``(N,)`` at the model rate of each requested condition for one utterance (``text`` is its
     transcript); ``flow_settings`` (cfg_strength, temperature, nfe; None = the export's config) go to the flow's
     sampler, ``llm_sampling`` draws the llm_* conditions' tokens. Also returns (correct, total) of the
-    teacher-forced tokens ``with_prompt`` and ``without_prompt`` when that condition is asked for, else None."""
+    teacher-forced tokens ``with_prompt`` and ``without_prompt`` when that condition is asked for, else None.
+    ``centroids`` ``(V, frames_per_token * n_mels)`` serve the k-means condition."""
     system, audio = synth.system, synth.audio_config
     mel = synth.log_mel(wav)  # (1, T, n_mels), at the training level
     prompt = synth.encode_prompt(prompt_wav, prompt_text)
@@ -118,6 +155,7 @@ def decode_conditions(synth: Synthesizer, wav: np.ndarray, text: str, prompt_wav
         "ground_truth": lambda: wav,
         "griffin_lim": lambda: griffin_lim(mel, audio)[0].numpy(),
         "vocoder": lambda: system.vocoder(mel)[0].numpy(),
+        "kmeans_lookup_griffin_lim": lambda: griffin_lim(kmeans_lookup(mel[0], centroids)[None], audio)[0].numpy(),
         "flow_tokens_vocoder": lambda: system.vocoder(sampled)[0].numpy(),
         "flow_tokens_griffin_lim": lambda: griffin_lim(sampled, audio)[0].numpy(),
         "flow_prior_griffin_lim": lambda: griffin_lim(prior(true_ids), audio)[0].numpy(),
@@ -141,6 +179,8 @@ def main() -> None:
     parser.add_argument("--conditions", default=",".join(CONDITIONS),
                         help=f"comma-separated subset of {', '.join(CONDITIONS)} (leave out the vocoder rows for an "
                              f"export whose vocoder is untrained)")
+    parser.add_argument("--kmeans-manifest", help="training manifest the k-means condition fits its codebook on")
+    parser.add_argument("--kmeans-utterances", type=int, default=600, help="utterances of it to fit on")
     parser.add_argument("--asr", default="pocketsphinx")
     parser.add_argument("--similarity", default="resemblyzer", help="speaker judge spec, or 'none'")
     parser.add_argument("--seed", type=int, default=0)
@@ -158,7 +198,16 @@ def main() -> None:
     if unknown or not conditions:
         parser.error(f"unknown or no conditions {unknown}; choose from {', '.join(CONDITIONS)}")
 
+    if "kmeans_lookup_griffin_lim" in conditions and not args.kmeans_manifest:
+        parser.error("the k-means condition needs --kmeans-manifest (the training split)")
+
     synth = Synthesizer.from_pretrained(args.model)
+    centroids = None
+    if "kmeans_lookup_griffin_lim" in conditions:
+        fit_on = read_jsonl(args.kmeans_manifest)[:args.kmeans_utterances]
+        rows = torch.cat([frame_groups(synth.log_mel(load_audio(e.audio, synth.sample_rate)[0])[0],
+                                       synth.system.tokenizer.config.frames_per_token) for e in fit_on])
+        centroids = fit_kmeans(rows, synth.system.tokenizer.codebook_size, seed=args.seed)
     asr = build_asr(args.asr)
     judge = None if args.similarity == "none" else build_similarity(args.similarity)
     phone_judge = PocketsphinxPhones()
@@ -176,7 +225,7 @@ def main() -> None:
     for entry in entries:
         wav, rate = load_audio(entry.audio, synth.sample_rate)
         decoded, forced_hits = decode_conditions(synth, wav, entry.text, prompt_wav, prompt.text, conditions,
-                                                 args.seed, flow_settings, llm_sampling)
+                                                 args.seed, flow_settings, llm_sampling, centroids)
         for layout, (correct, total) in (forced_hits or {}).items():
             forced[layout][0] += correct
             forced[layout][1] += total
@@ -185,7 +234,7 @@ def main() -> None:
             phones[condition].append(phone_judge.recognize([audio], rate)[0])
             if judge is not None:
                 similarities[condition].append(judge.similarity(audio, prompt_wav, rate))
-    report = {"model": args.model, "flow_settings": flow_settings,
+    report = {"model": args.model, "flow_settings": flow_settings, "kmeans_manifest": args.kmeans_manifest,
               "llm_sampling": {"temperature": llm_sampling.temperature, "top_k": llm_sampling.top_k},
               "asr": args.asr, "similarity": args.similarity,
               "speaker": args.speaker, "num_utterances": len(entries), "prompt": prompt.id,
