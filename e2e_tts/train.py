@@ -114,9 +114,13 @@ def train(config: Any) -> Path:
     samples_seen = 0  # by this rank, over the whole stage: logged so that a resume can be audited
     if resumed is not None:
         _, rank_state = resumed
-        loader.load_state_dict(rank_state["data"])
-        restore_rng(rank_state["rng"])
-        samples_seen = rank_state["samples_seen"]
+        try:
+            loader.load_state_dict(rank_state["data"])
+            restore_rng(rank_state["rng"])
+            samples_seen = int(rank_state["samples_seen"])
+        except (KeyError, TypeError, ValueError) as err:  # e.g. data settings changed since the checkpoint
+            raise CheckpointError(f"cannot resume this rank's data position and RNG from "
+                                  f"{checkpoints / engine.checkpoint_tag}: {err}") from None
         if dist.rank == 0:
             print(f"resumed {stage.name} at step {engine.global_step} from {checkpoints / engine.checkpoint_tag}",
                   file=sys.stderr)

@@ -97,16 +97,21 @@ def test_resume_is_exact(stage, shards, joint_export, tmp_path):
 
 
 def test_a_failed_resume_says_what_is_missing_and_touches_nothing(shards, tmp_path, capsys):
-    """`latest` names a deleted folder and no complete checkpoint is left to fall back to: `e2e-tts train` exits 2
-    saying so, and the run's files (config.yaml included, which a resume with changed settings overwrote before
-    the check) are as they were."""
+    """A resume that cannot go on (data settings changed since the checkpoint; `latest` names a deleted folder and
+    no complete checkpoint is left to fall back to): `e2e-tts train` exits 2 saying why, and the run's files are as
+    they were (config.yaml was overwritten with the new settings before the checks)."""
     out = tmp_path / "run"
     train(stage_config(shards, out, "joint", 1))
     checkpoints = out / "checkpoints"
-    shutil.rmtree(checkpoints / (checkpoints / "latest").read_text())
-    before = {path: path.read_bytes() for path in out.rglob("*") if path.is_file()}
     args = ["-c", str(REPO / "stages" / "joint.yaml"), *MICRO, f"data.shards=[{shards}]", f"output_dir={out}",
             "stage.max_steps=2", "stage.optim.lr=2e-3"]
+    before = {path: path.read_bytes() for path in out.rglob("*") if path.is_file()}
+    assert main(args + ["data.max_samples=2"]) == 2  # the data stream cannot continue exactly
+    assert "settings changed: max_samples: saved 3 now 2" in capsys.readouterr().err
+    assert {path: path.read_bytes() for path in out.rglob("*") if path.is_file()} == before
+
+    shutil.rmtree(checkpoints / (checkpoints / "latest").read_text())
+    before = {path: path.read_bytes() for path in out.rglob("*") if path.is_file()}
     assert main(args) == 2
     assert f"error: {checkpoints / 'latest'} names step_00000001, which does not exist, and {checkpoints} holds no " \
            f"other complete checkpoint" in capsys.readouterr().err
