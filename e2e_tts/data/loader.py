@@ -34,7 +34,9 @@ yielded after the checkpoint: nothing repeated, nothing skipped.
 Skipped samples. Workers are other processes, so each batch carries the counts of samples its worker
 dropped since its previous batch (by reason); a worker whose stream ends with uncounted drops sends them in a
 batch-less message. The loader adds them up (:attr:`SpeechDataLoader.skipped`) and, at the end of an epoch,
-raises :class:`DataError` if broken samples (not filtered ones) exceed ``max_error_fraction``.
+raises :class:`DataError` if broken samples (not filtered ones) exceed ``max_error_fraction``, or if the epoch
+yielded no batch at all (every sample filtered or broken: the next epoch would be empty too), naming the drops
+by reason and the filter settings behind them.
 """
 
 from __future__ import annotations
@@ -142,7 +144,7 @@ PRESETS: dict[str, DataConfig] = {
 
 
 class DataError(RuntimeError):
-    """Too many samples of the data are broken."""
+    """Too many samples of the data are broken, or none is left to batch."""
 
 
 def resolve_shards(sources: Sequence[str]) -> list[str]:
