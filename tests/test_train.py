@@ -118,6 +118,16 @@ def test_a_failed_resume_says_what_is_missing_and_touches_nothing(shards, tmp_pa
     assert {path: path.read_bytes() for path in out.rglob("*") if path.is_file()} == before
 
 
+def test_training_on_data_that_is_all_filtered_stops_saying_why(shards, tmp_path, capsys):
+    """Every utterance (0.5-1.2 s) is longer than data.max_duration: the loop used to start empty epochs forever."""
+    args = ["-c", str(REPO / "stages" / "joint.yaml"), *MICRO, f"data.shards=[{shards}]",
+            f"output_dir={tmp_path / 'run'}", "stage.max_steps=2", "data.min_duration=0.1", "data.max_duration=0.4"]
+    assert main(args) == 2
+    assert "error: epoch 0 (rank 0) has no batch: all 18 samples read were dropped: duration_above_max 18 " \
+           "(max_duration=0.4)" in capsys.readouterr().err
+    assert not (tmp_path / "run" / "export").exists()
+
+
 def test_intermediate_exports_hold_the_weights_of_their_step(shards, tmp_path):
     """``engine.export_every`` exports mid-stage weights: step 2 of a 3-step run equals a 2-step run's export."""
     train(stage_config(shards, tmp_path / "long", "joint", 3, "engine.export_every=2"))
