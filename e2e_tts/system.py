@@ -88,10 +88,11 @@ class TTSSystem(nn.Module):
         code_dim = self.tokenizer.codebook_dim
         self.layout = TokenLayout(text_tokenizer.vocab_size, self.tokenizer.codebook_size)
         self.llm = SpeechLLM(dataclasses.replace(models.llm, codebook_dim=code_dim), self.layout)
-        self.flow = FlowDecoder(dataclasses.replace(models.flow, codebook_dim=code_dim))
+        codes = self.tokenizer.codebook_size
+        self.flow = FlowDecoder(dataclasses.replace(models.flow, codebook_dim=code_dim), codebook_size=codes)
         self.reward = RewardModel(dataclasses.replace(models.reward, codebook_dim=code_dim,
                                                       num_speakers=len(self.speakers)),
-                                  text_tokenizer.vocab_size)
+                                  text_tokenizer.vocab_size, codebook_size=codes)
         self.vocoder = Vocoder(models.vocoder, audio)
         audio = audio or AudioConfig()
         for name in ("tokenizer", "flow"):

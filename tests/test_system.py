@@ -349,6 +349,26 @@ def test_export_round_trip(system, tmp_path):
         rebuilt.load_modules(tmp_path)
 
 
+def test_id_embeddings_learn_in_every_consumer_and_round_trip_through_an_export(tmp_path):
+    models = small_models()
+    models = dataclasses.replace(models, **{name: dataclasses.replace(getattr(models, name), id_embedding=True)
+                                            for name in ("llm", "flow", "reward")})
+    torch.manual_seed(0)
+    system = TTSSystem(models, ByteTokenizer(), speakers=["a", "b"])
+    system.set_trainable(["llm", "flow", "reward"])
+    objective = MultiTaskObjective(system, StageConfig(trainable=["llm", "flow", "reward"],
+                                                       loss_weights={"llm": 1.0, "flow": 1.0, "reward": 1.0})).train()
+    loss, _ = objective(make_batch())
+    loss.backward()
+    for name in ("llm", "flow", "reward"):
+        table = getattr(system, name).speech_embedding.table
+        assert table.num_embeddings == system.tokenizer.codebook_size and table.weight.grad.abs().sum() > 0, name
+    system.export(tmp_path, load_config(overrides=["text.tokenizer=bytes"]))
+    rebuilt = TTSSystem(models, ByteTokenizer(), speakers=["a", "b"])
+    rebuilt.load_modules(tmp_path)
+    assert torch.equal(rebuilt.flow.speech_embedding.table.weight, system.flow.speech_embedding.table.weight)
+
+
 def test_export_records_the_trained_modules_across_init_from(system, tmp_path):
     def export(name, *overrides):
         config = load_config(overrides=["text.tokenizer=bytes", *overrides])

@@ -119,11 +119,15 @@ def test_fsq_codebook_sizes():
     assert tiny.codebook_size == math.prod(PRESETS["tiny"].levels)
 
 
-def test_codes_feed_speech_embedding_like_ids():
-    """The joint stage embeds codes; later stages embed ids or probabilities: all must agree."""
+@pytest.mark.parametrize("id_table", [False, True])
+def test_codes_feed_speech_embedding_like_ids(id_table):
+    """The joint stage embeds codes; later stages embed ids or probabilities: all must agree, with or without the
+    per-id table, and the codes still carry gradient to the tokenizer."""
     torch.manual_seed(0)
     tokenizer = SpeechTokenizer(small_config())
-    embedding = SpeechEmbedding(tokenizer.codebook_dim, 32)
+    embedding = SpeechEmbedding(tokenizer.codebook_dim, 32, tokenizer.codebook_size if id_table else 0)
+    if id_table:  # distinct rows, as after training (they start at zero)
+        torch.nn.init.normal_(embedding.table.weight)
     out = tokenizer(*padded_batch([8], max_len=8))
     codebook = tokenizer.codebook()
     from_codes = embedding(out.codes, codebook)
@@ -131,6 +135,14 @@ def test_codes_feed_speech_embedding_like_ids():
     one_hot = torch.nn.functional.one_hot(out.ids, tokenizer.codebook_size).float()
     torch.testing.assert_close(from_codes, from_ids, atol=1e-5, rtol=0)
     torch.testing.assert_close(embedding(one_hot, codebook), from_ids, atol=1e-5, rtol=0)
+    if id_table:
+        assert not torch.allclose(from_ids, embedding.mlp(codebook[out.ids]))
+    from_codes.square().sum().backward()
+    assert tokenizer.project_in.weight.grad.abs().sum() > 0
+    if id_table:
+        used = torch.zeros(tokenizer.codebook_size, dtype=torch.bool)
+        used[out.ids[out.mask]] = True
+        assert torch.equal(embedding.table.weight.grad.abs().sum(1) > 0, used)  # the rows of the ids in the batch
 
 
 @pytest.mark.parametrize("quantizer", ["vq", "rvq"])

@@ -67,6 +67,8 @@ class FlowConfig:
         n_mels: mel channels (e2e_tts.audio.AudioConfig.n_mels).
         token_mel_ratio: mel frames per speech token (50 Hz mel / 25 Hz tokens = 2).
         codebook_dim: dimension of one tokenizer code (FSQ: number of levels).
+        id_embedding: give each speech token id a free embedding vector besides its code's MLP embedding
+            (e2e_tts.models.speech_embedding); needs the codebook size, which the system passes.
         upsample_conv_layers, upsample_kernel_size: residual convs after repeating tokens to the
             mel rate, so the token condition is not piecewise constant.
         mel_mean, mel_std: the flow works on ``(mel - mel_mean) / mel_std`` so that N(0, I) noise
@@ -96,6 +98,7 @@ class FlowConfig:
     n_mels: int = 80
     token_mel_ratio: int = 2
     codebook_dim: int = 4
+    id_embedding: bool = False
     upsample_conv_layers: int = 2
     upsample_kernel_size: int = 5
     mel_mean: float = -5.3
@@ -216,9 +219,10 @@ class FlowDecoder(nn.Module):
 
     Args:
         config: :class:`FlowConfig`.
+        codebook_size: the tokenizer's number of codes (needed by ``config.id_embedding``).
     """
 
-    def __init__(self, config: FlowConfig):
+    def __init__(self, config: FlowConfig, codebook_size: int = 0):
         super().__init__()
         if config.token_mel_ratio < 1:
             raise ValueError(f"token_mel_ratio must be >= 1, got {config.token_mel_ratio}")
@@ -241,7 +245,9 @@ class FlowDecoder(nn.Module):
                              f"{config.prior_weight}")
         self.config = config
         dim, n_mels = config.dim, config.n_mels
-        self.speech_embedding = SpeechEmbedding(config.codebook_dim, dim)
+        if config.id_embedding and codebook_size < 1:
+            raise ValueError("id_embedding needs the tokenizer's codebook size")
+        self.speech_embedding = SpeechEmbedding(config.codebook_dim, dim, codebook_size if config.id_embedding else 0)
         self.token_encoder = None
         if config.encoder_depth > 0:
             self.token_encoder = TransformerStack(dim, config.encoder_depth, config.heads, config.ff_mult,

@@ -47,6 +47,8 @@ class LLMConfig:
         hidden_size, num_layers, num_heads, num_kv_heads, intermediate_size: decoder shape.
         head_dim: attention head width (None = ``hidden_size // num_heads``); Qwen3-0.6B uses 128.
         codebook_dim: dimension ``Dc`` of one speech-tokenizer code (FSQ: number of levels).
+        id_embedding: give each speech token id a free embedding vector besides its code's MLP embedding
+            (e2e_tts.models.speech_embedding); needs the codebook size, which the system passes.
         attention_dropout: dropout on attention weights.
         rope_theta: rotary base.
         max_position_embeddings: longest ``SOS text TASK speech`` row the model is meant for.
@@ -76,6 +78,7 @@ class LLMConfig:
     intermediate_size: int = 768
     head_dim: Optional[int] = None
     codebook_dim: int = 4
+    id_embedding: bool = False
     attention_dropout: float = 0.0
     rope_theta: float = 10000.0
     max_position_embeddings: int = 4096
@@ -273,7 +276,8 @@ class SpeechLLM(nn.Module):
         else:
             self.decoder = _load_decoder(config, layout)
         self.hidden_size = self.decoder.config.hidden_size
-        self.speech_embedding = SpeechEmbedding(config.codebook_dim, self.hidden_size)
+        self.speech_embedding = SpeechEmbedding(config.codebook_dim, self.hidden_size,
+                                                layout.speech_vocab_size if config.id_embedding else 0)
         if config.guide_weight > 0:
             shape = self.decoder.config
             bad = [k for k in config.guide_layers if not 0 <= k < shape.num_hidden_layers]

@@ -39,6 +39,8 @@ class RewardConfig:
 
     Args:
         codebook_dim: dimension ``Dc`` of one speech-tokenizer code (FSQ: number of levels).
+        id_embedding: give each speech token id a free embedding vector besides its code's MLP embedding
+            (e2e_tts.models.speech_embedding); needs the codebook size, which the system passes.
         encoder_dim, encoder_depth, encoder_heads: the speech encoder.
         decoder_dim, decoder_depth, decoder_heads: the attention decoder over text ids.
         ff_mult: feed-forward expansion of every block.
@@ -56,6 +58,7 @@ class RewardConfig:
     """
 
     codebook_dim: int = 4
+    id_embedding: bool = False
     encoder_dim: int = 128
     encoder_depth: int = 6
     encoder_heads: int = 4
@@ -162,14 +165,18 @@ class RewardModel(nn.Module):
     Args:
         config: sizes and loss weights.
         text_vocab_size: number of ids of the text tokenizer; ``text_vocab_size`` itself is the special id.
+        codebook_size: the tokenizer's number of codes (needed by ``config.id_embedding``).
     """
 
-    def __init__(self, config: RewardConfig, text_vocab_size: int):
+    def __init__(self, config: RewardConfig, text_vocab_size: int, codebook_size: int = 0):
         super().__init__()
         if text_vocab_size < 1:
             raise ValueError(f"text_vocab_size must be positive, got {text_vocab_size}")
         self.config, self.text_vocab_size = config, text_vocab_size
-        self.speech_embedding = SpeechEmbedding(config.codebook_dim, config.encoder_dim)
+        if config.id_embedding and codebook_size < 1:
+            raise ValueError("id_embedding needs the tokenizer's codebook size")
+        self.speech_embedding = SpeechEmbedding(config.codebook_dim, config.encoder_dim,
+                                                codebook_size if config.id_embedding else 0)
         self.encoder = TransformerStack(config.encoder_dim, config.encoder_depth, config.encoder_heads,
                                         config.ff_mult, config.dropout)
         self.ctc_head = nn.Linear(config.encoder_dim, text_vocab_size + 1)
