@@ -9,8 +9,8 @@ import pytest
 
 from e2e_tts import text
 from e2e_tts.espeak import ESPEAK
-from e2e_tts.text import (ByteTokenizer, CharTokenizer, HFTokenizer, PhonemeTokenizer, TextConfig, TextTokenizer,
-                          build_text_tokenizer, check_text, load_text_tokenizer, normalize_text)
+from e2e_tts.text import (ByteTokenizer, CharTokenizer, HFTokenizer, PhonemeTokenizer, PhoneTokenizer, TextConfig,
+                          TextTokenizer, build_text_tokenizer, check_text, load_text_tokenizer, normalize_text)
 
 SENTENCES = ["Hello, world! How are you?", "The quick brown fox jumps over the lazy dog.",
              "Ich bin müde, naïve café, 東京."]
@@ -192,6 +192,35 @@ def test_byte_level_phoneme_exports_are_refused(tmp_path):
     meta = json.loads((tmp_path / "text_tokenizer.json").read_text())
     (tmp_path / "text_tokenizer.json").write_text(json.dumps({k: v for k, v in meta.items() if k != "inventory"}))
     with pytest.raises(ValueError, match="UTF-8 bytes"):
+        load_text_tokenizer(tmp_path)
+
+
+def test_phone_tokenizer_gives_one_id_per_sound(phonemes):
+    phones = PhoneTokenizer("en-us")
+    sentence = "Hello, world! How are you?"
+    assert phones.phones(sentence) == ["h", "ə", "l", "ˈoʊ", ",", "w", "ˈɜː", "l", "d", "!", "h", "ˈaʊ", "ɑː", "ɹ",
+                                       "j", "uː", "?"]
+    ids = phones.encode(sentence)
+    assert all(0 < i < phones.vocab_size for i in ids) and len(set(ids)) == len(set(phones.phones(sentence)))
+    assert phones.decode(ids) == phonemes.phonemize(sentence).replace(" ", "")
+    assert phones.phones("Call dad.") == ["k", "ˈɔː", "l", "d", "ˈæ", "d"]  # no id for the final period
+    assert phones.phones("Watch the judge.")[:3] == ["w", "ˈɑː", "tʃ"] and "dʒ" in phones.phones("Watch the judge.")
+    assert phones.encode("") == [] and phones.encode("...") == []
+    # Other languages: symbols outside the vowel phones still get their own ids.
+    french = PhoneTokenizer("fr")
+    assert PhoneTokenizer.UNK_ID not in french.encode("Bonjour le monde")
+    assert french.decode(french.encode("Bonjour le monde")) == PhonemeTokenizer("fr").phonemize(
+        "Bonjour le monde").replace(" ", "")
+
+
+def test_phone_tokenizer_round_trips_and_refuses_another_inventory(tmp_path):
+    PhoneTokenizer("en-gb").save(tmp_path)
+    loaded = load_text_tokenizer(tmp_path)
+    assert isinstance(loaded, PhoneTokenizer) and loaded.language == "en-gb"
+    assert build_text_tokenizer(TextConfig(tokenizer="phones")).encode("tomato") == PhoneTokenizer().encode("tomato")
+    meta = json.loads((tmp_path / "text_tokenizer.json").read_text())
+    (tmp_path / "text_tokenizer.json").write_text(json.dumps({**meta, "inventory": 99}))
+    with pytest.raises(ValueError, match="inventory 99"):
         load_text_tokenizer(tmp_path)
 
 

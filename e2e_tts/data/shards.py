@@ -307,7 +307,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--workers", type=int, default=2, help="parallel shard writers (default: 2)")
     parser.add_argument("--sample-rate", type=int, default=AudioConfig.sample_rate,
                         help=f"sample rate of the written audio (default: {AudioConfig.sample_rate})")
-    parser.add_argument("--text-tokenizer", default=TextConfig.tokenizer, choices=("bytes", "chars", "phonemes"),
+    parser.add_argument("--text-tokenizer", default=TextConfig.tokenizer,
+                        choices=("bytes", "chars", "phonemes", "phones"),
                         help="the text.tokenizer training will use: texts it turns into no id are skipped "
                              f"(default: {TextConfig.tokenizer})")
     parser.add_argument("--text-language", default=TextConfig.language,
