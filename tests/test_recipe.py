@@ -21,6 +21,7 @@ def test_quick_recipe_runs_every_stage(tmp_path):
                          cwd=REPO, env=child_env(), capture_output=True, text=True, timeout=1200)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     out = Path(f"{exp}_quick_seed0")
+    assert json.loads(Path(f"{data}_quick/corpus/corpus.json").read_text())["domain"] == "demo"  # the default
     for stage, steps in (("joint", 4), ("separate", 3), ("e2e", 2), ("grpo", 2), ("vocoder", 2)):
         records = [json.loads(line) for line in (out / stage / "metrics.jsonl").read_text().splitlines()]
         metrics = [m for m in records if "loss" in m]
