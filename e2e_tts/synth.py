@@ -56,6 +56,7 @@ from e2e_tts.system import TRAINED_FILE, TTSSystem, read_trained
 from e2e_tts.text import TextConfig, check_text, normalize_text
 
 VOCODERS = ("model", "griffin-lim")
+DECODERS = ("flow", "prior")  # the flow's ODE, or its prior head's regression mel alone (no ODE)
 TOKEN_VERIFIER = "rm"  # the reward model reading the generated tokens (no audio round trip)
 WER_LANGUAGES = ("en", "zh")
 RESULTS_FILE = "synthesis.json"
@@ -72,6 +73,9 @@ class SynthesisConfig:
             :func:`e2e_tts.models.sampling.sample_next_token`; CosyVoice 2 uses 1.0 / 25 / 0.8 / RAS).
         min_len_ratio, max_len_ratio: speech tokens per text id: EOS is masked below the minimum, a row stops at
             the maximum (see :meth:`e2e_tts.models.llm.SpeechLLM.generate`).
+        decoder: ``"flow"`` (the flow's ODE from the prior) or ``"prior"`` (the flow's prior head: the mean mel
+            of the tokens, no ODE and no prompt mel; deterministic, and where the flow is undertrained the better
+            reading of the tokens).
         solver, nfe, schedule, sway_coef, cfg_strength: flow ODE sampling; None = the flow config's value.
         vocoder: ``"model"`` (the trained vocoder), ``"griffin-lim"`` (training-free phase reconstruction) or
             None: the model's when the export's vocoder was trained, else Griffin-Lim (see
@@ -95,6 +99,7 @@ class SynthesisConfig:
     repetition_aware: bool = True
     min_len_ratio: float = MIN_LEN_RATIO
     max_len_ratio: float = MAX_LEN_RATIO
+    decoder: str = "flow"
     solver: Optional[str] = None
     nfe: Optional[int] = None
     schedule: Optional[str] = None
@@ -116,6 +121,8 @@ class SynthesisConfig:
         if not 0 <= self.min_len_ratio <= self.max_len_ratio:
             raise ValueError(f"SynthesisConfig needs 0 <= min_len_ratio <= max_len_ratio, got "
                              f"{self.min_len_ratio} and {self.max_len_ratio}")
+        if self.decoder not in DECODERS:
+            raise ValueError(f"SynthesisConfig.decoder must be one of {DECODERS}, got {self.decoder!r}")
         if self.vocoder is not None and self.vocoder not in VOCODERS:
             raise ValueError(f"SynthesisConfig.vocoder must be one of {VOCODERS}, got {self.vocoder!r}")
         if self.schedule is not None and self.schedule not in SCHEDULES:
@@ -525,13 +532,20 @@ class Synthesizer:
 
     def _decode_tokens(self, tokens: list[torch.Tensor], prompt: Optional[Prompt], config: SynthesisConfig,
                        generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        """Flow-decodes generated tokens ``B x (T_b,)`` (after the prompt's, if any) -> new mel frames and mask."""
+        """Decodes generated tokens ``B x (T_b,)`` (after the prompt's, if any) with ``config.decoder`` -> the new
+        mel frames ``(B, T, n_mels)`` and their mask ``(B, T)``."""
         device = self.device
         if prompt is not None:
             tokens = [torch.cat([prompt.speech_ids, row]) for row in tokens]
         lengths = torch.tensor([len(row) for row in tokens], device=device)
         speech = pad_sequence([row.to(device) for row in tokens], batch_first=True)
         speech_mask = lengths_to_mask(lengths, speech.shape[1])
+        if config.decoder == "prior":
+            ratio = self.system.flow.config.token_mel_ratio
+            skip = 0 if prompt is None else len(prompt.speech_ids) * ratio
+            new_frames = lengths * ratio - skip
+            mel = self.system.flow.prior(speech, speech_mask, self.system.codebook())[:, skip:]
+            return mel[:, :int(new_frames.max())], lengths_to_mask(new_frames, int(new_frames.max()))
         prompt_mel = None if prompt is None else prompt.mel[None].expand(len(tokens), -1, -1)
         return self.system.flow.sample(speech, speech_mask, self.system.codebook(), prompt_mel, solver=config.solver,
                                        nfe=config.nfe, schedule=config.schedule, sway_coef=config.sway_coef,
@@ -764,6 +778,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_llm_sampling_arguments(parser.add_argument_group("LLM sampling"))
     decoding = parser.add_argument_group("flow and vocoder (left out: the export's synthesis settings, else the "
                                          "flow config's)")
+    decoding.add_argument("--decoder", choices=DECODERS, help="flow (ODE) or prior (the prior head's mel alone); "
+                                                             + export_default("decoder"))
     decoding.add_argument("--solver", help="torchdiffeq method (euler, midpoint, rk4, dopri5, ...)")
     decoding.add_argument("--nfe", type=int, help="ODE steps")
     decoding.add_argument("--schedule", choices=SCHEDULES, help="ODE time grid")

@@ -144,6 +144,21 @@ def test_zero_shot_prompt_conditions_llm_and_flow_but_is_not_in_the_output(fresh
     assert len(result.wav) == result.tokens.numel() * SAMPLES_PER_TOKEN
 
 
+def test_prior_decoder_vocodes_the_prior_heads_mel_of_the_new_tokens(synth, prompt_audio):
+    wav, rate = prompt_audio
+    config = SynthesisConfig(**{**FAST, "decoder": "prior", "vocoder": "model"})
+    result, = synth.synthesize(["Hello there."], wav, "A prompt.", config, prompt_sample_rate=rate)
+    assert len(result.wav) == result.tokens.numel() * SAMPLES_PER_TOKEN  # the prompt's frames are not returned
+    prompt = synth.encode_prompt(wav, "A prompt.", sample_rate=rate)
+    speech = torch.cat([prompt.speech_ids, result.tokens])[None]
+    with torch.no_grad():
+        mel = synth.system.flow.prior(speech, torch.ones_like(speech, dtype=torch.bool), synth.system.codebook())
+        expected = synth.system.vocoder(mel[:, 2 * len(prompt.speech_ids):])[0].numpy()
+    np.testing.assert_allclose(result.wav, expected, atol=1e-5)
+    with pytest.raises(ValueError, match="decoder must be one of"):
+        SynthesisConfig(decoder="ode")
+
+
 def test_a_seed_makes_synthesis_reproducible_and_different_seeds_differ(synth):
     texts = ["One more time.", "Twice."]
     first = synth.synthesize(texts, config=SynthesisConfig(seed=3, **FAST))

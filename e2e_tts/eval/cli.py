@@ -27,8 +27,8 @@ from e2e_tts.eval.seedtts import (format_summary, read_first_channel, read_meta,
                                   synthesized_wav_paths, write_results)
 from e2e_tts.eval.similarity import SpeakerSimilarity, build_similarity
 from e2e_tts.models.tokenizer import token_statistics
-from e2e_tts.synth import (LLM_SAMPLING_FIELDS, VOCODER_HELP, VOCODERS, Synthesizer, add_llm_sampling_arguments,
-                           export_default)
+from e2e_tts.synth import (DECODERS, LLM_SAMPLING_FIELDS, VOCODER_HELP, VOCODERS, Synthesizer,
+                           add_llm_sampling_arguments, export_default)
 from e2e_tts.text import normalize_text
 
 NO_SIMILARITY = "none"
@@ -95,7 +95,8 @@ def run_seedtts_command(args: argparse.Namespace) -> int:
             items = read_meta(args.meta)  # fail on a malformed list before loading a model
             synthesizer = Synthesizer.from_pretrained(args.model, args.device)
             config, notes = synthesizer.settings(
-                seed=args.seed, nfe=args.nfe, cfg_strength=args.cfg_strength, vocoder=args.vocoder,
+                seed=args.seed, decoder=args.decoder, nfe=args.nfe, cfg_strength=args.cfg_strength,
+                vocoder=args.vocoder,
                 num_candidates=args.num_candidates, verifier=args.verifier, batch_size=args.batch_size,
                 wer_language=args.language, **{name: getattr(args, name) for name in LLM_SAMPLING_FIELDS})
             for note in notes:
@@ -149,6 +150,8 @@ def _add_seedtts(subparsers: argparse._SubParsersAction) -> None:
                                            "zero-shot call per prompt (use a fresh --wavs folder per setting)")
     synthesis.add_argument("--seed", type=int, help=export_default("seed"))
     add_llm_sampling_arguments(parser.add_argument_group("LLM sampling of missing wavs (only with --model)"))
+    synthesis.add_argument("--decoder", choices=DECODERS, help="flow (ODE) or prior (the prior head's mel alone); "
+                                                              + export_default("decoder"))
     synthesis.add_argument("--nfe", type=int, help="flow ODE steps (default: the export's, else the flow config's)")
     synthesis.add_argument("--cfg-strength", type=float,
                            help="classifier-free guidance (default: the export's, else the flow config's)")
