@@ -18,6 +18,8 @@ import soxr
 import torch
 from torch import nn
 
+from e2e_tts.checks import FieldError, at_least, positive
+
 LOG_FLOOR = 1e-5  # magnitude floor before the log: log(1e-5) = -11.5 is "silence"
 
 
@@ -36,6 +38,17 @@ class AudioConfig:
     max_duration: float = 20.0
     silence_threshold_db: float = -50.0  # peak dBFS below which a clip counts as silent
     peak_level: float = 0.95  # peak after normalisation
+
+    def __post_init__(self) -> None:
+        for name in ("sample_rate", "n_fft", "win_length", "hop_length", "n_mels", "max_duration", "peak_level"):
+            positive(self, name)
+        at_least(self, "min_duration", 0.0)
+        if self.win_length > self.n_fft:
+            raise FieldError("win_length", f"must be <= n_fft {self.n_fft}, got {self.win_length}")
+        if self.max_duration < self.min_duration:
+            raise FieldError("max_duration", f"must be >= min_duration {self.min_duration}, got {self.max_duration}")
+        if self.peak_level > 1:
+            raise FieldError("peak_level", f"must be <= 1 (full scale), got {self.peak_level}")
 
 
 class AudioRejected(ValueError):

@@ -77,14 +77,39 @@ def _read_yaml(path: Path) -> DictConfig:
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML: {err}") from err
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path}: not a UTF-8 text file: {err}") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: nested too deeply to be a config") from None
     if data is None:
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of keys, got {type(data).__name__}")
+    if _too_many_values(data, MAX_CONFIG_VALUES):  # YAML aliases can make a few lines expand to billions
+        raise ConfigError(f"{path}: more than {MAX_CONFIG_VALUES} values once its aliases are expanded")
     return OmegaConf.create(data)
+
+
+MAX_CONFIG_VALUES = 100_000  # a whole resolved config (paper recipe, joint stage) has 257
+
+
+def _too_many_values(data: Any, limit: int) -> bool:
+    """Whether the tree ``data`` (shared subtrees counted each time they appear) has more than ``limit`` nodes;
+    stops counting past the limit."""
+    count, stack = 0, [data]
+    while stack:
+        node = stack.pop()
+        count += 1
+        if count > limit:
+            return True
+        if isinstance(node, dict):
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+    return False
 
 
 def _parse_overrides(overrides: Sequence[str]) -> DictConfig:
@@ -131,10 +156,14 @@ def load_config(paths: Sequence[str | Path] = (), overrides: Sequence[str] = (),
         base.model = OmegaConf.structured(model_preset(str(preset)))
     for layer, source in layers:
         base = _merge(base, layer, source)
-    missing = sorted(OmegaConf.missing_keys(base))
-    if missing:
-        raise ConfigError(f"missing required config value(s): {', '.join(missing)}")
-    _check_values(base, "", layers)
+    try:
+        missing = sorted(OmegaConf.missing_keys(base))
+        if missing:
+            raise ConfigError(f"missing required config value(s): {', '.join(missing)}")
+        _check_values(base, "", layers)
+    except OmegaConfBaseException as err:  # an interpolation ${...} that does not resolve
+        key = getattr(err, "full_key", None) or "?"
+        raise ConfigError(f"{_source_of(key, layers)}: bad config value {key}: {str(err).splitlines()[0]}") from None
     OmegaConf.set_readonly(base, True)
     return base
 
@@ -151,18 +180,21 @@ def _check_values(node: DictConfig, path: str, layers: Sequence[tuple[DictConfig
     except FieldError as err:
         key = path + err.field
         raise ConfigError(f"{_source_of(key, layers)}: bad config value {key}: {err.problem}") from None
-    except ValueError as err:  # a check that does not name its field: name the section
+    except (ValueError, ArithmeticError) as err:  # a check that does not name its field: name the section
+        problem = repr(err) if isinstance(err, ArithmeticError) else str(err)  # e.g. a division by a zero size
         raise ConfigError(f"{_source_of(path.rstrip('.'), layers)}: bad config value in {path.rstrip('.')}: "
-                          f"{err}") from None
-
-
-_UNSET = object()
+                          f"{problem}") from None
 
 
 def _source_of(key: str, layers: Sequence[tuple[DictConfig, str]]) -> str:
     """The last layer that sets ``key``, where its value comes from."""
     for layer, source in reversed(layers):
-        if OmegaConf.select(layer, key, default=_UNSET, throw_on_resolution_failure=False) is not _UNSET:
+        node: Any = layer
+        for part in key.split("."):  # node by node, without resolving an interpolation that may be the problem
+            node = node._get_node(part) if isinstance(node, DictConfig) else None
+            if node is None:
+                break
+        else:
             return source
     return "defaults"
 
