@@ -536,12 +536,14 @@ def load_text_tokenizer(directory: str | Path) -> TextTokenizer:
 
     Raises:
         FileNotFoundError: no ``text_tokenizer.json`` in ``directory``.
-        ValueError: the file names an unknown kind.
+        ValueError: naming the file when it is not a JSON object or names an unknown kind.
     """
     path = Path(directory) / TOKENIZER_FILE
     if not path.is_file():
         raise FileNotFoundError(f"no {TOKENIZER_FILE} in {directory}: not a saved text tokenizer")
     meta = json.loads(path.read_text(encoding="utf-8"))
+    if not isinstance(meta, dict):
+        raise ValueError(f"{path}: expected a JSON object with the tokenizer's kind, got {type(meta).__name__}")
     kind = meta.get("kind")
     if kind == "bytes":
         return ByteTokenizer()
