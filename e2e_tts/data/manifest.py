@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Iterator, Optional, Sequence
 
 REQUIRED_FIELDS = ("id", "audio", "text", "speaker")  # strings, all but the text non-empty
+MAX_ID_BYTES = 200  # a file name holds 255 bytes: room for the longest suffix written after an id
 
 
 @dataclass
@@ -76,7 +77,8 @@ def utterance_id_problem(utt: str) -> Optional[str]:
     """Why ``utt`` cannot name a file (``<utt>.wav``, a tar member ``<utt>.json``), or ``None`` when it can.
 
     An id must not reach out of the folder it names a file in: no ``/`` or ``\\`` (so no absolute path and no
-    ``a/../..``), no leading dot (``.``, ``..``, hidden files), no control characters, no outer spaces.
+    ``a/../..``), no leading dot (``.``, ``..``, hidden files), no control characters, no outer spaces, and not
+    longer than a file name may be (:data:`MAX_ID_BYTES` in UTF-8).
     """
     if not utt or utt != utt.strip():
         return f"id {utt!r} is empty or has outer spaces"
@@ -84,6 +86,8 @@ def utterance_id_problem(utt: str) -> Optional[str]:
         return f"id {utt!r} cannot be a file name (no slashes, no leading dot)"
     if any(unicodedata.category(char).startswith("C") for char in utt):
         return f"id {utt!r} holds a control character"
+    if len(utt.encode("utf-8")) > MAX_ID_BYTES:
+        return f"id {utt[:32]!r}... is longer than {MAX_ID_BYTES} bytes: too long for a file name"
     return None
 
 
