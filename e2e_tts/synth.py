@@ -398,13 +398,14 @@ class Synthesizer:
             text: the transcript of the prompt audio.
             sample_rate: rate of an array ``wav`` (None = the model rate); ignored for a path.
         Raises:
-            ValueError: for a rejected transcript, unreadable, non-mono, non-finite or silent audio, or audio too short
-                for one token.
+            ValueError: for a rejected transcript, unreadable, non-mono, non-finite or silent audio, audio too short
+                for one token, or a file whose header declares more than ``audio.max_duration`` (each naming it).
         """
         _, text_ids = self.prepare_text(text, "prompt text")
         what = f"prompt {wav}" if isinstance(wav, (str, Path)) else "prompt audio"
         if isinstance(wav, (str, Path)):
-            audio, _ = load_audio(wav, self.sample_rate)
+            # no longer than training's longest utterance, judged from the header before anything is decoded
+            audio, _ = load_audio(wav, self.sample_rate, self.audio_config.max_duration)
         else:
             audio = np.asarray(wav, dtype=np.float32)
             if audio.ndim != 1:
@@ -415,7 +416,10 @@ class Synthesizer:
         threshold = self.audio_config.silence_threshold_db
         if is_silent(audio, threshold):  # its tokens and mel would make the model clone silence
             raise ValueError(f"{what} is silent (peak below {threshold} dBFS): a prompt must be speech")
-        speech_ids, mel = self.tokenize_audio(audio)
+        try:
+            speech_ids, mel = self.tokenize_audio(audio)
+        except ValueError as err:  # too short for one token
+            raise ValueError(f"{what}: {err}") from err
         return Prompt(text_ids=text_ids, speech_ids=speech_ids, mel=mel)
 
     def tokenize_audio(self, audio: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
@@ -805,6 +809,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         items = read_text_list(args.texts) if args.texts else [(f"utt{i}", t) for i, t in enumerate(args.text, 1)]
         synthesizer = Synthesizer.from_pretrained(args.model, args.device)
+        for utt, text in items:  # a text the model cannot say is named by its id (and file) before any synthesis
+            synthesizer.prepare_text(text, f"{args.texts}: id {utt!r}: text" if args.texts else "text")
         config, notes = synthesizer.settings(**{f.name: getattr(args, f.name)
                                                 for f in dataclasses.fields(SynthesisConfig)})
         for note in notes:
