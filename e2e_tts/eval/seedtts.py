@@ -57,7 +57,7 @@ import numpy as np
 import soundfile as sf
 from tqdm import tqdm
 
-from e2e_tts.audio import AudioConfig, is_silent, write_audio
+from e2e_tts.audio import AudioConfig, _missing_wav_data, is_silent, write_audio
 from e2e_tts.data.manifest import SeedTTSItem, read_seedtts_meta
 from e2e_tts.eval.asr import ASRBackend
 from e2e_tts.eval.similarity import SpeakerSimilarity, mean_similarity
@@ -122,9 +122,24 @@ def read_meta(path: str | Path) -> list[SeedTTSItem]:
     return items
 
 
-def read_first_channel(path: str | Path) -> tuple[np.ndarray, int]:
-    """Reads audio at its native rate: ``(N,)`` float64 (the first channel of a multi-channel file) and the rate."""
-    data, rate = sf.read(str(path), dtype="float64", always_2d=True)
+MAX_SCORED_SECONDS = 300.0  # no utterance of a test list is near this: a longer header lies or the model looped
+
+
+def read_first_channel(path: str | Path, max_seconds: float = MAX_SCORED_SECONDS) -> tuple[np.ndarray, int]:
+    """Reads audio at its native rate: ``(N,)`` float64 (the first channel of a multi-channel file) and the rate.
+
+    Raises:
+        ValueError: naming the file when its header declares more than ``max_seconds`` (judged before decoding) or
+            the file ends before the audio its header declares (libsndfile would quietly read the rest).
+        RuntimeError: soundfile's error for a file it cannot read.
+    """
+    with sf.SoundFile(str(path)) as file:
+        rate, declared = file.samplerate, file.frames
+        if declared > max_seconds * rate:
+            raise ValueError(f"{path}: the header declares {declared / rate:.1f} s, more than {max_seconds} s")
+        data = file.read(dtype="float64", always_2d=True)
+    if len(data) < declared or _missing_wav_data(path):
+        raise ValueError(f"{path}: truncated: the file ends before the audio its header declares")
     return np.ascontiguousarray(data[:, 0]), int(rate)
 
 
@@ -220,7 +235,12 @@ def _read_synthesis_record(path: Path, header: dict[str, Any]) -> dict[str, dict
     """
     if not path.is_file():
         return {}
-    previous = json.loads(path.read_text(encoding="utf-8"))
+    try:
+        previous = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{path}: not a synthesis record: {err}; use a fresh --wavs folder") from None
+    if not isinstance(previous, dict):
+        raise ValueError(f"{path}: not a synthesis record (a JSON object); use a fresh --wavs folder")
     for key in ("model", "settings"):
         if previous.get(key) != header[key]:
             raise ValueError(f"{path} records wavs synthesised with another {key} ({previous.get(key)!r}, now "
