@@ -43,6 +43,10 @@ class AudioConfig:
         for name in ("sample_rate", "n_fft", "win_length", "hop_length", "n_mels", "max_duration", "peak_level"):
             positive(self, name)
         at_least(self, "min_duration", 0.0)
+        at_least(self, "f_min", 0.0)
+        if self.f_max is not None and not self.f_min < self.f_max <= self.sample_rate / 2:
+            raise FieldError("f_max", f"must be above f_min {self.f_min} and at most half the sample rate "
+                                      f"{self.sample_rate / 2}, got {self.f_max}")
         if self.win_length > self.n_fft:
             raise FieldError("win_length", f"must be <= n_fft {self.n_fft}, got {self.win_length}")
         if self.max_duration < self.min_duration:

@@ -413,6 +413,7 @@ def config_override_cases(rng: random.Random) -> list[tuple[str, list[str], str]
         ("override-without-value", [word], word),
         ("interpolation-unknown", [f"stage.objective=${{{word}}}"], "stage.objective"),
         ("interpolation-recursive", ["output_dir=${output_dir}"], "output_dir"),
+        ("mel-f-max-negative", [f"audio.f_max=-{rng.randint(1, 8000)}"], "audio.f_max"),
     ]
     return cases
 
