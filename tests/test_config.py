@@ -117,9 +117,47 @@ def test_bad_value_in_a_file_names_the_file_that_set_it(tmp_path):
     assert str(err.value).startswith(f"{bad}: bad config value engine.zero_stage: must be one of 0, 1, 2, 3, got 7")
     # a component whose check does not name its field: the section is named
     with pytest.raises(ConfigError) as err:
-        load_config([other], ["model.llm.prompt_pairs=2"])
-    assert str(err.value).startswith("command line: bad config value in model.llm: ")
-    assert "prompt_pairs" in str(err.value)
+        load_config([other], ["text.max_chars=-1"])
+    assert str(err.value).startswith("command line: bad config value in text: ")
+    assert "max_chars" in str(err.value)
+
+
+@pytest.mark.parametrize("override, key", [
+    ("model.llm.hidden_size=0", "model.llm.hidden_size"),
+    ("model.llm.hidden_size=-256", "model.llm.hidden_size"),
+    ("model.llm.hidden_size=250", "model.llm.hidden_size"),  # not divisible by its 4 heads
+    ("model.llm.num_heads=0", "model.llm.num_heads"),  # was named by section only, after a ZeroDivisionError
+    ("model.llm.num_kv_heads=0", "model.llm.num_kv_heads"),
+    ("model.llm.num_heads=3", "model.llm.num_heads"),  # not a multiple of its 2 key/value heads
+    ("model.llm.head_dim=0", "model.llm.head_dim"),
+    ("model.llm.intermediate_size=0", "model.llm.intermediate_size"),
+    ("model.llm.num_layers=-1", "model.llm.num_layers"),
+    ("model.llm.prompt_pairs=2", "model.llm.prompt_pairs"),
+    ("model.flow.nfe=0", "model.flow.nfe"),
+    ("model.flow.dim=0", "model.flow.dim"),
+    ("model.flow.heads=0", "model.flow.heads"),
+    ("model.flow.dim=250", "model.flow.dim"),  # not divisible by its 4 heads
+    ("model.flow.depth=-1", "model.flow.depth"),
+    ("model.flow.n_mels=0", "model.flow.n_mels"),
+    ("model.flow.schedule=exponential", "model.flow.schedule"),
+    ("model.tokenizer.dim=0", "model.tokenizer.dim"),
+    ("model.tokenizer.heads=0", "model.tokenizer.heads"),
+    ("model.tokenizer.dim=250", "model.tokenizer.dim"),
+    ("model.tokenizer.levels=[0]", "model.tokenizer.levels"),
+    ("model.reward.encoder_dim=0", "model.reward.encoder_dim"),
+    ("model.reward.decoder_heads=0", "model.reward.decoder_heads"),
+    ("model.reward.encoder_dim=100", "model.reward.encoder_dim"),  # 4 heads of odd width 25
+    ("model.reward.max_text_length=0", "model.reward.max_text_length"),
+    ("model.vocoder.dim=0", "model.vocoder.dim"),
+    ("model.vocoder.hop_length=600", "model.vocoder.hop_length"),
+    ("model.vocoder.n_fft=1023", "model.vocoder.n_fft"),
+])
+def test_bad_model_sizes_are_refused_at_load_naming_the_full_key(override, key):
+    """The model configs' checks name their field (e2e_tts.checks.FieldError): model.llm.hidden_size=0 and
+    model.flow.nfe=0 were accepted, model.llm.num_heads=0 was reported by section only."""
+    with pytest.raises(ConfigError) as err:
+        load_config(overrides=[override])
+    assert str(err.value).startswith(f"command line: bad config value {key}: "), str(err.value)
 
 
 def test_every_shipped_stage_and_recipe_passes_the_value_checks():

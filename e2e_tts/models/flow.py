@@ -43,6 +43,7 @@ from torch import nn
 from torchdiffeq import odeint
 
 from e2e_tts.audio import LOG_FLOOR
+from e2e_tts.checks import FieldError, at_least, one_of, positive, within
 from e2e_tts.models.layers import TransformerStack
 from e2e_tts.models.masks import lengths_to_mask, prefix_lengths
 from e2e_tts.models.speech_embedding import SpeechEmbedding
@@ -116,6 +117,24 @@ class FlowConfig:
     cfg_strength: float = 0.7
     temperature: float = 1.0
     ode_tolerance: float = 1e-3
+
+    def __post_init__(self) -> None:
+        # Sizes and sampling steps; the other settings are checked where the decoder is built (FlowDecoder).
+        for name in ("dim", "heads", "n_mels", "token_mel_ratio", "codebook_dim", "upsample_kernel_size", "nfe"):
+            positive(self, name)
+        for name in ("depth", "encoder_depth", "upsample_conv_layers"):
+            at_least(self, name, 0)
+        positive(self, "ff_mult")
+        if self.dim % self.heads or self.dim // self.heads % 2:
+            raise FieldError("dim", f"{self.dim} must split into heads {self.heads} of even width (rotary)")
+        if self.upsample_kernel_size % 2 == 0:
+            raise FieldError("upsample_kernel_size", f"must be odd, got {self.upsample_kernel_size}")
+        if self.speaker_embedding_dim is not None:
+            positive(self, "speaker_embedding_dim")
+        one_of(self, "schedule", SCHEDULES)
+        if self.schedule == "sway":
+            within(self, "sway_coef", *SWAY_COEF_RANGE)
+        positive(self, "ode_tolerance")
 
 
 PRESETS: dict[str, FlowConfig] = {

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 import transformers
 from torch import nn
 
+from e2e_tts.checks import FieldError, at_least, one_of, positive, within
 from e2e_tts.models.masks import lengths_to_mask, pad_rows, prefix_lengths
 from e2e_tts.models.sampling import sample_next_token
 from e2e_tts.models.speech_embedding import SpeechEmbedding
@@ -94,24 +95,25 @@ class LLMConfig:
     prompt_pairs: float = 0.0
 
     def __post_init__(self) -> None:
-        if self.architecture not in ARCHITECTURES:
-            raise ValueError(f"LLMConfig.architecture must be one of {ARCHITECTURES}, got {self.architecture!r}")
+        one_of(self, "architecture", ARCHITECTURES)
+        for name in ("hidden_size", "num_heads", "num_kv_heads", "intermediate_size", "codebook_dim",
+                     "max_position_embeddings"):
+            positive(self, name)
+        at_least(self, "num_layers", 0)
+        if self.head_dim is not None:
+            positive(self, "head_dim")
         if self.num_heads % self.num_kv_heads:
-            raise ValueError(f"LLMConfig.num_heads {self.num_heads} is not a multiple of num_kv_heads "
-                             f"{self.num_kv_heads}")
+            raise FieldError("num_heads", f"{self.num_heads} is not a multiple of num_kv_heads {self.num_kv_heads}")
         if self.head_dim is None and self.hidden_size % self.num_heads:
-            raise ValueError(f"LLMConfig.hidden_size {self.hidden_size} is not divisible by num_heads "
-                             f"{self.num_heads}; set head_dim")
-        if self.guide_weight < 0 or self.guide_sigma <= 0:
-            raise ValueError(f"LLMConfig needs guide_weight >= 0 and guide_sigma > 0, got {self.guide_weight} and "
-                             f"{self.guide_sigma}")
+            raise FieldError("hidden_size", f"{self.hidden_size} is not divisible by num_heads {self.num_heads}; "
+                                            f"set head_dim")
+        at_least(self, "guide_weight", 0)
+        positive(self, "guide_sigma")
         if self.guide_weight > 0 and (not self.guide_layers or self.guide_heads < 1):
-            raise ValueError("LLMConfig.guide_weight > 0 needs guide_layers and guide_heads >= 1")
+            raise FieldError("guide_weight", "> 0 needs guide_layers and guide_heads >= 1")
         if not 0 <= self.speech_input_noise < 1:
-            raise ValueError(f"LLMConfig.speech_input_noise must be in [0, 1), got {self.speech_input_noise}")
-        if not 0 <= self.prompt_pairs <= 1:
-            raise ValueError(f"LLMConfig.prompt_pairs must be in [0, 1], got {self.prompt_pairs}")
-
+            raise FieldError("speech_input_noise", f"must be in [0, 1), got {self.speech_input_noise}")
+        within(self, "prompt_pairs", 0, 1)
 
 PRESETS: dict[str, LLMConfig] = {
     "tiny": LLMConfig(),

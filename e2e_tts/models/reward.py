@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from e2e_tts.checks import FieldError, at_least, positive, within
 from e2e_tts.models.layers import Attention, TransformerStack
 from e2e_tts.models.masks import lengths_to_mask, prefix_lengths
 from e2e_tts.models.speech_embedding import SpeechEmbedding
@@ -80,19 +81,21 @@ class RewardConfig:
     max_text_length: int = 512
 
     def __post_init__(self) -> None:
+        positive(self, "codebook_dim")
         for name in ("encoder", "decoder"):
+            positive(self, f"{name}_dim")
+            positive(self, f"{name}_heads")
+            at_least(self, f"{name}_depth", 0)
             dim, heads = getattr(self, f"{name}_dim"), getattr(self, f"{name}_heads")
             if dim % heads or dim // heads % 2:
-                raise ValueError(f"{name}_dim {dim} must split into {heads} heads of even width (rotary)")
-        for name in ("ctc_weight", "label_smoothing", "token_noise_prob"):
-            if not 0.0 <= getattr(self, name) <= 1.0:
-                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+                raise FieldError(f"{name}_dim", f"{dim} must split into {name}_heads {heads} heads of even width "
+                                                f"(rotary)")
+        positive(self, "ff_mult")
+        for name in ("dropout", "ctc_weight", "label_smoothing", "token_noise_prob"):
+            within(self, name, 0.0, 1.0)
         for classes, _ in TASK_FIELDS.values():
-            if getattr(self, classes) < 0:
-                raise ValueError(f"{classes} must be >= 0, got {getattr(self, classes)}")
-        if self.max_text_length < 1:
-            raise ValueError(f"max_text_length must be positive, got {self.max_text_length}")
-
+            at_least(self, classes, 0)
+        at_least(self, "max_text_length", 1)
 
 PRESETS: dict[str, RewardConfig] = {
     "tiny": RewardConfig(),

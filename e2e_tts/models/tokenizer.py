@@ -34,6 +34,7 @@ import torch
 from torch import nn
 from vector_quantize_pytorch import FSQ, ResidualVQ, VectorQuantize
 
+from e2e_tts.checks import FieldError, at_least, one_of, positive
 from e2e_tts.models.layers import TransformerStack
 
 QUANTIZERS = ("fsq", "vq", "rvq")
@@ -83,18 +84,17 @@ class TokenizerConfig:
     vq_decay: float = 0.99
 
     def __post_init__(self) -> None:
-        if self.quantizer not in QUANTIZERS:
-            raise ValueError(f"quantizer must be one of {QUANTIZERS}, got {self.quantizer!r}")
-        if self.frames_per_token < 1:
-            raise ValueError(f"frames_per_token must be >= 1, got {self.frames_per_token}")
-        if self.mel_std <= 0:
-            raise ValueError(f"mel_std must be positive, got {self.mel_std}")
+        one_of(self, "quantizer", QUANTIZERS)
+        for name in ("n_mels", "frames_per_token", "dim", "heads", "ff_mult", "mel_std"):
+            positive(self, name)
+        at_least(self, "depth", 0)
+        if self.dim % self.heads or self.dim // self.heads % 2:
+            raise FieldError("dim", f"{self.dim} must split into heads {self.heads} of even width (rotary)")
         if not self.levels or any(level < 3 for level in self.levels):
-            raise ValueError(f"FSQ levels must be a non-empty list of ints >= 3, got {list(self.levels)}")
-        if self.codebook_size < 2 or self.codebook_dim < 1 or self.num_quantizers < 1:
-            raise ValueError(f"need codebook_size >= 2, codebook_dim >= 1, num_quantizers >= 1, got "
-                             f"{self.codebook_size}, {self.codebook_dim}, {self.num_quantizers}")
-
+            raise FieldError("levels", f"must be a non-empty list of FSQ levels >= 3, got {list(self.levels)}")
+        at_least(self, "codebook_size", 2)
+        at_least(self, "codebook_dim", 1)
+        at_least(self, "num_quantizers", 1)
 
 PRESETS: dict[str, TokenizerConfig] = {
     "tiny": TokenizerConfig(),

@@ -30,6 +30,7 @@ from torch import nn
 from torch.nn.utils.parametrizations import weight_norm
 
 from e2e_tts.audio import LOG_FLOOR, AudioConfig, MelSpectrogram, mel_filterbank, stft
+from e2e_tts.checks import FieldError, at_least, positive
 
 
 @dataclass
@@ -77,24 +78,26 @@ class VocoderConfig:
     def __post_init__(self):
         for name in ("sample_rate", "n_fft", "hop_length", "n_mels", "dim", "intermediate_dim", "num_blocks",
                      "kernel_size", "mrd_channels"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"VocoderConfig.{name} must be positive, got {getattr(self, name)}")
-        if self.n_fft % 2 or self.hop_length > self.n_fft // 2:
-            raise ValueError(f"VocoderConfig needs an even n_fft and hop_length <= n_fft // 2 (the last frame must "
-                             f"cover the last hop), got n_fft={self.n_fft}, hop_length={self.hop_length}")
+            positive(self, name)
+        if self.n_fft % 2:
+            raise FieldError("n_fft", f"must be even, got {self.n_fft}")
+        if self.hop_length > self.n_fft // 2:
+            raise FieldError("hop_length", f"too long: needs hop_length <= n_fft // 2 (the last frame must cover the "
+                                           f"last hop), got hop_length={self.hop_length}, n_fft={self.n_fft}")
         if self.kernel_size % 2 == 0:
-            raise ValueError(f"VocoderConfig.kernel_size must be odd to keep frames aligned, got {self.kernel_size}")
-        if not self.mpd_periods or min(self.mpd_periods) < 2 or not self.mpd_channels or min(self.mpd_channels) < 1:
-            raise ValueError(f"VocoderConfig.mpd_periods must be >= 2 and mpd_channels positive, got "
-                             f"{self.mpd_periods} / {self.mpd_channels}")
+            raise FieldError("kernel_size", f"must be odd to keep frames aligned, got {self.kernel_size}")
+        if not self.mpd_periods or min(self.mpd_periods) < 2:
+            raise FieldError("mpd_periods", f"must be a non-empty list of periods >= 2, got {list(self.mpd_periods)}")
+        if not self.mpd_channels or min(self.mpd_channels) < 1:
+            raise FieldError("mpd_channels", f"must be a non-empty list of positive widths, got "
+                                             f"{list(self.mpd_channels)}")
         for resolution in self.stft_resolutions:
             if len(resolution) != 3 or not 0 < resolution[1] <= resolution[2] <= resolution[0]:
-                raise ValueError(f"VocoderConfig.stft_resolutions entries must be [n_fft, hop, win] with "
-                                 f"0 < hop <= win <= n_fft, got {resolution}")
+                raise FieldError("stft_resolutions", f"entries must be [n_fft, hop, win] with 0 < hop <= win <= n_fft, "
+                                                     f"got {list(resolution)}")
         for name in ("mel_loss_weight", "feature_matching_weight", "adversarial_weight", "stft_loss_weight",
                      "mel_loss_only_steps", "max_magnitude"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"VocoderConfig.{name} must be non-negative, got {getattr(self, name)}")
+            at_least(self, name, 0)
 
     def check_audio_config(self, audio: AudioConfig) -> None:
         """Raises ValueError naming every field that differs from the mel analysis the vocoder is fed."""
