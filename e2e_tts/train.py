@@ -4,9 +4,10 @@
     torchrun --nproc_per_node 2 -m e2e_tts.train -c ...  (or: deepspeed --num_gpus 2 --module e2e_tts.train -c ...)
 
 What it does, in order:
+ 0. check the paths it will read (``stage.init_from``, ``data.shards``, ``data.valid_shards``: :func:`check_paths`);
  1. start torch.distributed through DeepSpeed (a lone process becomes rank 0 of 1);
- 2. build the text tokenizer and the system, load the previous stage's export (``stage.init_from``) and
-    freeze what the stage does not train;
+ 2. build the text tokenizer and the system, load the previous stage's export (``stage.init_from``: every file
+    of it checked, a damaged one named, before any training step) and freeze what the stage does not train;
  3. wrap the stage's objective in the DeepSpeed engine; build the rank's data loader;
  4. resume from ``<output_dir>/checkpoints/latest`` if it exists (the newest complete checkpoint if that one is
     damaged): engine state, data position, RNG states; only then write ``<output_dir>/config.yaml``;
@@ -28,16 +29,16 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import torch
+from torch import nn
 
 from e2e_tts.config import ConfigError, load_config, save_config, to_object
-from e2e_tts.data.loader import DataError, SpeechDataLoader
-from e2e_tts.data.shards import read_shard_list
+from e2e_tts.data.loader import DataError, SpeechDataLoader, resolve_shards
 from e2e_tts.engine import (CheckpointError, TrainingEngine, capture_rng, consolidated_state_dict, restore_rng,
                             setup_distributed)
 from e2e_tts.metrics import MetricsLogger
 from e2e_tts.objectives import build_objective
-from e2e_tts.system import MODULES, SPEAKERS_FILE, TTSSystem
-from e2e_tts.text import build_text_tokenizer, load_text_tokenizer
+from e2e_tts.system import MODULES, TTSSystem, read_trained
+from e2e_tts.text import TextTokenizer, build_text_tokenizer
 from e2e_tts.validation import Validator
 
 logger = logging.getLogger("e2e_tts.train")
@@ -50,6 +51,7 @@ def speakers_from_shards(sources: Sequence[str]) -> list[str]:
 
     Raises:
         FileNotFoundError: a source has no stats file (the speaker head must know every training speaker).
+        ValueError: naming a stats file that is not such a record.
     """
     speakers: set[str] = set()
     for source in sources:
@@ -57,8 +59,86 @@ def speakers_from_shards(sources: Sequence[str]) -> list[str]:
         if not (source.endswith(".list") and stats.is_file()):
             raise FileNotFoundError(f"no shard statistics for {source}: give data.shards as the .list files written "
                                     f"by `e2e-tts shards` (their .stats.json names the speakers)")
-        speakers.update(json.loads(stats.read_text())["per_speaker"])
+        try:
+            per_speaker = json.loads(stats.read_text(encoding="utf-8"))["per_speaker"]
+        except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as err:
+            raise ValueError(f"{stats}: not the shard statistics `e2e-tts shards` writes: {err!r}") from None
+        if not isinstance(per_speaker, dict):
+            raise ValueError(f"{stats}: per_speaker is not a mapping of speaker names")
+        speakers.update(per_speaker)
     return sorted(speakers)
+
+
+def check_paths(config: Any) -> None:
+    """Refuses, naming the key and the path, a path of the config that training reads and cannot: an
+    ``stage.init_from`` that is no folder, a shard or ``.list`` of ``data.shards`` / ``data.valid_shards`` that
+    does not exist (a list naming a missing shard included), and without ``init_from`` shards without the
+    statistics that name the speakers. Cheap (no shard is opened), so a launcher fails here, before DeepSpeed
+    starts, instead of once training starts.
+
+    This belongs to training, not to :func:`e2e_tts.config.load_config`: ``e2e-tts config`` prints and saves
+    configs before their data or the previous stage's export exist (a recipe's later stages name an export that
+    an earlier one has yet to write), and an export's ``config.yaml`` keeps the paths of the run that wrote it,
+    which ``synth`` and ``eval`` load on other machines where those paths do not exist.
+
+    Raises:
+        ConfigError: naming the key and the path.
+    """
+    init_from = config.stage.init_from
+    if init_from and not Path(init_from).is_dir():
+        problem = "is not a folder" if Path(init_from).exists() else "does not exist"
+        raise ConfigError(f"stage.init_from: {init_from} {problem}: it names the export of the previous stage")
+    for key in ("shards", "valid_shards"):
+        sources = [str(source) for source in config.data[key]]
+        if key == "valid_shards" and not sources:
+            continue  # no validation
+        try:
+            resolve_shards(sources)
+            if key == "shards" and not init_from:
+                speakers_from_shards(sources)
+        except (OSError, ValueError) as err:  # UnicodeDecodeError of a list is a ValueError
+            raise ConfigError(f"data.{key}: {err}") from None
+
+
+class InitExportError(ValueError):
+    """The export ``stage.init_from`` names cannot be trained from; the message names the file and what is wrong."""
+
+
+class _ExportFiles(TTSSystem):
+    """What :meth:`TTSSystem.from_export` reads of an export besides the weights, without building the modules:
+    its ``config.yaml``, speaker list and text tokenizer, through the same readers, which name a damaged file.
+    A stage builds its own modules from ``config.model`` (their sizes may differ, see ``stage.init_modules``) and
+    loads the weights into those with :meth:`TTSSystem.load_modules`."""
+
+    def __init__(self, models: Any, text_tokenizer: TextTokenizer, speakers: Sequence[str], audio: Any = None):
+        nn.Module.__init__(self)
+        self.text_tokenizer, self.speakers = text_tokenizer, list(speakers)
+
+    def load_modules(self, directory: str | Path, modules: Sequence[str] = MODULES) -> None:
+        """Nothing: the stage's own system loads the weights."""
+
+
+def export_problem(err: Exception) -> InitExportError:
+    """``err`` of reading the ``stage.init_from`` export as the error ``e2e-tts train`` reports: ``<file>: <what>``."""
+    if isinstance(err, OSError) and err.filename:  # e.g. a missing speakers.json, read without a check
+        return InitExportError(f"{err.filename}: {err.strerror or err}")
+    return InitExportError(str(err))
+
+
+def read_init_export(directory: Path) -> tuple[TextTokenizer, list[str]]:
+    """The text tokenizer and speakers of the export a stage starts from, once every file of it but the weights
+    (which :func:`build_system` loads) is known to be sound: ``config.yaml``, ``speakers.json``,
+    ``text_tokenizer.json`` and ``trained.json`` (otherwise only read when the stage exports, after training).
+
+    Raises:
+        InitExportError: naming the file and what is wrong with it.
+    """
+    try:
+        files, _ = _ExportFiles.from_export(directory)
+        read_trained(directory)
+    except (OSError, ValueError) as err:  # ConfigError (a damaged config.yaml) is a ValueError
+        raise export_problem(err) from err
+    return files.text_tokenizer, files.speakers
 
 
 def move_to(batch: dict[str, Any], device: torch.device, dtype: torch.dtype) -> dict[str, Any]:
@@ -68,14 +148,22 @@ def move_to(batch: dict[str, Any], device: torch.device, dtype: torch.dtype) -> 
 
 
 def build_system(config: Any) -> TTSSystem:
-    """The system of a stage: from the previous stage's export, or new (text tokenizer and speakers from data)."""
+    """The system of a stage: from the previous stage's export, or new (text tokenizer and speakers from data).
+
+    Raises:
+        InitExportError: a file of the ``stage.init_from`` export is missing or damaged (named), found before
+            any training step.
+    """
     stage = config.stage
     models = to_object(config.model)
     if stage.init_from:
         export = Path(stage.init_from)
-        system = TTSSystem(models, load_text_tokenizer(export), json.loads((export / SPEAKERS_FILE).read_text()),
-                           to_object(config.audio))
-        system.load_modules(export, MODULES if stage.init_modules is None else list(stage.init_modules))
+        text_tokenizer, speakers = read_init_export(export)
+        system = TTSSystem(models, text_tokenizer, speakers, to_object(config.audio))
+        try:
+            system.load_modules(export, MODULES if stage.init_modules is None else list(stage.init_modules))
+        except (OSError, ValueError) as err:  # named: missing, not safetensors, NaN, does not fit
+            raise export_problem(err) from err
     else:
         system = TTSSystem(models, build_text_tokenizer(to_object(config.text)),
                            speakers_from_shards(list(config.data.shards)), to_object(config.audio))
@@ -95,6 +183,7 @@ def data_config(config: Any, system: TTSSystem) -> Any:
 
 def train(config: Any) -> Path:
     """Runs (or resumes) one stage; returns its export directory."""
+    check_paths(config)
     dist = setup_distributed(config.engine.backend)
     stage, out = config.stage, Path(config.output_dir)
     checkpoints = out / "checkpoints"
@@ -199,12 +288,13 @@ def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     try:
         config = load_config(args.config, args.overrides)
+        check_paths(config)  # before train() starts DeepSpeed
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     try:
         directory = train(config)
-    except (CheckpointError, DataError) as err:  # a checkpoint or data set that cannot be trained from
+    except (ConfigError, CheckpointError, DataError, InitExportError) as err:  # what cannot be trained from
         print(f"error: {err}", file=sys.stderr)
         return 2
     if torch.distributed.get_rank() == 0:

@@ -32,9 +32,11 @@ from typing import Callable, Optional  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import soundfile as sf  # noqa: E402
+import torch  # noqa: E402
 
 import e2e_tts.train  # noqa: E402
 from e2e_tts.cli import main  # noqa: E402
+from e2e_tts.engine import DistInfo  # noqa: E402
 from test_seedtts import export, tone  # noqa: E402,F401  (the module-scoped micro export, reused)
 
 SEED = 19
@@ -401,8 +403,8 @@ def config_override_cases(rng: random.Random) -> list[tuple[str, list[str], str]
         ("max-duration-negative", [f"data.max_duration=-{rng.randint(1, 30)}"], "data.max_duration"),
         ("top-p-above-one", [f"synthesis.top_p={1 + rng.uniform(0.1, 5):.2f}"], "synthesis"),
         ("max-chars-negative", [f"text.max_chars=-{rng.randint(1, 99)}"], "text"),
-        ("fsq-levels-zero", ["model.tokenizer.levels=[0]"], "model.tokenizer"),
-        ("llm-heads-zero", ["model.llm.num_heads=0"], "model.llm"),
+        ("fsq-levels-zero", ["model.tokenizer.levels=[0]"], "model.tokenizer.levels"),
+        ("llm-heads-zero", ["model.llm.num_heads=0"], "model.llm.num_heads"),
         ("sample-rate-zero", ["audio.sample_rate=0"], "audio.sample_rate"),
         ("hop-length-negative", [f"audio.hop_length=-{rng.randint(1, 320)}"], "audio.hop_length"),
         ("preset-unknown", [f"preset={word}"], word),
@@ -414,6 +416,12 @@ def config_override_cases(rng: random.Random) -> list[tuple[str, list[str], str]
         ("interpolation-unknown", [f"stage.objective=${{{word}}}"], "stage.objective"),
         ("interpolation-recursive", ["output_dir=${output_dir}"], "output_dir"),
         ("mel-f-max-negative", [f"audio.f_max=-{rng.randint(1, 8000)}"], "audio.f_max"),
+        ("llm-hidden-size-zero", ["model.llm.hidden_size=0"], "model.llm.hidden_size"),
+        ("llm-hidden-size-not-divisible", [f"model.llm.hidden_size={4 * rng.randint(8, 99) + 2}"],
+         "model.llm.hidden_size"),
+        ("flow-nfe-zero", ["model.flow.nfe=0"], "model.flow.nfe"),
+        ("flow-heads-negative", [f"model.flow.heads=-{rng.randint(1, 16)}"], "model.flow.heads"),
+        ("reward-encoder-heads-zero", ["model.reward.encoder_heads=0"], "model.reward.encoder_heads"),
     ]
     return cases
 
@@ -479,7 +487,52 @@ def test_bad_config_files_are_refused_naming_the_file(case, capsys, no_training,
     case.check()
 
 
-# ---- damaged exports: synth and eval seedtts --model --------------------------------------------------------------
+def path_cases(rng: random.Random) -> list[tuple[str, list[str], str]]:
+    """(id, overrides, the key the error must name) of paths that training cannot read; ``{in}`` is ``case/in``.
+    ``e2e-tts config`` prints them: a config may be written before its data or export exist."""
+    word = "".join(rng.choices("abcdefghijklmnopqrstuvwxyz", k=rng.randint(3, 8)))
+    return [
+        ("init-from-missing", [f"stage.init_from={{in}}/{word}", "data.shards=[{in}/train.list]"], "stage.init_from"),
+        ("init-from-a-file", ["stage.init_from={in}/train.list", "data.shards=[{in}/train.list]"], "stage.init_from"),
+        ("shards-list-missing", [f"data.shards=[{{in}}/{word}.list]"], "data.shards"),
+        ("shards-tar-missing", [f"data.shards=[{{in}}/{word}-000000.tar]"], "data.shards"),
+        ("shards-list-names-a-missing-tar", ["data.shards=[{in}/dangling.list]"], "data.shards"),
+        ("shards-list-not-utf8", ["data.shards=[{in}/binary.list]"], "data.shards"),
+        ("shards-none", ["data.shards=[]"], "data.shards"),
+        ("shards-without-speaker-statistics", ["data.shards=[{in}/lone.tar]"], "data.shards"),
+        ("shards-statistics-damaged", ["data.shards=[{in}/damaged.list]"], "data.shards"),
+        ("valid-shards-missing", ["data.shards=[{in}/train.list]", f"data.valid_shards=[{{in}}/{word}.list]"],
+         "data.valid_shards"),
+    ]
+
+
+PATHS = path_cases(random.Random(f"{SEED}-paths"))
+
+
+def plant_shard_lists(inp: Path) -> None:
+    """A good list with its statistics, and lists the path cases name."""
+    (inp / "train-000000.tar").write_bytes(b"")
+    (inp / "train.list").write_text("train-000000.tar\n")
+    (inp / "train.stats.json").write_text(json.dumps({"per_speaker": {"alice": 1}}))
+    (inp / "dangling.list").write_text("gone-000000.tar\n")
+    (inp / "binary.list").write_bytes(b"\xff\xfe\x00train")
+    (inp / "lone.tar").write_bytes(b"")
+    (inp / "damaged.list").write_text("train-000000.tar\n")
+    (inp / "damaged.stats.json").write_text('{"per_speaker": ')
+
+
+@CASE_TIMEOUT
+@pytest.mark.parametrize("overrides, key", [c[1:] for c in PATHS], ids=[c[0] for c in PATHS])
+def test_paths_training_cannot_read_are_refused_before_training(case, capsys, no_training, overrides, key):
+    plant_shard_lists(case.inp)
+    overrides = [item.replace("{in}", str(case.inp)) for item in overrides]
+    case.start()
+    assert run(["config", f"output_dir={case.out / 'run'}", *overrides], capsys).code == 0
+    assert_named_error(run(["train", f"output_dir={case.out / 'run'}", *overrides], capsys), f"error: {key}: ")
+    case.check()
+
+
+# ---- damaged exports: synth and eval seedtts --model, and train's stage.init_from --------------------------------
 
 MODULE_FILES = [f"{name}.safetensors" for name in ("tokenizer", "llm", "flow", "reward", "vocoder")]
 Damage = Callable[[Path], None]  # damages one file of a copied export in place
@@ -583,6 +636,34 @@ def test_a_damaged_export_is_refused_naming_the_file(export, case, capsys, comma
     argv = synth_argv(model, case, "--text", "Hello.") if command == "synth" else eval_argv(model, meta, case)
     outcome = run(argv, capsys)
     assert outcome.code == 2 and "error" in outcome.err, outcome
+    assert names_file(outcome.err, model / name), outcome.err
+    case.check()
+
+
+# train reads the export a stage starts from as synth does (TTSSystem.from_export's readers): a seeded sample
+TRAIN_EXPORTS = random.Random(f"{SEED}-train-exports").sample(EXPORTS, 12)
+
+
+@pytest.fixture
+def no_deepspeed(monkeypatch):
+    """``e2e-tts train`` as far as building the system: a stand-in for DeepSpeed's start, and training fails the
+    test (every damage must be refused before it)."""
+    def engine(*args, **kwargs):
+        raise AssertionError("training started from a damaged export")
+    monkeypatch.setattr(e2e_tts.train, "setup_distributed",
+                        lambda backend: DistInfo(0, 1, 0, torch.device("cpu")))
+    monkeypatch.setattr(e2e_tts.train, "TrainingEngine", engine)
+
+
+@CASE_TIMEOUT
+@pytest.mark.parametrize("name, damage", [c[1:] for c in TRAIN_EXPORTS], ids=[c[0] for c in TRAIN_EXPORTS])
+def test_train_refuses_a_damaged_init_from_export_naming_the_file(export, case, capsys, no_deepspeed, name, damage):
+    model = damaged_copy(export, case, name, damage)
+    plant_shard_lists(case.inp)
+    case.start()
+    outcome = run(["train", "-c", export / "config.yaml", f"output_dir={case.out / 'run'}", f"stage.init_from={model}",
+                   f"data.shards=[{case.inp / 'train.list'}]"], capsys)
+    assert outcome.code == 2 and outcome.err.startswith("error: "), outcome
     assert names_file(outcome.err, model / name), outcome.err
     case.check()
 
@@ -753,5 +834,6 @@ def test_eval_refuses_a_damaged_synthesis_record_in_the_wavs_folder(export, case
 def test_the_fuzz_covers_at_least_100_bad_inputs():
     model_folders, synthesis_records = 2, 3
     inputs = (len(AUDIO_IDS) + len(MANIFESTS) + len(OTHER_FORMATS) + len(SHARDS_FLAGS) + len(CONFIG_OVERRIDES)
-              + len(YAML) + len(EXPORTS) + model_folders + len(IDS) + len(TEXTS) + len(METAS) + synthesis_records)
+              + len(YAML) + len(PATHS) + len(EXPORTS) + model_folders + len(IDS) + len(TEXTS) + len(METAS)
+              + synthesis_records)
     assert inputs >= 100, inputs

@@ -15,11 +15,13 @@ import soundfile as sf
 import torch
 from safetensors.torch import load_file
 
+import e2e_tts.train
 from e2e_tts.audio import AudioConfig
+from e2e_tts.cli import main as cli_main
 from e2e_tts.config import load_config
 from e2e_tts.data.manifest import ManifestEntry
 from e2e_tts.data.shards import write_shards
-from e2e_tts.train import main, train
+from e2e_tts.train import build_system, main, train
 from shared import MICRO_MODEL_OVERRIDES, child_env
 
 REPO = Path(__file__).resolve().parents[1]
@@ -126,6 +128,87 @@ def test_training_on_data_that_is_all_filtered_stops_saying_why(shards, tmp_path
     assert "error: epoch 0 (rank 0) has no batch: all 18 samples read were dropped: duration_above_max 18 " \
            "(max_duration=0.4)" in capsys.readouterr().err
     assert not (tmp_path / "run" / "export").exists()
+
+
+@pytest.fixture(scope="module")
+def fresh_export(shards, tmp_path_factory) -> Path:
+    """An export of untrained weights of the micro sizes: something to damage without training first."""
+    config = stage_config(shards, tmp_path_factory.mktemp("fresh"), "joint", 1)
+    torch.manual_seed(0)
+    return build_system(config).export(tmp_path_factory.mktemp("export"), config)
+
+
+def no_training(*args, **kwargs):
+    raise AssertionError("training started from an export that should have been refused")
+
+
+DAMAGED_EXPORT_FILES = {  # id: (file, its new bytes, or None: deleted)
+    "speakers-json-cut": ("speakers.json", b'["a"'),  # was a JSONDecodeError traceback not naming the file
+    "speakers-a-mapping": ("speakers.json", b'{"a": 1}'),  # was taken for a list of one speaker
+    "speakers-not-utf8": ("speakers.json", b'["\xff"]'),
+    "speakers-missing": ("speakers.json", None),
+    "trained-json-cut": ("trained.json", b"{"),  # was read when exporting, after the whole stage trained
+    "trained-other-keys": ("trained.json", b'{"llm": true}'),
+    "text-tokenizer-missing": ("text_tokenizer.json", None),  # named, but a traceback
+    "text-tokenizer-json-cut": ("text_tokenizer.json", b'{"kind": '),
+    "text-tokenizer-unknown-kind": ("text_tokenizer.json", b'{"kind": "x"}'),
+    "llm-truncated": ("llm.safetensors", b"\x08\x00\x00\x00\x00\x00\x00\x00{}"),  # named, but a traceback
+    "flow-missing": ("flow.safetensors", None),
+    "config-not-yaml": ("config.yaml", b"model: {llm: [1, 2\n"),
+}
+
+
+@pytest.mark.parametrize("name, content", list(DAMAGED_EXPORT_FILES.values()), ids=list(DAMAGED_EXPORT_FILES))
+def test_a_damaged_init_from_export_is_named_before_training(shards, fresh_export, tmp_path, capsys, monkeypatch,
+                                                             name, content):
+    """Every file of the export a stage starts from is checked before any training step: `e2e-tts train` exits 2
+    with `error: <file>: <what is wrong>`, no traceback, and writes nothing."""
+    export = tmp_path / "export"
+    shutil.copytree(fresh_export, export)
+    path = export / name
+    if content is None:
+        path.unlink()
+    else:
+        path.write_bytes(content)
+    monkeypatch.setattr(e2e_tts.train, "TrainingEngine", no_training)
+    out = tmp_path / "run"
+    args = ["-c", str(REPO / "stages" / "separate.yaml"), *MICRO, f"data.shards=[{shards}]", f"output_dir={out}",
+            f"stage.init_from={export}", "stage.max_steps=1"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "Traceback" not in err, err
+    assert str(path) in err or (str(export) in err and name in err), err
+    assert not out.exists()
+
+
+def test_paths_training_cannot_read_are_refused_naming_key_and_path_before_deepspeed(shards, tmp_path, capsys,
+                                                                                     monkeypatch):
+    """`stage.init_from` and `data.shards` that do not exist passed the config and failed once training started;
+    `e2e-tts train` now refuses them before DeepSpeed starts, while `e2e-tts config` still prints them (a config may
+    be written before its data or the previous stage's export exist)."""
+    monkeypatch.setattr(e2e_tts.train, "setup_distributed", no_training)
+    missing_list, missing_dir = tmp_path / "nonexistent.list", tmp_path / "nonexistent"
+    dangling = tmp_path / "dangling.list"
+    dangling.write_text("gone-000000.tar\n")
+    tar = tmp_path / "lone.tar"
+    tar.write_bytes(b"")
+    cases = [  # (overrides, the key and the path the error names)
+        ([f"stage.init_from={missing_dir}", f"data.shards=[{shards}]"], "stage.init_from", missing_dir),
+        ([f"stage.init_from={tar}", f"data.shards=[{shards}]"], "stage.init_from", tar),  # a file, not an export
+        ([f"data.shards=[{missing_list}]"], "data.shards", missing_list),
+        ([f"data.shards=[{shards},{missing_dir}.tar]"], "data.shards", f"{missing_dir}.tar"),
+        ([f"data.shards=[{dangling}]"], "data.shards", tmp_path / "gone-000000.tar"),
+        ([f"data.shards=[{tar}]"], "data.shards", tar),  # no .stats.json to name the speakers (no init_from)
+        ([f"data.shards=[{shards}]", f"data.valid_shards=[{missing_list}]"], "data.valid_shards", missing_list),
+    ]
+    for overrides, key, path in cases:
+        args = ["-c", str(REPO / "stages" / "joint.yaml"), *MICRO, f"output_dir={tmp_path / 'run'}", *overrides]
+        assert main(args) == 2, overrides
+        err = capsys.readouterr().err
+        assert err.startswith(f"error: {key}: ") and str(path) in err and "Traceback" not in err, err
+        assert cli_main(["config", *args]) == 0
+        capsys.readouterr()
+    assert not (tmp_path / "run").exists()
 
 
 def test_intermediate_exports_hold_the_weights_of_their_step(shards, tmp_path):
