@@ -27,6 +27,9 @@ Conditions, on the same utterances (a held-out split of the corpus):
                            with llm_flow_griffin_lim, free running loses nothing to drift and the per-step
                            predictions are the limit; where it is level with flow_tokens_griffin_lim, drift is
                            the limit
+  llm_teacher_forced_prior_griffin_lim
+                           the same tokens -> the prior head -> Griffin-Lim: against flow_prior_griffin_lim, what
+                           the LLM's per-step errors cost where the decoder is not the limit
 Against the flow_* rows, the llm_* rows measure what the LLM loses; on the training manifest (``--manifest
 .../train.jsonl``) they tell an LLM that has not learnt its own data from one that does not generalise. The
 report also gives the teacher-forced accuracy, how often that most likely token is the true one, with the prompt
@@ -57,10 +60,11 @@ from e2e_tts.synth import Prompt, SynthesisConfig, Synthesizer
 
 CONDITIONS = ("ground_truth", "griffin_lim", "vocoder", "kmeans_lookup_griffin_lim", "flow_tokens_vocoder",
               "flow_tokens_griffin_lim", "flow_prior_griffin_lim", "llm_flow_griffin_lim", "llm_prior_griffin_lim",
-              "llm_teacher_forced_flow_griffin_lim")
+              "llm_teacher_forced_flow_griffin_lim", "llm_teacher_forced_prior_griffin_lim")
 # Conditions that need the ground-truth audio's tokens, and those that need the LLM's free-running ones.
+TEACHER_FORCED_CONDITIONS = ("llm_teacher_forced_flow_griffin_lim", "llm_teacher_forced_prior_griffin_lim")
 TRUE_TOKEN_CONDITIONS = ("flow_tokens_vocoder", "flow_tokens_griffin_lim", "flow_prior_griffin_lim",
-                         "llm_teacher_forced_flow_griffin_lim")
+                         *TEACHER_FORCED_CONDITIONS)
 LLM_SAMPLE_CONDITIONS = ("llm_flow_griffin_lim", "llm_prior_griffin_lim")
 
 
@@ -141,7 +145,7 @@ def decode_conditions(synth: Synthesizer, wav: np.ndarray, text: str, prompt_wav
 
     true_ids = synth.tokenize_audio(wav)[0] if set(TRUE_TOKEN_CONDITIONS) & set(conditions) else None
     forced_ids, forced_hits = None, None
-    if "llm_teacher_forced_flow_griffin_lim" in conditions:
+    if set(TEACHER_FORCED_CONDITIONS) & set(conditions):
         forced_ids = teacher_forced_argmax(synth, prompt, text, true_ids)
         unprompted = teacher_forced_argmax(synth, None, text, true_ids)
         forced_hits = {"with_prompt": (int((forced_ids == true_ids).sum()), len(true_ids)),
@@ -162,6 +166,7 @@ def decode_conditions(synth: Synthesizer, wav: np.ndarray, text: str, prompt_wav
         "llm_flow_griffin_lim": lambda: griffin_lim(sample(llm_ids), audio)[0].numpy(),
         "llm_prior_griffin_lim": lambda: griffin_lim(prior(llm_ids), audio)[0].numpy(),
         "llm_teacher_forced_flow_griffin_lim": lambda: griffin_lim(sample(forced_ids), audio)[0].numpy(),
+        "llm_teacher_forced_prior_griffin_lim": lambda: griffin_lim(prior(forced_ids), audio)[0].numpy(),
     }
     decoded = {}
     for condition in conditions:
