@@ -51,7 +51,8 @@ def main() -> None:
         command = [sys.executable, "-m", "e2e_tts.cli", "train", "-c", args.config, "-c", f"stages/{stage}.yaml",
                    f"data.shards=[{args.shards}]", f"output_dir={run}", f"stage.max_steps={args.steps}",
                    f"stage.optim.total_steps={args.steps}", "stage.optim.warmup_steps=0", "engine.log_every=5",
-                   "engine.valid_every=0", "engine.export_every=0", "engine.save_every=0", "engine.progress_bar=false",
+                   "engine.valid_every=0", "engine.export_every=0", f"engine.save_every={args.steps}",
+                   "engine.progress_bar=false",
                    *args.overrides]
         if stage in INIT_FROM:
             command.append(f"stage.init_from={out / INIT_FROM[stage] / 'export'}")

@@ -16,7 +16,7 @@
 # 6 synthesize held-out
 # sentences in voice rms (prompted by an rms test utterance) and evaluate them, 7 report. Every training
 # stage resumes from its own latest checkpoint, so re-running the script continues where it stopped.
-# The vocoder needs thousands of updates to beat Griffin-Lim's copy synthesis (recipes/tiny/README.md), more
+# The vocoder needs thousands of updates to beat Griffin-Lim's copy synthesis (recipes/tiny/EXPERIMENTS.md), more
 # than the 30-minute demo holds: with --vocoder-steps 0 (the default) stage 5 is skipped and stage 6
 # synthesises with Griffin-Lim.
 set -euo pipefail
@@ -80,7 +80,7 @@ else
   sentences=2000; vocoder_steps=${vocoder_steps:-0}; test_items=100
   joint_steps=${joint_steps:-300}; separate_steps=${separate_steps:-700}; e2e_steps=${e2e_steps:-60}
   # GRPO gains at most a few WER points (and costs SIM without a KL), in minutes the demo has not: off
-  # (recipes/tiny/README.md).
+  # (recipes/tiny/EXPERIMENTS.md).
   grpo_steps=${grpo_steps:-0}
   shard_size=200
 fi
@@ -115,7 +115,9 @@ stage0() {
 }
 stage1() {
   for split in train valid; do
-    e2e shards --manifest "$data/corpus/$split.jsonl" --out "$data/shards" --prefix $split --shard-size "$shard_size"
+    # The text tokenizer of config.yaml: the shards keep exactly the texts training accepts.
+    e2e shards --manifest "$data/corpus/$split.jsonl" --out "$data/shards" --prefix $split --shard-size "$shard_size" \
+      --text-tokenizer phones
   done
 }
 stage2() {
@@ -134,7 +136,7 @@ stage4() {
   if $cascade; then log "cascade baseline: no e2e stage"; return; fi
   train e2e "$e2e_steps" stage.init_from="$exp/separate/export" stage.optim.lr=1e-4 stage.optim.warmup_steps=10
   if [[ $grpo_steps -gt 0 ]]; then
-    # 4 texts x 12 rollouts per update; without the KL the LLM stops saying EOS at this rate (README.md)
+    # 4 texts x 12 rollouts per update; without the KL the LLM stops saying EOS at this rate (EXPERIMENTS.md)
     # Validation draws 12 rollouts per held-out text (minutes for the 100 of the valid split): after the last
     # update only.
     train grpo "$grpo_steps" stage.init_from="$exp/e2e/export" stage.optim.lr=2e-4 stage.kl_beta=0.1 \
@@ -158,7 +160,7 @@ stage6() {
   e2e eval seedtts --model "$final_export" --meta "$exp/eval/meta.lst" --wavs "$exp/eval/wavs" \
     --asr pocketsphinx --similarity resemblyzer --ground-truth --seed "$seed" --out "$exp/eval/results.json" \
     || [[ $? -eq 1 ]]
-  # Phone error rate: it moves long before word WER comes under 100 % (recipes/tiny/README.md).
+  # Phone error rate: it moves long before word WER comes under 100 % (recipes/tiny/EXPERIMENTS.md).
   "$python" tools/phone_error_rate.py --meta "$exp/eval/meta.lst" --wavs "$exp/eval/wavs" --out "$exp/eval/per.json" \
     > /dev/null
 }
