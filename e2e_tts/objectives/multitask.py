@@ -68,8 +68,8 @@ class MultiTaskObjective(nn.Module):
             llm_inputs = batch["text_ids"], batch["text_mask"], speech, speech_mask, speech_ids
             if self.training and system.llm.config.prompt_pairs > 0:
                 llm_inputs = prefix_partners(*llm_inputs, batch["speaker"], system.llm.config.prompt_pairs)
-            text_ids, text_mask, llm_speech, llm_speech_mask, speech_ids = llm_inputs
-            out = system.llm(text_ids, text_mask, llm_speech, llm_speech_mask, codebook, speech_ids=speech_ids,
+            text_ids, text_mask, llm_speech, llm_speech_mask, llm_speech_ids = llm_inputs
+            out = system.llm(text_ids, text_mask, llm_speech, llm_speech_mask, codebook, speech_ids=llm_speech_ids,
                              corrupt=True)
             losses["llm"] = system.llm.loss(out)
             metrics["llm_acc"] = system.llm.accuracy(out).item()
