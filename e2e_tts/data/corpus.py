@@ -207,28 +207,26 @@ class SentenceSource:
     """Where a corpus's sentences come from: a domain's corpus draw and its held-out list (in no corpus).
 
     Attributes:
-        domain: ``demo``, ``open-english`` or the path of a grammar JSON file.
+        domain: ``demo``, ``open-english`` or the absolute path of a grammar JSON file.
         description: one line for the corpus's provenance file.
+        grammar: the domain's grammar; None for open English (the WordNet pool of e2e_tts.data.sentences).
     """
 
     domain: str
     description: str
-
-    def _grammar(self) -> grammar_sentences.Grammar:
-        path = grammar_sentences.DEMO_GRAMMAR_FILE if self.domain == "demo" else Path(self.domain)
-        return grammar_sentences.load_grammar(path)
+    grammar: Optional[grammar_sentences.Grammar] = None
 
     def corpus(self, n: int, seed: int) -> list[str]:
         """``n`` distinct sentences in an order fixed by ``seed``, as the engines read them."""
-        if self.domain == "open-english":
+        if self.grammar is None:
             return open_english.corpus_sentences(n, seed)
-        return [grammar_sentences.as_written(s) for s in grammar_sentences.corpus_sentences(self._grammar(), n, seed)]
+        return [grammar_sentences.as_written(s) for s in grammar_sentences.corpus_sentences(self.grammar, n, seed)]
 
     def heldout(self) -> list[str]:
         """The domain's held-out sentences, as the engines read them."""
-        if self.domain == "open-english":
+        if self.grammar is None:
             return open_english.heldout_sentences()
-        return [grammar_sentences.as_written(s) for s in grammar_sentences.heldout_sentences(self._grammar())]
+        return [grammar_sentences.as_written(s) for s in grammar_sentences.heldout_sentences(self.grammar)]
 
 
 def sentence_source(domain: str) -> SentenceSource:
@@ -243,9 +241,9 @@ def sentence_source(domain: str) -> SentenceSource:
     if domain != "demo" and not Path(domain).is_file():
         raise ValueError(f"unknown sentence domain {domain!r}: use one of {', '.join(DOMAINS)} or a grammar JSON file")
     domain = domain if domain == "demo" else str(Path(domain).absolute())
-    grammar = SentenceSource(domain, "")._grammar()  # reads and validates the file now, naming it
+    grammar = grammar_sentences.load_grammar(grammar_sentences.DEMO_GRAMMAR_FILE if domain == "demo" else domain)
     return SentenceSource(domain, f"grammar {grammar.source}: {len(grammar.templates)} templates, "
-                                  f"{len(grammar.vocabulary())} words")
+                                  f"{len(grammar.vocabulary())} words", grammar)
 
 
 def corpus_sentence_source(corpus_dir: str | Path) -> SentenceSource:
