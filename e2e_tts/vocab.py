@@ -62,15 +62,6 @@ class TokenLayout:
         _check_range(speech_ids, 0, self.speech_vocab_size, "speech id")
         return speech_ids + self.speech_offset
 
-    def llm_to_speech(self, llm_ids: torch.Tensor) -> torch.Tensor:
-        """LLM ids ``(...)`` that must all be speech ids -> speech tokenizer ids ``(...)``."""
-        _check_range(llm_ids, self.speech_offset, self.vocab_size, "LLM speech id")
-        return llm_ids - self.speech_offset
-
-    def is_speech(self, llm_ids: torch.Tensor) -> torch.Tensor:
-        """Boolean mask ``(...)`` of LLM ids that are speech tokens."""
-        return (llm_ids >= self.speech_offset) & (llm_ids < self.vocab_size)
-
 
 def _check_range(ids: torch.Tensor, low: int, high: int, what: str) -> None:
     if ids.numel() and (int(ids.min()) < low or int(ids.max()) >= high):

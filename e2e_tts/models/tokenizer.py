@@ -221,18 +221,9 @@ class SpeechTokenizer(nn.Module):
         """
         if self.config.quantizer == "rvq" and self.codebook_size > MAX_ENUMERATED_CODES:
             raise ValueError(f"RVQ has {self.codebook_size} combined codes, more than MAX_ENUMERATED_CODES="
-                             f"{MAX_ENUMERATED_CODES}: use ids_to_codes, or fewer codes per stage or fewer stages")
+                             f"{MAX_ENUMERATED_CODES}: use fewer codes per stage or fewer stages")
         ids = torch.arange(self.codebook_size, device=self.project_in.weight.device)
         return self._lookup(ids)
-
-    def ids_to_codes(self, ids: torch.Tensor) -> torch.Tensor:
-        """Codes ``(..., Dc)`` of token ids ``(...)`` (integer, in ``[0, V)``); works for any codebook size."""
-        if ids.is_floating_point() or ids.is_complex() or ids.dtype == torch.bool:
-            raise ValueError(f"token ids must be an integer tensor, got {ids.dtype}")
-        if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= self.codebook_size):
-            raise ValueError(f"token ids out of range [0, {self.codebook_size}): "
-                             f"min={int(ids.min())} max={int(ids.max())}")
-        return self._lookup(ids.long())
 
     def _lookup(self, ids: torch.Tensor) -> torch.Tensor:
         """Codes ``(..., Dc)`` of valid ids ``(...)``."""
@@ -290,7 +281,8 @@ def _is_multi_process() -> bool:
 
 
 def token_statistics(sequences: Sequence[torch.Tensor], vocab_size: int) -> dict[str, float]:
-    """Codebook usage and predictability of token sequences (METHODS 1.6 reports these for the paper).
+    """Codebook usage and predictability of token sequences: how much of its codebook a tokenizer uses, and how
+    much one token tells about the next (a low-entropy, predictable code is easier for the LLM to model).
 
     Pairs are counted only within each sequence. Both measures are plug-in estimates from counts; the MI is
     biased upwards by roughly ``(distinct pairs seen) / (2 N ln 2)`` bits for N pairs, so use many more tokens
