@@ -12,10 +12,11 @@ COMMAND_MODULES = (
     "e2e_tts.data.corpus",
     "e2e_tts.data.shards",
     "e2e_tts.train",
-    "e2e_tts.synth",
+    "e2e_tts.synth_cli",
     "e2e_tts.eval.cli",
     "e2e_tts.eval.report",
     "e2e_tts.config_cli",
+    "e2e_tts.hf_export",
 )
 
 

@@ -25,7 +25,7 @@ from e2e_tts.data.loader import DataConfig
 from e2e_tts.engine import EngineConfig
 from e2e_tts.models import flow, llm, reward, tokenizer, vocoder
 from e2e_tts.stage import StageConfig
-from e2e_tts.synth import SynthesisConfig
+from e2e_tts.synthesis_config import SynthesisConfig
 from e2e_tts.text import TextConfig
 
 

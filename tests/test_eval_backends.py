@@ -12,10 +12,11 @@ import soundfile as sf
 import torch
 
 from e2e_tts.audio import resample
-from e2e_tts.eval.asr import RewardModelASR, build_asr, parse_asr_spec
 from e2e_tts.eval.ecapa_tdnn import PRESETS, EcapaTdnnWavLM, WavLM
 from e2e_tts.eval.similarity import build_similarity, mean_similarity, sinc_resample
-from e2e_tts.eval.wer import score_utterance
+from e2e_tts.scoring.asr import parse_asr_spec
+from e2e_tts.scoring.verifiers import build_asr
+from e2e_tts.scoring.wer import score_utterance
 from shared import flite
 
 CARDS = Path("/usr/share/pocketsphinx/test/data/cards")
@@ -34,10 +35,15 @@ def _offline(monkeypatch):
 def test_asr_spec_parsing():
     assert parse_asr_spec("pocketsphinx").path is None
     assert parse_asr_spec("whisper:/m/whisper-large-v3").path == "/m/whisper-large-v3"
-    assert parse_asr_spec("rm:C:/ckpt").path == "C:/ckpt"
-    for bad in ("whisperx:/m", "whisper", "whisper:", "pocketsphinx:/m", ""):
+    assert parse_asr_spec("rm-audio:C:/ckpt").path == "C:/ckpt"
+    for bad in ("whisperx:/m", "whisper", "whisper:", "pocketsphinx:/m", "", "rm-audio", "rm-tokens"):
         with pytest.raises(ValueError):
             parse_asr_spec(bad)
+    # the reward model's old spellings are refused with the new ones
+    with pytest.raises(ValueError, match="'rm:/x' is now spelt rm-audio:<export dir>"):
+        parse_asr_spec("rm:/x")
+    with pytest.raises(ValueError, match="'rm' is now spelt rm-tokens"):
+        parse_asr_spec("rm")
     with pytest.raises(FileNotFoundError, match="does not exist"):
         build_asr("whisper:/nonexistent/dir")
 
@@ -113,25 +119,9 @@ def test_paraformer_names_the_missing_package(monkeypatch):
         build_asr("paraformer:/models/paraformer-zh")
 
 
-class _FakeSystem:
-    def transcribe_audio(self, wavs, sample_rate):
-        return [f"{len(wav) / sample_rate:.1f} seconds" for wav in wavs]
-
-
-def test_reward_model_asr_delegates_to_the_system():
-    asr = build_asr("rm:runs/e2e/export", system=_FakeSystem())
-    assert isinstance(asr, RewardModelASR) and asr.name == "rm:runs/e2e/export"
-    assert asr.transcribe([np.zeros(16000), np.zeros(8000)], 16000) == ["1.0 seconds", "0.5 seconds"]
-    with pytest.raises(ValueError, match="system"):
-        build_asr("rm:runs/e2e/export")
-    with pytest.raises(TypeError, match="transcribe_audio"):
-        RewardModelASR(object())
-    broken = _FakeSystem()
-    broken.transcribe_audio = lambda wavs, rate: ["only one"]
-    with pytest.raises(ValueError, match="one str per waveform"):
-        RewardModelASR(broken).transcribe([np.zeros(10), np.zeros(10)], 16000)
-    with pytest.raises(ValueError, match="mono"):
-        asr.transcribe([np.zeros((2, 10))], 16000)
+def test_reward_model_asr_loads_its_export_and_names_a_missing_one():
+    with pytest.raises(FileNotFoundError, match="export directory /nonexistent/export does not exist"):
+        build_asr("rm-audio:/nonexistent/export")
 
 
 # ---------------------------------------------------------------------------------------------------------------

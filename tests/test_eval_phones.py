@@ -1,12 +1,13 @@
-"""Phone error rate judge: dictionary lookup, pocketsphinx allphone recognition on real flite speech, PER maths."""
+"""Phone error rate judge: dictionary lookup, pocketsphinx allphone recognition on real flite speech, the PER of
+a folder (the rate itself: tests/test_scoring.py)."""
 
 import numpy as np
 import pytest
 
 from e2e_tts.audio import resample, write_audio
 from e2e_tts.eval.phones import (PocketsphinxPhones, UnknownWordError, default_dictionary, is_speech_phone,
-                                 mean_phone_error_rate, phone_error_rates, read_pronunciations, reference_phones)
-from e2e_tts.eval.wer import EmptyReferenceError
+                                 mean_phone_error_rate, read_pronunciations, reference_phones)
+from e2e_tts.scoring.wer import unit_error_rates
 from shared import flite
 
 SENTENCES = ("The plane was given clearance to land.", "She traced the circumstances of her birth.")
@@ -58,14 +59,14 @@ def test_flite_speech_scores_far_better_than_time_reversed_speech(tmp_path):
     assert all(phones and all(is_speech_phone(phone) for phone in phones) for phones in forward)
     dictionary_phones = {phone for phones in read_pronunciations(default_dictionary()).values() for phone in phones}
     assert set().union(*forward) <= dictionary_phones  # same symbols as the reference, so the rate is meaningful
-    forward_per = phone_error_rates(references, forward)
-    reversed_per = phone_error_rates(references, judge.recognize([wav[::-1].copy() for wav in wavs], rate))
+    forward_per = unit_error_rates(references, forward)
+    reversed_per = unit_error_rates(references, judge.recognize([wav[::-1].copy() for wav in wavs], rate))
     assert forward_per["corpus_per"] < 55 < 75 < reversed_per["corpus_per"]
     assert max(forward_per["per"]) < min(reversed_per["per"])
 
     # The judge resamples itself: the same speech at 24 kHz scores about the same.
     upsampled = judge.recognize([resample(wav, rate, 24000) for wav in wavs], 24000)
-    assert abs(phone_error_rates(references, upsampled)["corpus_per"] - forward_per["corpus_per"]) < 10
+    assert abs(unit_error_rates(references, upsampled)["corpus_per"] - forward_per["corpus_per"]) < 10
 
 
 def test_recognize_rejects_bad_audio():
@@ -77,33 +78,8 @@ def test_recognize_rejects_bad_audio():
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Rates
+# The rate of a folder
 # ---------------------------------------------------------------------------------------------------------------
-
-def test_phone_error_rates_by_hand():
-    references = [["K", "AE", "T"], ["D", "AO", "G", "Z", "R", "AH", "N", "S", "IY", "T"]]
-    hypotheses = [["K", "AH", "T", "S"],  # 1 substitution + 1 insertion of 3 -> 66.7%
-                  ["D", "AO", "G", "Z", "R", "AH", "N", "S", "IY"]]  # 1 deletion of 10 -> 10%
-    scores = phone_error_rates(references, hypotheses)
-    assert scores["per"] == pytest.approx([200 / 3, 10.0])
-    assert scores["mean_per"] == pytest.approx((200 / 3 + 10) / 2)  # every utterance weighs the same
-    assert scores["corpus_per"] == pytest.approx(100 * 3 / 13)  # every phone weighs the same
-    assert scores["num_utterances"] == 2
-    # Nothing recognised: all deletions; more insertions than reference phones: above 100%.
-    assert phone_error_rates([["AH", "K"]], [[]])["per"] == [100.0]
-    assert phone_error_rates([["AH"]], [["B", "AH", "K"]])["per"] == [200.0]
-
-
-def test_phone_error_rates_rejects_bad_input():
-    with pytest.raises(ValueError, match="2 references but 1 hypotheses"):
-        phone_error_rates([["AH"], ["K"]], [["AH"]])
-    with pytest.raises(ValueError, match="at least one utterance"):
-        phone_error_rates([], [])
-    with pytest.raises(EmptyReferenceError, match="utterance 1: the reference has no phones"):
-        phone_error_rates([["AH"], []], [["AH"], ["K"]])
-    with pytest.raises(ValueError, match="utterance 0: hypothesis phone 'A H' is empty or holds whitespace"):
-        phone_error_rates([["AH"]], [["A H"]])
-
 
 class ScriptedPhones:
     """A phone judge that answers from a script, keyed by the waveform's length."""

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from e2e_tts.eval.asr import build_asr
-from e2e_tts.eval.failures import (FailureConfig, SynthesizedItem, detect_failures, speech_segments,
-                                   spoken_characters)
+from e2e_tts.eval.failures import FailureConfig, SynthesizedItem, detect_failures, speech_segments
+from e2e_tts.scoring.normalize import spoken_characters
+from e2e_tts.scoring.verifiers import build_asr
 
 TEXT = "The plane was given clearance to land."
 

@@ -703,7 +703,7 @@ def test_eval_counts_a_line_with_a_bad_prompt_as_missing(export, case, capsys, n
     meta = case.inp / "meta.lst"
     meta.write_text("bad|A prompt text.|prompt.wav|Good day.\n")
     case.start()
-    outcome = run(eval_argv(export, meta, case, None, "--asr", f"rm:{export}"), capsys)
+    outcome = run(eval_argv(export, meta, case, None, "--asr", f"rm-audio:{export}"), capsys)
     assert outcome.code == 1, outcome.err
     missing = json.loads((case.out / "r.json").read_text())["summary"]["missing"]
     assert list(missing) == ["bad"] and str(prompt) in missing["bad"], missing
@@ -719,7 +719,7 @@ def test_eval_counts_a_bad_wav_as_failed_or_missing(export, case, capsys, name):
     meta = case.inp / "meta.lst"
     meta.write_text("bad|Good day.\n")
     case.start()
-    outcome = run(eval_argv(None, meta, case, wavs, "--asr", f"rm:{export}"), capsys)
+    outcome = run(eval_argv(None, meta, case, wavs, "--asr", f"rm-audio:{export}"), capsys)
     assert outcome.code == 1, outcome.err
     summary = json.loads((case.out / "r.json").read_text())["summary"]
     assert list(summary["missing"]) + list(summary["failed"]) == ["bad"], summary
@@ -753,7 +753,7 @@ def test_ids_that_cannot_name_a_file_are_refused_naming_the_line(export, case, c
     listing.write_text(f"good{separator}Hello.\n{utt}{separator}Good day.\n")
     case.start()
     argv = (synth_argv(export, case, "--texts", listing) if command == "synth"
-            else eval_argv(export, listing, case, None, "--asr", f"rm:{export}"))
+            else eval_argv(export, listing, case, None, "--asr", f"rm-audio:{export}"))
     assert_named_error(run(argv, capsys), f"{listing}:2")
     case.check()
 
@@ -787,7 +787,7 @@ def test_eval_counts_a_text_it_cannot_say_as_missing(export, case, capsys, text)
     meta = case.inp / "meta.lst"
     meta.write_text(f"bad|{text}\n")
     case.start()
-    outcome = run(eval_argv(export, meta, case, None, "--asr", f"rm:{export}"), capsys)
+    outcome = run(eval_argv(export, meta, case, None, "--asr", f"rm-audio:{export}"), capsys)
     if outcome.code == 2:  # a reference that normalises to nothing has no WER: the list is refused, naming the id
         assert_named_error(outcome, "utterance 'bad'")
     else:  # a text the model refuses: the line is counted as missing
@@ -812,7 +812,7 @@ def test_eval_refuses_a_malformed_meta_list_naming_it(export, case, capsys, cont
     meta = case.inp / "meta.lst"
     meta.write_bytes(content)
     case.start()
-    assert_named_error(run(eval_argv(export, meta, case, None, "--asr", f"rm:{export}"), capsys), meta)
+    assert_named_error(run(eval_argv(export, meta, case, None, "--asr", f"rm-audio:{export}"), capsys), meta)
     case.check()
 
 
@@ -826,7 +826,7 @@ def test_eval_refuses_a_damaged_synthesis_record_in_the_wavs_folder(export, case
     meta = case.inp / "meta.lst"
     meta.write_text("a1|Good day.\n")
     case.start()
-    outcome = run(eval_argv(export, meta, case, None, "--asr", f"rm:{export}"), capsys)
+    outcome = run(eval_argv(export, meta, case, None, "--asr", f"rm-audio:{export}"), capsys)
     assert_named_error(outcome, wavs / "synthesis.json")
     case.check()
 

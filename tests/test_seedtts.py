@@ -23,7 +23,7 @@ from e2e_tts.data.manifest import ManifestError, read_manifest, read_seedtts_met
 from e2e_tts.eval import cli  # noqa: E402
 from e2e_tts.eval.seedtts import (evaluate, official_tsv_lines, run_seedtts, synthesized_wav_paths,  # noqa: E402
                                   write_results)
-from e2e_tts.eval.wer import EmptyReferenceError  # noqa: E402
+from e2e_tts.scoring.wer import EmptyReferenceError  # noqa: E402
 from e2e_tts.synth import Synthesizer  # noqa: E402
 from e2e_tts.system import TTSSystem  # noqa: E402
 from e2e_tts.text import ByteTokenizer  # noqa: E402
@@ -287,7 +287,7 @@ def test_seedtts_command_synthesises_missing_wavs_grouped_by_prompt(export, tmp_
                     "a7|Hi there.|p1.wav|" + "word " * 20 + "\n")
     out = tmp_path / "results.json"
     argv = ["seedtts", "--meta", str(meta), "--wavs", str(wavs), "--out", str(out), "--model", str(export),
-            "--asr", f"rm:{export}", "--similarity", "none", "--vocoder", "griffin-lim", "--temperature", "0.7",
+            "--asr", f"rm-audio:{export}", "--similarity", "none", "--vocoder", "griffin-lim", "--temperature", "0.7",
             "--top-k", "10", "--no-repetition-aware", "--min-len-ratio", "1.0", "--max-len-ratio", "3.0",
             "--seed", "3", "--batch-size", "4"]
     assert run_cli(argv) == 1  # a5, a6 and a7 could not be synthesised
@@ -307,7 +307,7 @@ def test_seedtts_command_synthesises_missing_wavs_grouped_by_prompt(export, tmp_
     record = json.loads((wavs / "synthesis.json").read_text())
     assert sorted(row["id"] for row in record["utterances"]) == ["a1", "a2", "a4"]
     assert {row["id"]: row["prompt_wav"] for row in record["utterances"]}["a4"] == str(tmp_path / "p2.wav")
-    assert results["settings"]["asr"] == f"rm:{export}"
+    assert results["settings"]["asr"] == f"rm-audio:{export}"
     err = capsys.readouterr()
     assert "synthesized missing: a5:" in err.err and "WER" in err.out
 
@@ -332,7 +332,7 @@ def test_seedtts_synthesises_as_the_export_records_and_never_with_an_untrained_v
     sf.write(tmp_path / "p1.wav", tone(12000, 22050, 150.0), 22050)
     meta = tmp_path / "meta.lst"
     meta.write_text("a1|Hi there.|p1.wav|Good day.\n")
-    common = ["seedtts", "--meta", str(meta), "--asr", f"rm:{recipe_export}", "--similarity", "none",
+    common = ["seedtts", "--meta", str(meta), "--asr", f"rm-audio:{recipe_export}", "--similarity", "none",
               "--model", str(recipe_export)]
     assert run_cli([*common, "--wavs", str(tmp_path / "plain"), "--out", str(tmp_path / "plain.json")]) == 0
     err = capsys.readouterr().err
@@ -362,7 +362,7 @@ def test_seedtts_refuses_ids_that_are_paths_before_writing_or_scoring(recipe_exp
     meta.write_text(f"fine|Good day.\n{utt}|Good night.\n")
     wavs = tmp_path / "wavs"
     assert run_cli(["seedtts", "--meta", str(meta), "--wavs", str(wavs), "--out", str(tmp_path / "r.json"),
-                    "--model", str(recipe_export), "--asr", f"rm:{recipe_export}", "--similarity", "none"]) == 2
+                    "--model", str(recipe_export), "--asr", f"rm-audio:{recipe_export}", "--similarity", "none"]) == 2
     assert f"{meta}:2: id {utt!r}" in capsys.readouterr().err
     assert not wavs.exists() and not (tmp_path / "r.json").exists() and outside.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["meta.lst", "outside.wav"]
@@ -386,7 +386,7 @@ def test_seedtts_refuses_a_silent_prompt_naming_it(recipe_export, tmp_path):
     meta.write_text("a1|Hi there.|quiet.wav|Good day.\n")
     out = tmp_path / "r.json"
     assert run_cli(["seedtts", "--meta", str(meta), "--wavs", str(tmp_path / "w"), "--out", str(out), "--model",
-                    str(recipe_export), "--asr", f"rm:{recipe_export}", "--similarity", "none"]) == 1
+                    str(recipe_export), "--asr", f"rm-audio:{recipe_export}", "--similarity", "none"]) == 1
     missing = json.loads(out.read_text())["summary"]["missing"]
     assert missing == {"a1": f"not synthesised: prompt {tmp_path / 'quiet.wav'}: prompt {tmp_path / 'quiet.wav'} is "
                              f"silent (peak below -50.0 dBFS): a prompt must be speech"}

@@ -1,4 +1,5 @@
-"""Tests of inference (e2e_tts/synth.py) on an exported system with tiny random weights."""
+"""Tests of inference (e2e_tts/synth.py, best_of_n.py, synth_cli.py) on an exported system with tiny random
+weights."""
 
 import os
 
@@ -13,11 +14,14 @@ import pytest  # noqa: E402
 import soundfile as sf  # noqa: E402
 import torch  # noqa: E402
 
+from e2e_tts.best_of_n import CandidateScore, choose_candidate  # noqa: E402
 from e2e_tts.config import load_config, to_object  # noqa: E402
-from e2e_tts.eval.asr import RewardModelASR  # noqa: E402
+from e2e_tts.scoring.reward_model import RewardModelRecognizer  # noqa: E402
+from e2e_tts.scoring.verifiers import build_asr  # noqa: E402
+from e2e_tts.synth import Synthesizer  # noqa: E402
+from e2e_tts.synth_cli import read_text_list, register  # noqa: E402
+from e2e_tts.synthesis_config import SynthesisConfig  # noqa: E402
 from e2e_tts.system import TRAINED_FILE, TTSSystem  # noqa: E402
-from e2e_tts.synth import (CandidateScore, SynthesisConfig, Synthesizer, choose_candidate, read_text_list,  # noqa: E402
-                           register)
 from e2e_tts.text import ByteTokenizer, PhonemeTokenizer  # noqa: E402
 from e2e_tts.vocab import EOS_ID  # noqa: E402
 from shared import MICRO_MODEL_OVERRIDES  # noqa: E402
@@ -88,7 +92,7 @@ def test_audio_is_tokenized_with_the_features_it_was_trained_on(synth, tmp_path)
     featurizer = SampleFeaturizer(synth.audio_config, synth.system.text_tokenizer, SampleFilter(0.0, 100.0))
     trained_on = featurizer(raw)["mel"]
     for level in (1.0, 0.25, 3.0):
-        inferred = synth.log_mel((wav * level).astype(np.float32))[0]
+        inferred = synth.speech_encoder.log_mel((wav * level).astype(np.float32))[0]
         # 16-bit FLAC in the shard: equal up to quantisation noise
         torch.testing.assert_close(inferred, trained_on, atol=2e-2, rtol=0)
 
@@ -241,24 +245,40 @@ def test_choose_candidate_ranks_dropouts_last_and_breaks_ties_by_order():
 
 
 def test_reward_model_verifiers_transcribe_tokens_or_audio(synth, export):
-    result, = synth.synthesize(["Hi."], config=SynthesisConfig(num_candidates=2, verifier="rm", **FAST))
-    assert [c.transcript for c in result.candidates][result.chosen_candidate] == synth.transcribe_tokens(
+    recognizer = synth.recognizer
+    result, = synth.synthesize(["Hi."], config=SynthesisConfig(num_candidates=2, verifier="rm-tokens", **FAST))
+    assert [c.transcript for c in result.candidates][result.chosen_candidate] == recognizer.transcribe_tokens(
         [result.tokens])[0]
     assert all(c.wer is not None for c in result.candidates)
 
-    spec = f"rm:{export[0]}"  # build_asr's reward-model backend, on this same synthesizer
+    spec = f"rm-audio:{export[0]}"  # the reward model of this same export, reading the audio
+    assert build_asr(spec, loaded=recognizer) is recognizer  # not loaded twice
     result, = synth.synthesize(["Hi."], config=SynthesisConfig(num_candidates=2, verifier=spec, **FAST))
-    assert result.candidates[result.chosen_candidate].transcript == synth.transcribe_audio([result.wav], 16000)[0]
+    assert result.candidates[result.chosen_candidate].transcript == recognizer.transcribe([result.wav], 16000)[0]
+
+    other = build_asr(spec)  # loaded from the export: the same weights, the same transcript
+    assert isinstance(other, RewardModelRecognizer) and other is not recognizer and other.name == spec
+    assert other.transcribe([result.wav], 16000) == recognizer.transcribe([result.wav], 16000)
+
+
+def test_the_retired_reward_model_spellings_name_their_new_ones(synth, export):
+    with pytest.raises(ValueError, match="'rm' is now spelt rm-tokens"):
+        synth.synthesize(["Hi."], config=SynthesisConfig(num_candidates=2, verifier="rm", **FAST))
+    with pytest.raises(ValueError, match=f"'rm:{export[0]}' is now spelt rm-audio:<export dir>"):
+        synth.synthesize(["Hi."], config=SynthesisConfig(num_candidates=2, verifier=f"rm:{export[0]}", **FAST))
 
 
 def test_transcribe_audio_is_batch_invariant_and_resamples(synth):
     rng = np.random.default_rng(1)
     long, short = [(0.1 * rng.standard_normal(n)).astype(np.float32) for n in (9000, 4000)]
-    together = synth.transcribe_audio([long, short, np.zeros(100, np.float32)], 16000)
-    assert together == synth.transcribe_audio([long], 16000) + synth.transcribe_audio([short], 16000) + [""]
-    assert RewardModelASR(synth).transcribe([long], 16000) == together[:1]
-    at_8k = synth.transcribe_audio([long[::2]], 8000)
+    recognizer = synth.recognizer
+    together = recognizer.transcribe([long, short, np.zeros(100, np.float32)], 16000)
+    assert together == recognizer.transcribe([long], 16000) + recognizer.transcribe([short], 16000) + [""]
+    assert recognizer.transcribe([long, short], 16000, batch_size=1) == together[:2]
+    at_8k = recognizer.transcribe([long[::2]], 8000)
     assert len(at_8k) == 1 and isinstance(at_8k[0], str)
+    with pytest.raises(ValueError, match="waveform 0 must be mono"):
+        recognizer.transcribe([np.zeros((2, 100), np.float32)], 16000)
 
 
 def test_phoneme_systems_are_verified_against_the_ipa_reference(tmp_path, monkeypatch):
@@ -266,10 +286,12 @@ def test_phoneme_systems_are_verified_against_the_ipa_reference(tmp_path, monkey
     torch.manual_seed(0)
     system = TTSSystem(to_object(config.model), PhonemeTokenizer("en-us"), ["alice"])
     synth = Synthesizer.from_pretrained(system.export(tmp_path / "export", config))
-    ipa = synth.recognition_reference("Hello world.")
+    ipa = synth.recognizer.reference("Hello world.")
     assert ipa == PhonemeTokenizer("en-us").phonemize("Hello world.") and ipa != "Hello world."
-    monkeypatch.setattr(synth, "transcribe_tokens", lambda tokens: [ipa] * len(tokens))
-    result, = synth.synthesize(["Hello world."], config=SynthesisConfig(verifier="rm", **FAST))
+    # raw or model-normalised, a text has one reference ("$5" is said "five dollars")
+    assert synth.recognizer.reference("It costs $5.") == synth.recognizer.reference("It costs five dollars.")
+    monkeypatch.setattr(synth.recognizer, "transcribe_tokens", lambda tokens: [ipa] * len(tokens))
+    result, = synth.synthesize(["Hello world."], config=SynthesisConfig(verifier="rm-tokens", **FAST))
     assert result.candidates[0].transcript == ipa and result.candidates[0].wer == 0.0
 
 

@@ -68,7 +68,8 @@ def test_ceilings_decode_every_condition_at_the_utterance_length_with_the_given_
 
     from e2e_tts.config import load_config, to_object
     from e2e_tts.models.vocoder import griffin_lim
-    from e2e_tts.synth import SynthesisConfig, Synthesizer
+    from e2e_tts.synth import Synthesizer
+    from e2e_tts.synthesis_config import SynthesisConfig
     from e2e_tts.system import TTSSystem
     from e2e_tts.text import ByteTokenizer
     from shared import MICRO_MODEL_OVERRIDES
@@ -91,12 +92,12 @@ def test_ceilings_decode_every_condition_at_the_utterance_length_with_the_given_
     settings = {"cfg_strength": 0.0, "temperature": 0.5, "nfe": 2}
     text, prompt_text = "hello there", "hi"
     llm_sampling = SynthesisConfig(temperature=0.5, top_k=3)
-    centroids = ceilings.fit_kmeans(ceilings.frame_groups(synth.log_mel(prompt)[0], 2), k=4)
+    centroids = ceilings.fit_kmeans(ceilings.frame_groups(synth.speech_encoder.log_mel(prompt)[0], 2), k=4)
     audio, forced_hits = ceilings.decode_conditions(synth, wav, text, prompt, prompt_text, list(ceilings.CONDITIONS),
                                                     seed=0, flow_settings=settings, llm_sampling=llm_sampling,
                                                     centroids=centroids)
     assert set(audio) == set(ceilings.CONDITIONS)
-    true_ids = synth.tokenize_audio(wav)[0]
+    true_ids = synth.speech_encoder.encode(wav)[0]
     for correct, total in forced_hits.values():
         assert total == len(true_ids) and 0 <= correct <= total
     assert {k: seen[k] for k in settings} == settings
@@ -105,7 +106,7 @@ def test_ceilings_decode_every_condition_at_the_utterance_length_with_the_given_
             assert abs(len(samples) - len(wav)) <= 2 * 320, condition  # at most one speech token apart
 
     def prior_audio(ids):
-        prompt_ids, prompt_mel = synth.tokenize_audio(prompt)
+        prompt_ids, prompt_mel = synth.speech_encoder.encode(prompt)
         speech = torch.cat([prompt_ids, ids])[None]
         with torch.no_grad():
             prior = synth.system.flow.prior(speech, torch.ones_like(speech, dtype=torch.bool),
@@ -116,7 +117,7 @@ def test_ceilings_decode_every_condition_at_the_utterance_length_with_the_given_
     only_prior, no_hits = ceilings.decode_conditions(synth, wav, text, prompt, prompt_text, ["flow_prior_griffin_lim"],
                                                      seed=0, flow_settings=settings, llm_sampling=llm_sampling)
     assert no_hits is None
-    np.testing.assert_allclose(only_prior["flow_prior_griffin_lim"], prior_audio(synth.tokenize_audio(wav)[0]),
+    np.testing.assert_allclose(only_prior["flow_prior_griffin_lim"], prior_audio(synth.speech_encoder.encode(wav)[0]),
                                atol=1e-6)
     encoded = synth.encode_prompt(prompt, prompt_text)
     llm_ids = synth.system.llm.generate([synth.prepare_text(text)[1]], synth.system.codebook(),
@@ -187,7 +188,8 @@ def test_rollout_readback_scores_each_sample_against_its_text_ids(tmp_path, monk
 
     from e2e_tts.config import load_config, to_object
     from e2e_tts.data.manifest import SeedTTSItem
-    from e2e_tts.synth import SynthesisConfig, Synthesizer
+    from e2e_tts.synth import Synthesizer
+    from e2e_tts.synthesis_config import SynthesisConfig
     from e2e_tts.system import TTSSystem
     from e2e_tts.text import ByteTokenizer
     from shared import MICRO_MODEL_OVERRIDES

@@ -51,12 +51,13 @@ import torch
 
 from e2e_tts.audio import load_audio
 from e2e_tts.data.manifest import read_jsonl
-from e2e_tts.eval.asr import build_asr
-from e2e_tts.eval.phones import PocketsphinxPhones, phone_error_rates, reference_phones
+from e2e_tts.eval.phones import PocketsphinxPhones, reference_phones
 from e2e_tts.eval.similarity import build_similarity
-from e2e_tts.eval.wer import score_utterances, summarize_wer
 from e2e_tts.models.vocoder import griffin_lim
-from e2e_tts.synth import Prompt, SynthesisConfig, Synthesizer
+from e2e_tts.scoring.verifiers import build_asr
+from e2e_tts.scoring.wer import score_utterances, summarize_wer, unit_error_rates
+from e2e_tts.synth import Prompt, Synthesizer
+from e2e_tts.synthesis_config import SynthesisConfig
 
 CONDITIONS = ("ground_truth", "griffin_lim", "vocoder", "kmeans_lookup_griffin_lim", "flow_tokens_vocoder",
               "flow_tokens_griffin_lim", "flow_prior_griffin_lim", "llm_flow_griffin_lim", "llm_prior_griffin_lim",
@@ -108,7 +109,7 @@ def teacher_forced_argmax(synth: Synthesizer, prompt: Optional[Prompt], text: st
     prompt_text, prompt_speech = (true_ids[:0], true_ids[:0]) if prompt is None else (prompt.text_ids,
                                                                                         prompt.speech_ids)
     out, prompt_lengths = system.llm.forward_after_prompts([prompt_text], [synth.prepare_text(text)[1]],
-                                                           [prompt_speech], [true_ids], codebook, guide=False)
+                                                           [prompt_speech], [true_ids], codebook)
     start = int(prompt_lengths[0])  # the last logit column is EOS
     return out.logits[0, start:start + len(true_ids), :codebook.shape[0]].argmax(-1).cpu()
 
@@ -124,7 +125,7 @@ def decode_conditions(synth: Synthesizer, wav: np.ndarray, text: str, prompt_wav
     teacher-forced tokens ``with_prompt`` and ``without_prompt`` when that condition is asked for, else None.
     ``centroids`` ``(V, frames_per_token * n_mels)`` serve the k-means condition."""
     system, audio = synth.system, synth.audio_config
-    mel = synth.log_mel(wav)  # (1, T, n_mels), at the training level
+    mel = synth.speech_encoder.log_mel(wav)  # (1, T, n_mels), at the training level
     prompt = synth.encode_prompt(prompt_wav, prompt_text)
     prompt_frames = prompt.mel.shape[0]
 
@@ -143,7 +144,7 @@ def decode_conditions(synth: Synthesizer, wav: np.ndarray, text: str, prompt_wav
         """The prior head's mel of the frames after the prompt: ``(1, frames, n_mels)``."""
         return system.flow.prior(*after_prompt(ids), system.codebook())[:, prompt_frames:]
 
-    true_ids = synth.tokenize_audio(wav)[0] if set(TRUE_TOKEN_CONDITIONS) & set(conditions) else None
+    true_ids = synth.speech_encoder.encode(wav)[0] if set(TRUE_TOKEN_CONDITIONS) & set(conditions) else None
     forced_ids, forced_hits = None, None
     if set(TEACHER_FORCED_CONDITIONS) & set(conditions):
         forced_ids = teacher_forced_argmax(synth, prompt, text, true_ids)
@@ -210,7 +211,7 @@ def main() -> None:
     centroids = None
     if "kmeans_lookup_griffin_lim" in conditions:
         fit_on = read_jsonl(args.kmeans_manifest)[:args.kmeans_utterances]
-        rows = torch.cat([frame_groups(synth.log_mel(load_audio(e.audio, synth.sample_rate)[0])[0],
+        rows = torch.cat([frame_groups(synth.speech_encoder.log_mel(load_audio(e.audio, synth.sample_rate)[0])[0],
                                        synth.system.tokenizer.config.frames_per_token) for e in fit_on])
         centroids = fit_kmeans(rows, synth.system.tokenizer.codebook_size, seed=args.seed)
     asr = build_asr(args.asr)
@@ -249,7 +250,7 @@ def main() -> None:
     for condition, scored_rows in rows.items():
         summary = summarize_wer(score_utterances(scored_rows, "en"))
         sim = float(np.mean(similarities[condition])) if similarities[condition] else None
-        per = phone_error_rates([reference_phones(text) for _, text, _ in scored_rows], phones[condition])
+        per = unit_error_rates([reference_phones(text) for _, text, _ in scored_rows], phones[condition])
         report["conditions"][condition] = {"seedtts_wer": summary.seedtts_wer, "corpus_wer": summary.corpus_wer,
                                            "mean_per": per["mean_per"], "similarity": sim,
                                            "transcripts": [{"utt": u, "ref": r, "hyp": h} for u, r, h in scored_rows]}

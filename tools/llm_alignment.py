@@ -99,7 +99,7 @@ def main() -> None:
     utterances = []
     for entry in entries:
         wav, _ = load_audio(entry.audio, synth.sample_rate)
-        utterances.append((entry, synth.prepare_text(entry.text)[1], synth.tokenize_audio(wav)[0]))
+        utterances.append((entry, synth.prepare_text(entry.text)[1], synth.speech_encoder.encode(wav)[0]))
 
     rows = []
     for index, (entry, text_ids, speech_ids) in enumerate(utterances):

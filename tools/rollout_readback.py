@@ -18,9 +18,10 @@ from typing import Sequence
 import torch
 
 from e2e_tts.data.manifest import SeedTTSItem, read_seedtts_meta
-from e2e_tts.eval.phones import id_error_rates
 from e2e_tts.models.masks import pad_rows
-from e2e_tts.synth import SynthesisConfig, Synthesizer
+from e2e_tts.scoring.wer import id_error_rates
+from e2e_tts.synth import Synthesizer
+from e2e_tts.synthesis_config import SynthesisConfig
 
 
 def read_back(synthesizer: Synthesizer, items: Sequence[SeedTTSItem], samples: int, config: SynthesisConfig,

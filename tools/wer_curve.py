@@ -7,8 +7,8 @@ A run trained with ``engine.export_every=N`` holds ``<stage>/exports/step_<k>`` 
 ``<stage>/export``. Every export of the synthesis stages found (in pipeline order) synthesises the first
 ``--limit`` lines of ``--meta`` into ``<run>/curve/<stage>_step_<k>/`` (kept, so a rerun only scores what is new)
 and is scored by the Seed-TTS-Eval harness and the phone judge (e2e_tts.eval.phones: word WER stays above 100 %
-until speech is nearly intelligible, phone error rate moves earlier). The time axis is the run's cumulative training wall time, read
-from the stages' ``metrics.jsonl`` (a resumed stage's clock restarts; the segments are added up).
+until speech is nearly intelligible, phone error rate moves earlier). The time axis is the run's cumulative training
+wall time, read from the stages' ``metrics.jsonl`` (a resumed stage's clock restarts; the segments are added up).
 """
 
 from __future__ import annotations
@@ -21,12 +21,13 @@ from pathlib import Path
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from e2e_tts.eval.asr import build_asr
 from e2e_tts.eval.phones import PocketsphinxPhones, mean_phone_error_rate
 from e2e_tts.eval.seedtts import (ground_truth_wav_paths, read_seedtts_meta, run_seedtts, synthesize_missing,
                                   synthesized_wav_paths)
 from e2e_tts.eval.similarity import build_similarity
-from e2e_tts.synth import SynthesisConfig, Synthesizer
+from e2e_tts.scoring.verifiers import build_asr
+from e2e_tts.synth import Synthesizer
+from e2e_tts.synthesis_config import SynthesisConfig
 
 PIPELINE = ("joint", "cascade", "separate", "e2e")  # stages whose exports can synthesise (no vocoder stage)
 STEP_DIR = re.compile(r"step_(\d+)$")
@@ -135,8 +136,9 @@ def main() -> None:
             truth = result["ground_truth"]["summary"]
             ground_truth = {"wer": truth["seedtts_wer"], "sim": truth["sim"],
                             "per": mean_phone_error_rate(phone_judge, texts, ground_truth_wav_paths(items))}
-        print(f"{point['stage']:>9} step {point['step']:6d}  {point['train_seconds'] / 60:6.1f} min  WER {point['wer']} %  "
-              f"PER {point['per']} %  SIM {point['sim']}  ({point['num_scored']} of {len(items)} scored)", flush=True)
+        print(f"{point['stage']:>9} step {point['step']:6d}  {point['train_seconds'] / 60:6.1f} min  "
+              f"WER {point['wer']} %  PER {point['per']} %  SIM {point['sim']}  "
+              f"({point['num_scored']} of {len(items)} scored)", flush=True)
     args.out.write_text(json.dumps({"run": str(args.run), "meta": str(meta), "vocoder": args.vocoder,
                                     "asr": args.asr, "similarity": args.similarity, "ground_truth": ground_truth,
                                     "points": points}, indent=1))

@@ -19,17 +19,18 @@ import torch
 
 from e2e_tts.audio import AudioRejected, load_audio
 from e2e_tts.data.manifest import ManifestEntry, read_manifest
-from e2e_tts.eval.asr import ASRBackend, build_asr, parse_asr_spec
 from e2e_tts.eval.failures import FailureConfig, SynthesizedItem, detect_failures
-from e2e_tts.eval.normalize import LANGUAGES
-from e2e_tts.eval.phones import id_error_rates
 from e2e_tts.eval.seedtts import (format_summary, read_first_channel, read_meta, run_seedtts, synthesize_missing,
                                   synthesized_wav_paths, write_results)
 from e2e_tts.eval.similarity import SpeakerSimilarity, build_similarity
 from e2e_tts.models.tokenizer import token_statistics
-from e2e_tts.synth import (DECODERS, LLM_SAMPLING_FIELDS, VOCODER_HELP, VOCODERS, Synthesizer,
-                           add_llm_sampling_arguments, export_default)
-from e2e_tts.text import normalize_text
+from e2e_tts.scoring.asr import ASRBackend, parse_asr_spec
+from e2e_tts.scoring.normalize import LANGUAGES
+from e2e_tts.scoring.verifiers import build_asr, reference_of
+from e2e_tts.scoring.wer import id_error_rates
+from e2e_tts.synth import Synthesizer
+from e2e_tts.synth_cli import LLM_SAMPLING_FIELDS, VOCODER_HELP, add_llm_sampling_arguments, export_default
+from e2e_tts.synthesis_config import DECODERS, VOCODERS
 
 NO_SIMILARITY = "none"
 BAD_INPUT = (ValueError, FileNotFoundError, ImportError)  # ManifestError and EmptyReferenceError are ValueErrors
@@ -41,32 +42,23 @@ def build_judges(asr_spec: str, similarity_spec: str, language: str, device: str
     """Builds the ASR and similarity backends of two specs, and the reference-text mapping the ASR needs.
 
     Args:
-        asr_spec: see :func:`e2e_tts.eval.asr.parse_asr_spec`.
+        asr_spec: see :func:`e2e_tts.scoring.asr.parse_asr_spec`.
         similarity_spec: see :func:`e2e_tts.eval.similarity.build_similarity`, or ``"none"``.
         language: ``en`` or ``zh``.
         device: torch device of the models.
-        synthesizer: an already loaded model, reused by ``rm:<its export dir>``.
+        synthesizer: an already loaded model, whose reward model ``rm-audio:<its export dir>`` reuses.
     Returns:
         ``(asr, similarity or None, reference)``: ``reference`` maps a meta text to what a perfect transcript
-        reads: the text itself, or for the reward model its text tokenizer's rendering of the model-normalised
-        text (IPA for a phoneme tokenizer).
+        reads (:func:`e2e_tts.scoring.verifiers.reference_of`).
     Raises:
         ValueError: for a bad spec, or pocketsphinx asked to judge Chinese.
     """
-    parsed = parse_asr_spec(asr_spec)
-    if parsed.kind == "pocketsphinx" and language != "en":
+    if parse_asr_spec(asr_spec).kind == "pocketsphinx" and language != "en":
         raise ValueError(f"pocketsphinx recognises English only; for --language {language} use "
-                         f"paraformer:<dir> (the official Chinese judge) or rm:<export dir>")
-    system = None
-    if parsed.kind == "rm":
-        same = synthesizer is not None and Path(parsed.path).resolve() == synthesizer.export_dir
-        system = synthesizer if same else Synthesizer.from_pretrained(parsed.path, device)
-    asr = build_asr(asr_spec, device=device, system=system)
+                         f"paraformer:<dir> (the official Chinese judge) or rm-audio:<export dir>")
+    asr = build_asr(asr_spec, device=device, loaded=None if synthesizer is None else synthesizer.recognizer)
     similarity = None if similarity_spec == NO_SIMILARITY else build_similarity(similarity_spec, device=device)
-    if system is None:
-        return asr, similarity, lambda text: text
-    return asr, similarity, lambda text: system.recognition_reference(
-        normalize_text(text, system.text_config.language))
+    return asr, similarity, reference_of(asr)
 
 
 def _write_json(data: Any, path: Optional[str]) -> None:
@@ -135,7 +127,8 @@ def _add_seedtts(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--wavs", required=True, help="folder of <utt>.wav files (written by --model)")
     parser.add_argument("--asr", default="pocketsphinx",
                         help="pocketsphinx (default, English, not comparable with papers), whisper:<dir> (official "
-                             "en judge: a local whisper-large-v3), paraformer:<dir> (official zh), rm:<export dir>")
+                             "en judge: a local whisper-large-v3), paraformer:<dir> (official zh), rm-audio:<export "
+                             "dir> (that export's reward model)")
     parser.add_argument("--similarity", default="resemblyzer",
                         help="resemblyzer (default, not comparable with papers), wavlm-ecapa:<wavlm_large_finetune"
                              ".pth> (official), or none")
@@ -157,7 +150,7 @@ def _add_seedtts(subparsers: argparse._SubParsersAction) -> None:
                            help="classifier-free guidance (default: the export's, else the flow config's)")
     synthesis.add_argument("--vocoder", choices=VOCODERS, help=VOCODER_HELP)
     synthesis.add_argument("--num-candidates", type=int, help="best-of-N; " + export_default("num_candidates"))
-    synthesis.add_argument("--verifier", help="best-of-N verifier: 'rm' or an ASR spec")
+    synthesis.add_argument("--verifier", help="best-of-N verifier: rm-tokens or an ASR spec (see e2e-tts synth)")
     synthesis.add_argument("--batch-size", type=int, help=export_default("batch_size"))
     parser.set_defaults(func=run_seedtts_command)
 
@@ -268,7 +261,7 @@ def measure_token_statistics(synthesizer: Synthesizer, entries: Sequence[Manifes
     for entry in entries:
         try:
             audio, _ = load_audio(entry.audio, synthesizer.sample_rate)
-            sequences.append(synthesizer.tokenize_audio(audio)[0])
+            sequences.append(synthesizer.speech_encoder.encode(audio)[0])
         except (AudioRejected, ValueError) as err:
             skipped[entry.id] = str(err)
             continue

@@ -1,4 +1,4 @@
-"""Catastrophic-failure detection (METHODS.md section 5): one binary verdict per synthesised utterance.
+"""Catastrophic-failure detection: one binary verdict per synthesised utterance.
 
 An utterance fails when any of these holds (the reasons are reported, several may apply):
 
@@ -24,9 +24,9 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from e2e_tts.audio import resample
-from e2e_tts.eval.asr import ASRBackend
-from e2e_tts.eval.normalize import normalize_for_wer
-from e2e_tts.eval.wer import FAILURE_WER, score_utterance
+from e2e_tts.scoring.asr import ASRBackend
+from e2e_tts.scoring.normalize import spoken_characters
+from e2e_tts.scoring.wer import FAILURE_WER, score_utterance
 
 VAD_RATE = 16000
 REASONS = ("empty_audio", "dropout", "too_short_for_text", "too_long_for_text", "wer_above_threshold")
@@ -146,11 +146,6 @@ def speech_segments(wav: np.ndarray, sample_rate: int, threshold: float = 0.5) -
     stamps = get_speech_timestamps(torch.from_numpy(np.ascontiguousarray(audio)), _silero_vad(), threshold=threshold,
                                    sampling_rate=VAD_RATE, return_seconds=True)
     return [(float(s["start"]), float(s["end"])) for s in stamps]
-
-
-def spoken_characters(text: str, language: str) -> int:
-    """Non-space characters of the Seed-TTS-normalised text (punctuation takes no speaking time)."""
-    return sum(1 for c in normalize_for_wer(text, language) if not c.isspace())
 
 
 def judge_audio(item: SynthesizedItem, config: FailureConfig) -> tuple[list[str], float, float, Optional[float]]:

@@ -9,8 +9,9 @@ phones looked up in the bundled ``cmudict-en-us.dict``:
   word, stress digits removed. A word missing from the dictionary raises :class:`UnknownWordError` naming it (our
   corpus keeps only dictionary words, so a miss is a bug in the test list, not an item to skip silently).
 * hypothesis: recognised phones without silence (``SIL``) and filler units (``+NSN+``, ``+SPN+``, ...).
-* rate: jiwer edit distance on the phone sequences, ``(S + D + I) / N`` with ``N`` reference phones, reported as
-  the mean per-utterance PER (like Seed-TTS-Eval's WER) and the corpus PER, in percent.
+* rate: jiwer edit distance on the phone sequences (:func:`e2e_tts.scoring.wer.unit_error_rates`),
+  ``(S + D + I) / N`` with ``N`` reference phones, reported as the mean per-utterance PER (like Seed-TTS-Eval's
+  WER) and the corpus PER, in percent.
 
 Like the word judge, it is not comparable with published numbers; it is for tracking our own models.
 """
@@ -22,13 +23,12 @@ import re
 from pathlib import Path
 from typing import Any, Sequence
 
-import jiwer
 import numpy as np
 
-from e2e_tts.eval.asr import pocketsphinx_hypotheses
-from e2e_tts.eval.normalize import normalize_for_wer
 from e2e_tts.eval.seedtts import read_first_channel
-from e2e_tts.eval.wer import EmptyReferenceError
+from e2e_tts.scoring.asr import pocketsphinx_hypotheses
+from e2e_tts.scoring.normalize import normalize_for_wer
+from e2e_tts.scoring.wer import unit_error_rates
 
 SILENCE_PHONE = "SIL"
 _STRESS = re.compile(r"\d+$")
@@ -138,49 +138,6 @@ class PocketsphinxPhones:
         return [[unit for unit in hypothesis.split() if is_speech_phone(unit)] for hypothesis in hypotheses]
 
 
-def phone_error_rates(references: Sequence[list[str]], hypotheses: Sequence[list[str]]) -> dict:
-    """Scores recognised phones against reference phones.
-
-    Args:
-        references, hypotheses: one phone list per utterance, in the same order (e.g. :func:`reference_phones`
-            and :meth:`PocketsphinxPhones.recognize`). An empty hypothesis scores 100% (all deletions).
-
-    Returns:
-        ``{"per": [per-utterance PER], "mean_per": mean of those, "corpus_per": all errors / all reference
-        phones, "num_utterances": int}``, rates in percent and unrounded.
-    Raises:
-        ValueError: for unequal lengths, no utterances, or a phone that is empty or holds whitespace (it would
-            not survive joining with spaces).
-        EmptyReferenceError: for an utterance with no reference phone (a PER has no denominator there).
-    """
-    if len(references) != len(hypotheses):
-        raise ValueError(f"{len(references)} references but {len(hypotheses)} hypotheses")
-    if not references:
-        raise ValueError("phone_error_rates needs at least one utterance")
-    rates, errors, total = [], 0, 0
-    for index, (reference, hypothesis) in enumerate(zip(references, hypotheses)):
-        for kind, phones in (("reference", reference), ("hypothesis", hypothesis)):
-            bad = [phone for phone in phones if not phone or phone != "".join(phone.split())]
-            if bad:
-                raise ValueError(f"utterance {index}: {kind} phone {bad[0]!r} is empty or holds whitespace")
-        if not reference:
-            raise EmptyReferenceError(f"utterance {index}: the reference has no phones, so it has no PER")
-        out = jiwer.process_words(" ".join(reference), " ".join(hypothesis))
-        utterance_errors = out.substitutions + out.deletions + out.insertions
-        rates.append(100.0 * utterance_errors / len(reference))
-        errors, total = errors + utterance_errors, total + len(reference)
-    return {"per": rates, "mean_per": float(np.mean(rates)), "corpus_per": 100.0 * errors / total,
-            "num_utterances": len(rates)}
-
-
-def id_error_rates(references: Sequence[Sequence[int]], hypotheses: Sequence[Sequence[int]]) -> dict:
-    """:func:`phone_error_rates` of integer id sequences, e.g. text ids against the reward model's reading."""
-    def as_units(rows: Sequence[Sequence[int]]) -> list[list[str]]:
-        return [[str(i) for i in row] for row in rows]
-
-    return phone_error_rates(as_units(references), as_units(hypotheses))
-
-
 def mean_phone_error_rate(judge: PocketsphinxPhones, texts: Sequence[str], wav_paths: Sequence[str | None]
                           ) -> float | None:
     """Mean per-utterance PER (%) of the wavs that exist, each against its text's reference phones (None if no
@@ -189,4 +146,4 @@ def mean_phone_error_rate(judge: PocketsphinxPhones, texts: Sequence[str], wav_p
     if not pairs:
         return None
     hypotheses = [judge.recognize([wav], rate)[0] for wav, rate in (read_first_channel(p) for _, p in pairs)]
-    return phone_error_rates([reference_phones(text) for text, _ in pairs], hypotheses)["mean_per"]
+    return unit_error_rates([reference_phones(text) for text, _ in pairs], hypotheses)["mean_per"]

@@ -13,7 +13,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from e2e_tts.eval.wer import FAILURE_WER
+from e2e_tts.scoring.wer import FAILURE_WER
 
 DPI = 100
 

@@ -27,7 +27,7 @@ import torch
 
 from e2e_tts.audio import AudioConfig, AudioRejected, MelSpectrogram, load_audio
 from e2e_tts.eval import plots
-from e2e_tts.eval.wer import FAILURE_WER
+from e2e_tts.scoring.wer import FAILURE_WER
 
 HTML_FILE = "index.html"
 MARKDOWN_FILE = "report.md"

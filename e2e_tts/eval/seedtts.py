@@ -1,10 +1,10 @@
 """The Seed-TTS-Eval runner: official WER and SIM of a folder of ``<utt>.wav`` files against a ``meta.lst``, with
 every missing or failed item named.
 
-Faithful to BytedanceSpeech/seed-tts-eval (METHODS.md section 6, ANCHORS.md section 3):
+Faithful to github.com/BytedanceSpeech/seed-tts-eval (its scripts are named below):
 
-* WER: ``<wav_dir>/<utt>.wav`` is transcribed by an ASR backend (:mod:`e2e_tts.eval.asr`), the meta line's target
-  text and the transcript are normalised and scored per utterance (:mod:`e2e_tts.eval.wer`); the headline is the
+* WER: ``<wav_dir>/<utt>.wav`` is transcribed by an ASR backend (:mod:`e2e_tts.scoring.asr`), the meta line's target
+  text and the transcript are normalised and scored per utterance (:mod:`e2e_tts.scoring.wer`); the headline is the
   mean of per-utterance WERs x 100 rounded to 3 decimals (``average_wer.py``).
 * SIM: cosine of the speaker embeddings of the synthesised wav and the *prompt* wav of its meta line (not the
   ground truth), each resampled to 16 kHz by the judge (:mod:`e2e_tts.eval.similarity`), mean over the pairs
@@ -22,7 +22,7 @@ Departures, all towards reporting more:
   WER 1.0, what an empty transcript scores, so that a system cannot improve its number by not producing hard items.
 * Also given: corpus WER (all errors / all reference tokens), the count of WER > 0.5 and the mean WER of the others.
 * A reference text that normalises to nothing is an error before any audio is read (the official script crashes
-  on it mid-run, see :class:`~e2e_tts.eval.wer.EmptyReferenceError`).
+  on it mid-run, see :class:`~e2e_tts.scoring.wer.EmptyReferenceError`).
 * A silent wav (peak below ``AudioConfig.silence_threshold_db``) is ``failed``: it scores the WER of an empty
   transcript (1.0) without asking the ASR, and no SIM (an embedding of silence scored 0.43 against a voice, which
   raised the mean).
@@ -59,12 +59,13 @@ from tqdm import tqdm
 
 from e2e_tts.audio import AudioConfig, _missing_wav_data, is_silent, write_audio
 from e2e_tts.data.manifest import SeedTTSItem, read_seedtts_meta
-from e2e_tts.eval.asr import ASRBackend
 from e2e_tts.eval.similarity import SpeakerSimilarity, mean_similarity
-from e2e_tts.eval.wer import ScoredUtterance, score_utterance, summarize_wer
+from e2e_tts.scoring.asr import ASRBackend
+from e2e_tts.scoring.wer import ScoredUtterance, score_utterance, summarize_wer
 
 if TYPE_CHECKING:  # synthesis is optional here; importing it loads every model module
-    from e2e_tts.synth import SynthesisConfig, Synthesizer
+    from e2e_tts.synth import Synthesizer
+    from e2e_tts.synthesis_config import SynthesisConfig
 
 RESULTS_FORMAT = "e2e-tts/seedtts-eval/1"
 VERSIONED_PACKAGES = ("e2e-tts", "jiwer", "transformers", "torch", "numpy", "soundfile", "pocketsphinx",
@@ -278,7 +279,7 @@ def synthesize_missing(items: Sequence[SeedTTSItem], wav_dir: str | Path, synthe
         what to record in the results' settings, and utt -> why it was not synthesised (a text the model
         rejects, a prompt without transcript or one that cannot be encoded).
     """
-    from e2e_tts.synth import RESULTS_FILE
+    from e2e_tts.synth_cli import RESULTS_FILE
 
     wav_dir = Path(wav_dir)
     wav_dir.mkdir(parents=True, exist_ok=True)

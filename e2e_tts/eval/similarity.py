@@ -21,7 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from e2e_tts.eval.asr import check_waveforms
+from e2e_tts.scoring.asr import check_waveforms
 from e2e_tts.eval.ecapa_tdnn import load_speaker_verifier
 
 SV_RATE = 16000

@@ -30,11 +30,11 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from e2e_tts.eval.phones import id_error_rates
 from e2e_tts.models.llm import MAX_LEN_RATIO, MIN_LEN_RATIO, new_token_limits
 from e2e_tts.models.masks import pad_rows
 from e2e_tts.objectives.prompting import same_speaker_partners
 from e2e_tts.objectives.token_cache import FrozenTokenCache
+from e2e_tts.scoring.wer import id_error_rates
 from e2e_tts.stage import StageConfig
 from e2e_tts.system import TTSSystem
 

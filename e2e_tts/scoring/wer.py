@@ -1,4 +1,5 @@
-"""Per-utterance WER/CER and the Seed-TTS-Eval aggregate, as ``run_wer.py`` + ``average_wer.py`` compute them.
+"""Per-utterance WER/CER and the Seed-TTS-Eval aggregate, as ``run_wer.py`` + ``average_wer.py`` compute them;
+and the same edit-distance rate over sequences of units (phones, text ids), :func:`unit_error_rates`.
 
 Per utterance the official script calls ``jiwer.compute_measures`` (removed in jiwer 4) on the normalised strings;
 ``jiwer.process_words`` with the same default transform (collapse whitespace runs, strip, split on spaces) gives the
@@ -29,7 +30,7 @@ from typing import Iterable, Optional, Sequence
 import jiwer
 import numpy as np
 
-from e2e_tts.eval.normalize import normalize_for_wer
+from e2e_tts.scoring.normalize import normalize_for_wer
 
 FAILURE_WER = 0.5  # average_wer.py's "n_higher_than_50" threshold (strictly greater)
 
@@ -133,3 +134,46 @@ def summarize_wer(scored: Sequence[ScoredUtterance]) -> WerSummary:
         num_wer_above_half=int((wers > FAILURE_WER).sum()),
         mean_wer_at_most_half=float(np.mean(rest)) if len(rest) else None,
     )
+
+
+def unit_error_rates(references: Sequence[Sequence[str]], hypotheses: Sequence[Sequence[str]]) -> dict:
+    """Edit-distance rates of unit sequences (phones, or ids as strings), each against its reference.
+
+    Args:
+        references, hypotheses: one unit list per utterance, in the same order. An empty hypothesis scores 100%
+            (all deletions).
+
+    Returns:
+        ``{"per": [per-utterance rate], "mean_per": mean of those, "corpus_per": all errors / all reference
+        units, "num_utterances": int}``, rates ``(S + D + I) / N`` in percent and unrounded.
+    Raises:
+        ValueError: for unequal lengths, no utterances, or a unit that is empty or holds whitespace (it would
+            not survive joining with spaces).
+        EmptyReferenceError: for an utterance with no reference unit (a rate has no denominator there).
+    """
+    if len(references) != len(hypotheses):
+        raise ValueError(f"{len(references)} references but {len(hypotheses)} hypotheses")
+    if not references:
+        raise ValueError("unit_error_rates needs at least one utterance")
+    rates, errors, total = [], 0, 0
+    for index, (reference, hypothesis) in enumerate(zip(references, hypotheses)):
+        for kind, units in (("reference", reference), ("hypothesis", hypothesis)):
+            bad = [unit for unit in units if not unit or unit != "".join(unit.split())]
+            if bad:
+                raise ValueError(f"utterance {index}: {kind} unit {bad[0]!r} is empty or holds whitespace")
+        if not reference:
+            raise EmptyReferenceError(f"utterance {index}: the reference has no units, so it has no error rate")
+        out = jiwer.process_words(" ".join(reference), " ".join(hypothesis))
+        utterance_errors = out.substitutions + out.deletions + out.insertions
+        rates.append(100.0 * utterance_errors / len(reference))
+        errors, total = errors + utterance_errors, total + len(reference)
+    return {"per": rates, "mean_per": float(np.mean(rates)), "corpus_per": 100.0 * errors / total,
+            "num_utterances": len(rates)}
+
+
+def id_error_rates(references: Sequence[Sequence[int]], hypotheses: Sequence[Sequence[int]]) -> dict:
+    """:func:`unit_error_rates` of integer id sequences, e.g. text ids against the reward model's reading."""
+    def as_units(rows: Sequence[Sequence[int]]) -> list[list[str]]:
+        return [[str(i) for i in row] for row in rows]
+
+    return unit_error_rates(as_units(references), as_units(hypotheses))

@@ -1,11 +1,14 @@
-"""Seed-TTS-Eval normaliser and WER aggregation: hand-computed cases of what run_wer.py/average_wer.py output."""
+"""The scoring layer's arithmetic: the Seed-TTS-Eval normaliser and WER aggregation (hand-computed cases of what
+run_wer.py/average_wer.py output), and the error rates of unit and id sequences."""
 
 import string
 
 import pytest
 
-from e2e_tts.eval.normalize import HANZI_PUNCTUATION, normalize_for_wer, to_simplified_chinese, zhconv_available
-from e2e_tts.eval.wer import EmptyReferenceError, ScoredUtterance, score_utterance, score_utterances, summarize_wer
+from e2e_tts.scoring.normalize import (HANZI_PUNCTUATION, normalize_for_wer, spoken_characters, to_simplified_chinese,
+                                       wer_language_of, zhconv_available)
+from e2e_tts.scoring.wer import (EmptyReferenceError, ScoredUtterance, id_error_rates, score_utterance,
+                                 score_utterances, summarize_wer, unit_error_rates)
 
 
 def test_hanzi_punctuation_is_zhons_set():
@@ -98,3 +101,45 @@ def test_simplified_chinese_conversion_needs_zhconv():
     else:
         with pytest.raises(ImportError, match="pip install zhconv"):
             to_simplified_chinese("漢語")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Error rates of unit and id sequences
+# ---------------------------------------------------------------------------------------------------------------
+
+def test_unit_error_rates_by_hand():
+    references = [["K", "AE", "T"], ["D", "AO", "G", "Z", "R", "AH", "N", "S", "IY", "T"]]
+    hypotheses = [["K", "AH", "T", "S"],  # 1 substitution + 1 insertion of 3 -> 66.7%
+                  ["D", "AO", "G", "Z", "R", "AH", "N", "S", "IY"]]  # 1 deletion of 10 -> 10%
+    scores = unit_error_rates(references, hypotheses)
+    assert scores["per"] == pytest.approx([200 / 3, 10.0])
+    assert scores["mean_per"] == pytest.approx((200 / 3 + 10) / 2)  # every utterance weighs the same
+    assert scores["corpus_per"] == pytest.approx(100 * 3 / 13)  # every unit weighs the same
+    assert scores["num_utterances"] == 2
+    # Nothing recognised: all deletions; more insertions than reference units: above 100%.
+    assert unit_error_rates([["AH", "K"]], [[]])["per"] == [100.0]
+    assert unit_error_rates([["AH"]], [["B", "AH", "K"]])["per"] == [200.0]
+
+
+def test_id_error_rates_compare_ids_not_their_digits():
+    # 12 against 1 2: a substitution and an insertion, not a match of the characters
+    assert id_error_rates([[12, 7]], [[1, 2, 7]])["per"] == [100.0]
+    assert id_error_rates([[5, 6, 7, 8]], [[5, 6, 7, 8]])["corpus_per"] == 0.0
+
+
+def test_unit_error_rates_rejects_bad_input():
+    with pytest.raises(ValueError, match="2 references but 1 hypotheses"):
+        unit_error_rates([["AH"], ["K"]], [["AH"]])
+    with pytest.raises(ValueError, match="at least one utterance"):
+        unit_error_rates([], [])
+    with pytest.raises(EmptyReferenceError, match="utterance 1: the reference has no units"):
+        unit_error_rates([["AH"], []], [["AH"], ["K"]])
+    with pytest.raises(ValueError, match="utterance 0: hypothesis unit 'A H' is empty or holds whitespace"):
+        unit_error_rates([["AH"]], [["A H"]])
+
+
+def test_spoken_characters_and_the_scoring_language():
+    assert spoken_characters("Hi, there!", "en") == 7  # punctuation takes no speaking time
+    assert spoken_characters("你好，世界！", "zh") == 4
+    assert [wer_language_of(language) for language in ("en-us", "cmn", "zh", "yue", "fr-fr")] == [
+        "en", "zh", "zh", "zh", "en"]

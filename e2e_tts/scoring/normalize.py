@@ -74,6 +74,16 @@ def normalize_for_wer(text: str, language: str) -> str:
     return text.lower()
 
 
+def spoken_characters(text: str, language: str) -> int:
+    """Non-space characters of the Seed-TTS-normalised text (punctuation takes no speaking time)."""
+    return sum(1 for c in normalize_for_wer(text, language) if not c.isspace())
+
+
+def wer_language_of(text_language: str) -> str:
+    """Seed-TTS-Eval scoring language of an espeak-style text language: ``"zh"`` for Chinese, else ``"en"``."""
+    return "zh" if text_language.lower().startswith(("zh", "cmn", "yue")) else "en"
+
+
 def zhconv_available() -> bool:
     """Whether the optional ``zhconv`` package (traditional -> simplified Chinese) is installed."""
     return importlib.util.find_spec("zhconv") is not None

@@ -1,4 +1,5 @@
-"""Speech recognisers behind one interface, chosen by a spec string (``build_asr``).
+"""Speech recognisers behind one interface, named by a spec string (built by
+:func:`e2e_tts.scoring.verifiers.build_asr`).
 
 Specs:
 
@@ -9,8 +10,8 @@ Specs:
   transcription, greedy, audio resampled to 16 kHz with ``scipy.signal.resample`` exactly as ``run_wer.py`` does.
 * ``paraformer:<local dir>`` - the official Chinese judge (FunASR ``paraformer-zh``), output converted to simplified
   characters with zhconv as ``run_wer.py`` does. Needs the optional ``funasr`` and ``zhconv`` packages.
-* ``rm:<checkpoint>`` - the project's own reward model, which recognises speech *tokens*: it needs the loaded
-  system (tokenizer + reward model), passed as ``build_asr(spec, system=...)``; see :class:`RewardModelASR`.
+* ``rm-audio:<export dir>`` - the project's own reward model, which recognises speech *tokens*: the export's speech
+  tokenizer turns the audio into tokens first; see :class:`e2e_tts.scoring.reward_model.RewardModelRecognizer`.
 
 Every backend takes mono waveforms at their native rate and resamples itself, so that each mirrors its reference
 pipeline; pass the audio as read from the file, not pre-resampled.
@@ -29,10 +30,14 @@ import numpy as np
 import soundfile as sf
 
 from e2e_tts.audio import resample
-from e2e_tts.eval.normalize import to_simplified_chinese
+from e2e_tts.scoring.normalize import to_simplified_chinese
 
 ASR_RATE = 16000  # every judge here works at 16 kHz
-ASR_KINDS = ("pocketsphinx", "whisper", "paraformer", "rm")
+REWARD_AUDIO = "rm-audio"  # an export's speech tokenizer + reward model transcribing audio
+ASR_KINDS = ("pocketsphinx", "whisper", "paraformer", REWARD_AUDIO)
+# Spellings before the two reward-model verifiers got distinct names (see e2e_tts.scoring.verifiers).
+RENAMED = {"rm": "rm-tokens (this system's reward model reading the generated tokens)",
+           "rm:": f"{REWARD_AUDIO}:<export dir> (that export's tokenizer and reward model transcribing the audio)"}
 
 
 @runtime_checkable
@@ -165,31 +170,6 @@ class ParaformerASR:
         return texts
 
 
-class RewardModelASR:
-    """The project's reward model as a judge (it transcribes speech tokens, so it needs the whole system).
-
-    Args:
-        system: any object with ``transcribe_audio(wavs, sample_rate) -> list[str]`` (duck-typed; the trained
-            system tokenizes the audio and decodes with its reward model).
-        checkpoint: where the system was loaded from, kept for the report.
-    """
-
-    def __init__(self, system: Any, checkpoint: str = ""):
-        if not callable(getattr(system, "transcribe_audio", None)):
-            raise TypeError(f"RewardModelASR needs an object with transcribe_audio(wavs, sample_rate), "
-                            f"got {type(system).__name__}")
-        self.system = system
-        self.name = f"rm:{checkpoint}" if checkpoint else "rm"
-
-    def transcribe(self, wavs: Sequence[np.ndarray], sample_rate: int) -> list[str]:
-        check_waveforms(wavs, sample_rate)
-        texts = self.system.transcribe_audio(list(wavs), sample_rate)
-        if len(texts) != len(wavs) or not all(isinstance(text, str) for text in texts):
-            raise ValueError(f"{type(self.system).__name__}.transcribe_audio must return one str per waveform "
-                             f"({len(wavs)}), got {texts!r}")
-        return list(texts)
-
-
 @dataclass(frozen=True)
 class ASRSpec:
     """A parsed ASR spec: ``kind`` in :data:`ASR_KINDS` and the path after the colon (None for pocketsphinx)."""
@@ -198,16 +178,25 @@ class ASRSpec:
     path: Optional[str] = None
 
 
+def renamed_spec(spec: str) -> Optional[str]:
+    """The new spelling of a retired reward-model spec (``rm``, ``rm:<dir>``), or None."""
+    kind, sep, _ = spec.partition(":")
+    return RENAMED.get(kind + sep) if kind == "rm" else None
+
+
 def parse_asr_spec(spec: str) -> ASRSpec:
-    """Parses ``pocketsphinx``, ``whisper:<dir>``, ``paraformer:<dir>`` or ``rm:<checkpoint>``.
+    """Parses ``pocketsphinx``, ``whisper:<dir>``, ``paraformer:<dir>`` or ``rm-audio:<export dir>``.
 
     Raises:
-        ValueError: for an unknown kind, a missing path, or a path given to pocketsphinx.
+        ValueError: for an unknown kind (a retired spelling is named with its new one), a missing path, or a path
+            given to pocketsphinx.
     """
     kind, sep, path = spec.partition(":")
+    if renamed_spec(spec):
+        raise ValueError(f"spec {spec!r} is now spelt {renamed_spec(spec)}")
     if kind not in ASR_KINDS:
         raise ValueError(f"unknown ASR spec {spec!r}: expected one of pocketsphinx, whisper:<dir>, "
-                         f"paraformer:<dir>, rm:<checkpoint>")
+                         f"paraformer:<dir>, {REWARD_AUDIO}:<export dir>")
     if kind == "pocketsphinx":
         if sep:
             raise ValueError(f"ASR spec {spec!r}: pocketsphinx takes no path (it uses its bundled model)")
@@ -215,31 +204,6 @@ def parse_asr_spec(spec: str) -> ASRSpec:
     if not path:
         raise ValueError(f"ASR spec {spec!r} needs a path: {kind}:<path>")
     return ASRSpec(kind, path)
-
-
-def build_asr(spec: str, *, device: str = "cpu", system: Any = None) -> ASRBackend:
-    """Builds the recogniser a spec names.
-
-    Args:
-        spec: see :func:`parse_asr_spec`.
-        device: torch device for whisper/paraformer.
-        system: for ``rm:<checkpoint>``, the system loaded from that checkpoint (see :class:`RewardModelASR`).
-    Raises:
-        ValueError: for a bad spec, or ``rm:`` without ``system``.
-        FileNotFoundError: when a model directory does not exist.
-        ImportError: when an optional package of the backend is missing.
-    """
-    parsed = parse_asr_spec(spec)
-    if parsed.kind == "pocketsphinx":
-        return PocketsphinxASR()
-    if parsed.kind == "whisper":
-        return WhisperASR(parsed.path, device=device)
-    if parsed.kind == "paraformer":
-        return ParaformerASR(parsed.path, device=device)
-    if system is None:
-        raise ValueError(f"ASR spec {spec!r}: the reward model transcribes speech tokens, so build_asr needs the "
-                         f"system loaded from {parsed.path!r}: build_asr(spec, system=...)")
-    return RewardModelASR(system, checkpoint=parsed.path)
 
 
 def _existing_dir(path: str | Path, kind: str) -> Path:
