@@ -1,12 +1,15 @@
 """Phone error rate judge: dictionary lookup, pocketsphinx allphone recognition on real flite speech, the PER of
-a folder (the rate itself: tests/test_scoring.py)."""
+a folder and ``e2e-tts eval per`` (the rate itself: tests/test_scoring.py)."""
+
+import json
 
 import numpy as np
 import pytest
 
 from e2e_tts.audio import resample, write_audio
-from e2e_tts.eval.phones import (PocketsphinxPhones, UnknownWordError, default_dictionary, is_speech_phone,
-                                 mean_phone_error_rate, read_pronunciations, reference_phones)
+from e2e_tts.cli import main
+from e2e_tts.eval.phones import (PocketsphinxPhones, UnknownWordError, default_dictionary, folder_phone_error_rates,
+                                 is_speech_phone, mean_phone_error_rate, read_pronunciations, reference_phones)
 from e2e_tts.scoring.wer import unit_error_rates
 from shared import flite
 
@@ -102,3 +105,35 @@ def test_mean_phone_error_rate_scores_the_wavs_that_exist(tmp_path):
     assert mean_phone_error_rate(judge, texts, paths) == pytest.approx(100.0 / 6)
     assert judge.calls == 2
     assert mean_phone_error_rate(judge, texts, [None, None, str(tmp_path / "missing.wav")]) is None
+
+
+def test_folder_phone_error_rates_score_the_synthesized_and_the_ground_truth(tmp_path):
+    (tmp_path / "wavs").mkdir()
+    write_audio(tmp_path / "wavs" / "u1.wav", np.zeros(1600, np.float32), 16000)  # u2 was not synthesised
+    write_audio(tmp_path / "truth.wav", np.zeros(3200, np.float32), 16000)
+    (tmp_path / "meta.lst").write_text("u1|p|p.wav|cat|truth.wav\nu2|p|p.wav|dog\n")
+    judge = ScriptedPhones({1600: ["K", "AE"], 3200: ["K", "AE", "T"]})
+    rates = folder_phone_error_rates(tmp_path / "meta.lst", tmp_path / "wavs", judge)
+    assert rates == {"meta": str(tmp_path / "meta.lst"), "wavs": str(tmp_path / "wavs"), "num_items": 2,
+                     "num_synthesized": 1, "synthesized_mean_per": pytest.approx(100 / 3),
+                     "ground_truth_mean_per": 0.0}
+
+
+def test_eval_per_command_writes_both_rates_and_names_an_unknown_word(tmp_path, capsys):
+    wav, rate = flite(tmp_path, "rms", SENTENCES[0])
+    (tmp_path / "wavs").mkdir()
+    write_audio(tmp_path / "wavs" / "u1.wav", wav, rate)
+    write_audio(tmp_path / "truth.wav", wav, rate)
+    (tmp_path / "meta.lst").write_text(f"u1|p|p.wav|{SENTENCES[0]}|truth.wav\n")
+    out = tmp_path / "per.json"
+    assert main(["eval", "per", "--meta", str(tmp_path / "meta.lst"), "--wavs", str(tmp_path / "wavs"),
+                 "--out", str(out)]) == 0
+    rates = json.loads(out.read_text())
+    # the same speech in both conditions (pocketsphinx's running normalisation makes them differ a little)
+    assert rates["num_synthesized"] == 1 and max(rates["synthesized_mean_per"], rates["ground_truth_mean_per"]) < 55
+    assert f"-> {out}" in capsys.readouterr().out
+
+    (tmp_path / "meta.lst").write_text("u1|p|p.wav|The zzxqv sat.\n")
+    assert main(["eval", "per", "--meta", str(tmp_path / "meta.lst"), "--wavs", str(tmp_path / "wavs"),
+                 "--out", str(out)]) == 2
+    assert "word 'zzxqv'" in capsys.readouterr().err

@@ -1,5 +1,6 @@
-"""The ``e2e-tts eval`` command group: ``seedtts`` (the benchmark, optionally synthesising first), ``failures``
-(catastrophic-failure rate) and ``tokens`` (codebook usage of an export's speech tokenizer).
+"""The ``e2e-tts eval`` command group: ``seedtts`` (the benchmark, optionally synthesising first), ``per`` (phone
+error rate of an evaluated folder), ``failures`` (catastrophic-failure rate), ``tokens`` (codebook usage of an
+export's speech tokenizer) and ``list`` (a Seed-TTS-Eval list of a corpus).
 
 Each command parses specs into backend objects and hands them to the library functions, so that everything it
 does is also callable (and tested) from Python. Exit status: 0 done, 1 done but some items were missing or failed
@@ -20,6 +21,8 @@ import torch
 from e2e_tts.audio import AudioRejected, load_audio
 from e2e_tts.data.manifest import ManifestEntry, read_manifest
 from e2e_tts.eval.failures import FailureConfig, SynthesizedItem, detect_failures
+from e2e_tts.eval.lists import PROMPTS, TEXTS, write_eval_list
+from e2e_tts.eval.phones import UnknownWordError, folder_phone_error_rates
 from e2e_tts.eval.seedtts import (format_summary, read_first_channel, read_meta, run_seedtts, synthesize_missing,
                                   synthesized_wav_paths, write_results)
 from e2e_tts.eval.similarity import SpeakerSimilarity, build_similarity
@@ -322,13 +325,76 @@ def _add_tokens(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run_tokens_command)
 
 
+# ---- eval per ----------------------------------------------------------------------------------------------------
+
+def run_per_command(args: argparse.Namespace) -> int:
+    """Runs ``e2e-tts eval per``."""
+    try:
+        output = folder_phone_error_rates(args.meta, args.wavs)
+    except BAD_INPUT + (UnknownWordError,) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    _write_json(output, args.out)
+    rates = {key: "n/a" if output[f"{key}_mean_per"] is None else f"{output[f'{key}_mean_per']:.2f} %"
+             for key in ("synthesized", "ground_truth")}
+    print(f"PER {rates['synthesized']} ({output['num_synthesized']} of {output['num_items']} synthesized), "
+          f"ground truth {rates['ground_truth']} -> {args.out}")
+    return 0
+
+
+def _add_per(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "per", help="phone error rate of <wavs>/<utt>.wav and the ground truth (pocketsphinx phone decoding)",
+        description="Mean per-utterance phone error rate of the synthesized wavs and, where the list has them, the "
+                    "ground truth, against the reference phones of each text (e2e_tts.eval.phones). Word WER stays "
+                    "above 100 %% until speech is nearly intelligible; PER tells apart two systems that are both "
+                    "still there. English only.")
+    parser.add_argument("--meta", required=True, help="Seed-TTS-Eval list")
+    parser.add_argument("--wavs", required=True, help="folder of <utt>.wav files")
+    parser.add_argument("--out", help="JSON path (default: print the JSON)")
+    parser.set_defaults(func=run_per_command)
+
+
+# ---- eval list ---------------------------------------------------------------------------------------------------
+
+def run_list_command(args: argparse.Namespace) -> int:
+    """Runs ``e2e-tts eval list``."""
+    try:
+        lines = write_eval_list(args.manifest, args.out, args.speaker, args.texts, args.prompts, args.limit)
+    except BAD_INPUT as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(f"wrote {args.out}: {len(lines)} items ({args.texts} texts, {args.prompts} prompts)")
+    return 0
+
+
+def _add_list(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "list", help="a Seed-TTS-Eval list of a corpus: held-out or test sentences, corpus or LibriVox prompts",
+        description="Writes utt|prompt text|prompt wav|text|ground-truth wav lines (e2e_tts.eval.lists); for "
+                    "held-out sentences also their flite ground truth beside the list.")
+    parser.add_argument("--manifest", required=True, help="corpus manifest of a held-out split (test.jsonl)")
+    parser.add_argument("--out", required=True, help="meta.lst path to write")
+    parser.add_argument("--speaker", default="flite-rms", help="voice of the corpus prompt and the ground truth")
+    parser.add_argument("--texts", choices=TEXTS, default="heldout",
+                        help="the domain's held-out sentences (flite ground truth), or the manifest's own")
+    parser.add_argument("--prompts", choices=PROMPTS, default="corpus",
+                        help="one utterance of --speaker, or the LibriVox recordings of pocketsphinx-testdata")
+    parser.add_argument("--limit", type=int, default=50, help="number of items")
+    parser.set_defaults(func=run_list_command)
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Adds ``eval`` with its ``seedtts``, ``failures`` and ``tokens`` subcommands to the ``e2e-tts`` parser."""
-    parser = subparsers.add_parser("eval", help="evaluate: Seed-TTS-Eval, failure rate, token statistics")
+    """Adds ``eval`` with its ``seedtts``, ``per``, ``failures``, ``tokens`` and ``list`` subcommands to the
+    ``e2e-tts`` parser."""
+    parser = subparsers.add_parser("eval", help="evaluate: Seed-TTS-Eval, phone error rate, failure rate, token "
+                                                "statistics, evaluation lists")
     commands = parser.add_subparsers(title="evaluations", dest="eval_command", metavar="EVALUATION")
     _add_seedtts(commands)
+    _add_per(commands)
     _add_failures(commands)
     _add_tokens(commands)
+    _add_list(commands)
 
     def print_usage(_: argparse.Namespace) -> int:
         parser.print_help()

@@ -21,11 +21,11 @@ from __future__ import annotations
 import functools
 import re
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from e2e_tts.eval.seedtts import read_first_channel
+from e2e_tts.eval.seedtts import ground_truth_wav_paths, read_first_channel, read_meta, synthesized_wav_paths
 from e2e_tts.scoring.asr import pocketsphinx_hypotheses
 from e2e_tts.scoring.normalize import normalize_for_wer
 from e2e_tts.scoring.wer import unit_error_rates
@@ -132,7 +132,7 @@ class PocketsphinxPhones:
         """Mono waveforms ``(N,)`` at ``sample_rate`` (resampled to 16 kHz here) -> recognised phones of each.
 
         Raises:
-            ValueError: for a bad rate or waveform (see :func:`e2e_tts.eval.asr.check_waveforms`).
+            ValueError: for a bad rate or waveform (see :func:`e2e_tts.scoring.asr.check_waveforms`).
         """
         hypotheses = pocketsphinx_hypotheses(_allphone_decoder(self.language_weight, self.beam), wavs, sample_rate)
         return [[unit for unit in hypothesis.split() if is_speech_phone(unit)] for hypothesis in hypotheses]
@@ -147,3 +147,28 @@ def mean_phone_error_rate(judge: PocketsphinxPhones, texts: Sequence[str], wav_p
         return None
     hypotheses = [judge.recognize([wav], rate)[0] for wav, rate in (read_first_channel(p) for _, p in pairs)]
     return unit_error_rates([reference_phones(text) for text, _ in pairs], hypotheses)["mean_per"]
+
+
+def folder_phone_error_rates(meta: str | Path, wav_dir: str | Path, judge: Optional[PocketsphinxPhones] = None
+                             ) -> dict[str, Any]:
+    """Mean PER of an evaluated Seed-TTS-Eval folder, the synthesised wavs and (where the list has them) the ground
+    truth, each against its line's text (``e2e-tts eval per``).
+
+    Args:
+        meta: the Seed-TTS-Eval list; wav_dir: its folder of ``<utt>.wav``.
+        judge: the phone recogniser (default: :class:`PocketsphinxPhones`).
+    Returns:
+        ``meta`` and ``wavs`` as given, ``num_items``, ``num_synthesized`` (wavs that exist), and the mean
+        per-utterance PER (%) of each condition, ``synthesized_mean_per`` and ``ground_truth_mean_per`` (None when
+        it has no wav).
+    Raises:
+        ManifestError: for a malformed list; ValueError for an empty one.
+        UnknownWordError: for a text with a word the dictionary lacks.
+    """
+    items = read_meta(meta)
+    texts, wavs = [item.text for item in items], synthesized_wav_paths(items, wav_dir)
+    judge = judge or PocketsphinxPhones()
+    return {"meta": str(meta), "wavs": str(wav_dir), "num_items": len(items),
+            "num_synthesized": sum(Path(path).is_file() for path in wavs),
+            "synthesized_mean_per": mean_phone_error_rate(judge, texts, wavs),
+            "ground_truth_mean_per": mean_phone_error_rate(judge, texts, ground_truth_wav_paths(items))}

@@ -154,16 +154,15 @@ stage5() {
 # without a vocoder stage, synthesis falls back to Griffin-Lim and says so.
 if [[ $vocoder_steps -gt 0 ]]; then final_export=$exp/vocoder/export; else final_export=$exp/$last/export; fi
 stage6() {
-  "$python" tools/make_eval_list.py --manifest "$data/corpus/test.jsonl" --out "$exp/eval/meta.lst" \
-    --speaker flite-rms --limit "$test_items"
+  e2e eval list --manifest "$data/corpus/test.jsonl" --out "$exp/eval/meta.lst" --speaker flite-rms \
+    --limit "$test_items"
   # Synthesises every missing <utt>.wav, then scores: exit 1 means items were missing or failed, and they are
   # named in results.json; the recipe goes on to the report, which shows them.
   e2e eval seedtts --model "$final_export" --meta "$exp/eval/meta.lst" --wavs "$exp/eval/wavs" \
     --asr pocketsphinx --similarity resemblyzer --ground-truth --seed "$seed" --out "$exp/eval/results.json" \
     || [[ $? -eq 1 ]]
   # Phone error rate: it moves long before word WER comes under 100 % (recipes/tiny/EXPERIMENTS.md).
-  "$python" tools/phone_error_rate.py --meta "$exp/eval/meta.lst" --wavs "$exp/eval/wavs" --out "$exp/eval/per.json" \
-    > /dev/null
+  e2e eval per --meta "$exp/eval/meta.lst" --wavs "$exp/eval/wavs" --out "$exp/eval/per.json"
 }
 stage7() {
   e2e report --eval "$exp/eval/results.json" --synthesis "$exp/eval/wavs/synthesis.json" --out "$exp/eval/report"
