@@ -67,6 +67,19 @@ def trained_modules(config: Any) -> dict[str, bool | None]:
             for name in MODULES}
 
 
+def _unshared_float(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The tensors as float32 on the CPU, each with its own memory: safetensors refuses tensors that share it, as a
+    tied LLM's output head shares its input embedding's (both keys are kept, so the module loads strictly)."""
+    out, seen = {}, set()
+    for key, value in tensors.items():
+        value = value.detach().float().contiguous().cpu()
+        if value.untyped_storage().data_ptr() in seen:
+            value = value.clone()
+        seen.add(value.untyped_storage().data_ptr())
+        out[key] = value
+    return out
+
+
 class TTSSystem(nn.Module):
     """Speech tokenizer, LLM, flow decoder, reward model and vocoder, built from one models config.
 
@@ -155,8 +168,7 @@ class TTSSystem(nn.Module):
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         for name, tensors in self.module_state_dicts(state_dict, prefix).items():
-            save_file({k: v.detach().float().contiguous().cpu() for k, v in tensors.items()},
-                      str(directory / f"{name}.safetensors"))
+            save_file(_unshared_float(tensors), str(directory / f"{name}.safetensors"))
         (directory / CONFIG_FILE).write_text(OmegaConf.to_yaml(config, resolve=True))
         self.text_tokenizer.save(directory)
         (directory / SPEAKERS_FILE).write_text(json.dumps(self.speakers))

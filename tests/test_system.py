@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from e2e_tts.audio import AudioConfig, MelSpectrogram, load_audio
-from e2e_tts.config import load_config, model_preset
+from e2e_tts.config import load_config, model_preset, to_object
 from e2e_tts.objectives.e2e import EndToEndObjective
 from e2e_tts.objectives import grpo as grpo_module
 from e2e_tts.objectives.grpo import GRPOObjective, group_advantages, penalise_truncated
@@ -19,6 +19,7 @@ from e2e_tts.objectives.multitask import MultiTaskObjective
 from e2e_tts.stage import GRPOConfig, GumbelConfig, StageConfig
 from e2e_tts.system import MODULES, TRAINED_FILE, TTSSystem, read_trained
 from e2e_tts.text import PHONEME_INVENTORY_VERSION, ByteTokenizer
+from shared import MICRO_MODEL_OVERRIDES
 
 
 def small_models():
@@ -347,6 +348,16 @@ def test_export_round_trip(system, tmp_path):
     (tmp_path / "flow.safetensors").unlink()
     with pytest.raises(FileNotFoundError, match="flow.safetensors"):
         rebuilt.load_modules(tmp_path)
+
+
+def test_an_llm_with_tied_embeddings_round_trips_through_an_export(tmp_path):
+    """Its output head shares the input embedding's memory, which safetensors alone refuses to write."""
+    config = load_config(overrides=[*MICRO_MODEL_OVERRIDES, "model.llm.tie_word_embeddings=true"])
+    torch.manual_seed(0)
+    system = TTSSystem(to_object(config.model), ByteTokenizer(), speakers=["a"])
+    loaded, _ = TTSSystem.from_export(system.export(tmp_path, config))
+    head, embedding = loaded.llm.decoder.get_output_embeddings().weight, loaded.llm.decoder.get_input_embeddings().weight
+    assert head is embedding and torch.equal(embedding, system.llm.decoder.get_input_embeddings().weight)
 
 
 def test_id_embeddings_learn_in_every_consumer_and_round_trip_through_an_export(tmp_path):
