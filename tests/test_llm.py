@@ -10,6 +10,7 @@ import torch.nn.functional as F  # noqa: E402
 import transformers  # noqa: E402
 from vector_quantize_pytorch import FSQ  # noqa: E402
 
+from e2e_tts.models import llm as llm_module  # noqa: E402
 from e2e_tts.models import sampling  # noqa: E402
 from e2e_tts.models.llm import IGNORE_INDEX, PRESETS, LLMConfig, SpeechLLM, diagonal_guide_loss  # noqa: E402
 from e2e_tts.vocab import TokenLayout  # noqa: E402
@@ -398,9 +399,12 @@ def test_repetition_aware_sampling_falls_back_only_on_repeats():
 # ---------------------------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("tied", [False, True])
-def test_pretrained_checkpoint_keeps_text_rows(tmp_path, tied):
+@pytest.mark.parametrize("padding", [0, 24])
+def test_pretrained_checkpoint_keeps_text_rows(tmp_path, monkeypatch, tied, padding):
+    """A local checkpoint's text rows move behind the specials, also from an embedding padded past the tokenizer's
+    ids as official checkpoints pad theirs (Qwen2.5: 151,936 rows for 151,665 ids); the padding rows are dropped."""
     torch.manual_seed(0)
-    hf_config = transformers.Qwen2Config(vocab_size=TEXT_VOCAB, hidden_size=64, num_hidden_layers=2,
+    hf_config = transformers.Qwen2Config(vocab_size=TEXT_VOCAB + padding, hidden_size=64, num_hidden_layers=2,
                                          num_attention_heads=4, num_key_value_heads=2, intermediate_size=128,
                                          tie_word_embeddings=tied)
     original = transformers.Qwen2ForCausalLM(hf_config)
@@ -410,8 +414,9 @@ def test_pretrained_checkpoint_keeps_text_rows(tmp_path, tied):
     new_in = model.decoder.get_input_embeddings().weight
     new_out = model.decoder.get_output_embeddings().weight
     text_rows = slice(LAYOUT.text_offset, LAYOUT.speech_offset)
-    torch.testing.assert_close(new_in[text_rows], original.get_input_embeddings().weight, atol=0, rtol=0)
-    torch.testing.assert_close(new_out[text_rows], original.get_output_embeddings().weight, atol=0, rtol=0)
+    torch.testing.assert_close(new_in[text_rows], original.get_input_embeddings().weight[:TEXT_VOCAB], atol=0, rtol=0)
+    torch.testing.assert_close(new_out[text_rows], original.get_output_embeddings().weight[:TEXT_VOCAB], atol=0,
+                               rtol=0)
     assert (new_in.data_ptr() == new_out.data_ptr()) == tied
     # Special and speech rows are fresh, not copies of old text rows.
     assert not torch.allclose(new_in[:LAYOUT.text_offset], original.get_input_embeddings().weight[:LAYOUT.text_offset])
@@ -421,10 +426,14 @@ def test_pretrained_checkpoint_keeps_text_rows(tmp_path, tied):
                                original.model.layers[0].mlp.up_proj.weight)
     text, text_mask, speech, speech_mask = ragged_batch([4, 2], [5, 3])
     assert model(text, text_mask, speech, speech_mask, CODEBOOK).logits.shape == (2, 6, SPEECH_VOCAB + 1)
-    with pytest.raises(ValueError, match="vocab_size"):
-        SpeechLLM(LLMConfig(pretrained_path=str(tmp_path)), TokenLayout(TEXT_VOCAB + 1, SPEECH_VOCAB))
+    with pytest.raises(ValueError, match="vocab_size"):  # a tokenizer with ids the checkpoint has no row for
+        SpeechLLM(LLMConfig(pretrained_path=str(tmp_path)), TokenLayout(TEXT_VOCAB + padding + 1, SPEECH_VOCAB))
     with pytest.raises(ValueError, match="architecture"):
         SpeechLLM(LLMConfig(architecture="qwen3", pretrained_path=str(tmp_path)), LAYOUT)
+    if padding:  # more unused rows than checkpoints pad with: the text tokenizer is another one
+        monkeypatch.setattr(llm_module, "MAX_PADDING_ROWS", padding - 1)
+        with pytest.raises(ValueError, match="pad its rows by at most"):
+            SpeechLLM(LLMConfig(pretrained_path=str(tmp_path)), LAYOUT)
 
 
 def test_presets_build_with_the_right_size():

@@ -209,26 +209,34 @@ def _build_decoder(config: LLMConfig, vocab_size: int) -> nn.Module:
     return model_class(hf_config)
 
 
+# Official checkpoints pad their embedding past the tokenizer's ids to a hardware-friendly row count: Qwen2.5's and
+# Qwen3's 151,936 rows hold 151,665 and 151,669 ids. More unused rows than this means another tokenizer.
+MAX_PADDING_ROWS = 1024
+
+
 def _load_decoder(config: LLMConfig, layout: TokenLayout) -> nn.Module:
     """Loads a local checkpoint and moves its text rows to ``layout.text_offset + i``.
 
-    The special and speech rows of the input embedding and output head are freshly initialised.
+    The checkpoint's rows past the text vocabulary (its padding, at most ``MAX_PADDING_ROWS``) are dropped; the
+    special and speech rows of the input embedding and output head are freshly initialised.
     """
     path = config.pretrained_path
     hf_config = transformers.AutoConfig.from_pretrained(path, local_files_only=True)
     if hf_config.model_type != config.architecture:
         raise ValueError(f"checkpoint {path} is a {hf_config.model_type!r} model, LLMConfig.architecture is "
                          f"{config.architecture!r}")
-    if hf_config.vocab_size != layout.text_vocab_size:
+    text_rows = layout.text_vocab_size
+    if not 0 <= hf_config.vocab_size - text_rows <= MAX_PADDING_ROWS:
         raise ValueError(f"checkpoint {path} has vocab_size {hf_config.vocab_size}, the token layout's text "
-                         f"vocabulary has {layout.text_vocab_size}: they must be the same tokenizer")
+                         f"vocabulary has {text_rows}: they must be the same tokenizer (the checkpoint may pad its "
+                         f"rows by at most {MAX_PADDING_ROWS})")
     _, model_class = _hf_classes(config.architecture)
     # One dtype for the whole SpeechLLM; the engine casts to bf16 where it trains in bf16.
     decoder = model_class.from_pretrained(path, local_files_only=True).to(torch.float32)
-    old_rows = [decoder.get_input_embeddings().weight.detach().clone()]
+    old_rows = [decoder.get_input_embeddings().weight[:text_rows].detach().clone()]
     tied = decoder.get_output_embeddings().weight is decoder.get_input_embeddings().weight
     if not tied:
-        old_rows.append(decoder.get_output_embeddings().weight.detach().clone())
+        old_rows.append(decoder.get_output_embeddings().weight[:text_rows].detach().clone())
     decoder.resize_token_embeddings(layout.vocab_size, mean_resizing=False)
     new_weights = [decoder.get_input_embeddings().weight]
     if not tied:
