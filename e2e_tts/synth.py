@@ -9,7 +9,8 @@ One row of a batch goes through the modules of a :class:`~e2e_tts.system.TTSSyst
 Zero-shot voice cloning (CosyVoice style): the prompt audio is resampled to the model rate, turned into a log-mel
 and tokenized; the LLM row becomes ``SOS prompt_text text TASK prompt_speech`` and continues after the prompt
 speech; the flow decodes prompt + new tokens with the prompt mel as in-context condition and returns only the new
-frames. Without a prompt the model speaks in whatever voice it learned.
+frames. Without a prompt the model speaks in whatever voice it learned. Each result also holds the LLM's attention
+over its text (:mod:`e2e_tts.text_attention`), which the commands save and the evaluation report draws.
 
 Best-of-N: each text is sampled ``num_candidates`` times and :mod:`e2e_tts.best_of_n` keeps the candidate a
 verifier (:mod:`e2e_tts.scoring.verifiers`) hears best.
@@ -52,6 +53,7 @@ from e2e_tts.speech_encoder import SpeechEncoder
 from e2e_tts.synthesis_config import SynthesisConfig, choose_vocoder
 from e2e_tts.system import TRAINED_FILE, TTSSystem, read_trained
 from e2e_tts.text import TextConfig, check_text, normalize_text
+from e2e_tts.text_attention import text_attention
 
 
 @dataclass
@@ -68,6 +70,8 @@ class SynthesisResult:
         rtf: real-time factor, total timing / duration (None for empty audio).
         chosen_candidate: index of the kept candidate.
         candidates: every candidate's score, in sampling order.
+        text_attention: ``(T + 1, L)`` the LLM's attention over the text while it predicted ``tokens`` and EOS,
+            layers and heads averaged (:func:`e2e_tts.text_attention.text_attention`).
     """
 
     text: str
@@ -80,9 +84,10 @@ class SynthesisResult:
     rtf: Optional[float]
     chosen_candidate: int
     candidates: list[CandidateScore]
+    text_attention: Optional[np.ndarray] = None
 
     def to_json(self) -> dict[str, Any]:
-        """Everything but the waveform, as JSON-serialisable values."""
+        """Everything but the waveform and the attention, as JSON-serialisable values."""
         return {"text": self.text, "normalized_text": self.normalized_text, "duration": self.duration,
                 "num_tokens": int(self.tokens.numel()), "tokens": self.tokens.tolist(), "rtf": self.rtf,
                 "timings": self.timings, "chosen_candidate": self.chosen_candidate,
@@ -278,10 +283,13 @@ class Synthesizer:
         bar.close()
 
         results = []
-        for t, text in enumerate(texts):
-            normalized = prepared[t][0]
+        for t, (text, (normalized, text_ids)) in enumerate(zip(texts, prepared)):
             candidates = outputs[t * config.num_candidates:(t + 1) * config.num_candidates]
-            results.append(self._select(text, normalized, candidates, config, check))
+            result = self._select(text, normalized, candidates, config, check)
+            prompt_ids = (None, None) if prompt is None else (prompt.text_ids, prompt.speech_ids)
+            result.text_attention = text_attention(self.system.llm, self.system.codebook(), text_ids, result.tokens,
+                                                   *prompt_ids).mean(0)
+            results.append(result)
         return results
 
     def _synthesize_rows(self, text_ids: list[torch.Tensor], prompt: Optional[Prompt], config: SynthesisConfig,

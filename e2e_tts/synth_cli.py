@@ -1,5 +1,6 @@
-"""The ``e2e-tts synth`` command: texts (one, several, or an ``id<TAB>text`` file) -> ``<out>/<id>.wav`` and
-``<out>/synthesis.json``, with an exported model (:class:`e2e_tts.synth.Synthesizer`).
+"""The ``e2e-tts synth`` command: texts (one, several, or an ``id<TAB>text`` file) -> ``<out>/<id>.wav``, the LLM's
+attention over each text (``<out>/<id>.text_attention.npy``) and ``<out>/synthesis.json``, with an exported model
+(:class:`e2e_tts.synth.Synthesizer`).
 
 Also the flags ``e2e-tts eval seedtts`` shares with it, so that both commands spell a setting alike.
 """
@@ -11,15 +12,27 @@ import dataclasses
 import json
 import sys
 from pathlib import Path
+from typing import Any
+
+import numpy as np
 
 from e2e_tts.audio import is_silent, write_audio
 from e2e_tts.data.manifest import utterance_id_problem
 from e2e_tts.models.flow import SCHEDULES
 from e2e_tts.scoring.normalize import LANGUAGES as WER_LANGUAGES
-from e2e_tts.synth import Synthesizer
+from e2e_tts.synth import SynthesisResult, Synthesizer
 from e2e_tts.synthesis_config import DECODERS, VOCODERS, SynthesisConfig
 
 RESULTS_FILE = "synthesis.json"
+ATTENTION_SUFFIX = ".text_attention.npy"  # <utt>.text_attention.npy beside <utt>.wav
+
+
+def save_result(result: SynthesisResult, folder: Path, utt: str) -> dict[str, Any]:
+    """Writes ``<folder>/<utt>.wav`` and the LLM's text attention ``<utt>.text_attention.npy`` (float16); returns
+    the utterance's row of synthesis.json: :meth:`SynthesisResult.to_json` and the two files' names."""
+    write_audio(folder / f"{utt}.wav", result.wav, result.sample_rate)
+    np.save(folder / f"{utt}{ATTENTION_SUFFIX}", result.text_attention.astype(np.float16))
+    return {"id": utt, "wav": f"{utt}.wav", "text_attention": f"{utt}{ATTENTION_SUFFIX}", **result.to_json()}
 
 
 def read_text_list(path: str | Path) -> list[tuple[str, str]]:
@@ -139,10 +152,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    utterances = []
-    for (utt, _), result in zip(items, results):
-        write_audio(out / f"{utt}.wav", result.wav, result.sample_rate)
-        utterances.append({"id": utt, "wav": f"{utt}.wav", **result.to_json()})
+    utterances = [save_result(result, out, utt) for (utt, _), result in zip(items, results)]
     audio_seconds = sum(r.duration for r in results)
     compute_seconds = sum(sum(r.timings.values()) for r in results)
     silent = [utt for (utt, _), r in zip(items, results)

@@ -46,7 +46,8 @@ class ConstantSimilarity:
 
 @pytest.fixture
 def evaluated(tmp_path):
-    """results.json of a 3-line meta (r3 missing), with ground truth; r2 carries two alignment maps."""
+    """results.json of a 3-line meta (r3 missing), with ground truth; beside the wavs, the LLM's text attention of
+    r2 and a malformed one of r1 (as synthesis.json names them)."""
     for folder in ("wavs", "gt", "prompts"):
         (tmp_path / folder).mkdir()
     transcripts, lines = {}, []
@@ -63,9 +64,8 @@ def evaluated(tmp_path):
     (tmp_path / "meta.lst").write_text("\n".join(lines) + "\n")
     results = run_seedtts(tmp_path / "meta.lst", tmp_path / "wavs", ByLengthASR(transcripts), ConstantSimilarity(),
                           "en", ground_truth=True)
-    diagonal = np.eye(6, 9) + 0.05
-    results["utterances"][1]["alignments"] = {"recognition cross-attention": diagonal.tolist(),
-                                              "broken": [1.0, 2.0]}
+    np.save(tmp_path / "wavs" / "r2.text_attention.npy", (np.eye(6, 9) + 0.05).astype(np.float16))
+    np.save(tmp_path / "wavs" / "r1.text_attention.npy", np.ones(3, np.float16))  # not (steps, text)
     path = tmp_path / "eval" / "results.json"
     write_results(results, path)
     return path, results
@@ -92,7 +92,9 @@ def test_report_links_every_wav_and_figure_relatively_and_works_offline(evaluate
     path, results = evaluated
     synthesis = {"model": "/models/x", "settings": {"seed": 0}, "totals": {"utterances": 2, "rtf": 0.25,
                                                                             "audio_seconds": 2.0},
-                 "utterances": [{"id": "r1", "num_tokens": 23, "rtf": 0.2}, {"id": "r2", "num_tokens": 25, "rtf": 0.3}]}
+                 "utterances": [{"id": utt, "num_tokens": tokens, "rtf": rtf, "normalized_text": TEXTS[utt][0],
+                                 "text_attention": f"{utt}.text_attention.npy"}
+                                for utt, tokens, rtf in (("r1", 23, 0.2), ("r2", 25, 0.3))]}
     out = tmp_path / "report"
     html_path, markdown_path = build_report(results, out, synthesis, max_spectrograms=5)
     page = html_path.read_text()
@@ -108,31 +110,32 @@ def test_report_links_every_wav_and_figure_relatively_and_works_offline(evaluate
     images = [out / src for src in links.images]
     assert all(p.is_file() and p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in images)
     names = sorted(p.name for p in images)
-    # the histogram, one spectrogram per scored utterance (synthesised above ground truth), the valid alignment
-    assert names == ["alignment_0001_0.png", "mel_000.png", "mel_001.png", "wer_histogram.png"]
+    # the histogram, one spectrogram per scored utterance (synthesised above ground truth), r2's text attention
+    assert names == ["attention_0001.png", "mel_000.png", "mel_001.png", "wer_histogram.png"]
     # two panels (synthesised and ground truth) make the spectrogram taller than a one-panel figure
     figures = out / "figures"
-    assert Image.open(figures / "mel_000.png").size[1] > Image.open(figures / "alignment_0001_0.png").size[1]
+    assert Image.open(figures / "mel_000.png").size[1] > Image.open(figures / "attention_0001.png").size[1]
 
     summary = results["summary"]
     assert f"{summary['seedtts_wer']:.3f}" in page and f"{summary['wer_including_missing']:.3f}" in page
     assert "0.625" in page and "r3" in page and "not found" in page  # the missing item, by name and reason
     assert "RTF" in page and "0.300" in page  # synthesis columns joined by id
-    assert "broken" in page  # the malformed alignment is reported as skipped, not drawn
+    assert "text attention of r1" in page  # the malformed map is reported as skipped, not drawn
+    assert "Four words right here." in page  # r2's map is captioned with its text
     markdown = markdown_path.read_text()
     assert f"| synthesized | {summary['seedtts_wer']:.3f} |" in markdown
     assert "](figures/wer_histogram.png)" in markdown and "[wav](../wavs/r1.wav)" in markdown
+    assert "![attention r2](figures/attention_0001.png)" in markdown
 
 
-def test_rows_without_alignments_or_audio_are_skipped_gracefully(evaluated, tmp_path):
+def test_rows_without_attention_or_audio_are_skipped_gracefully(evaluated, tmp_path):
     _, results = evaluated
-    del results["utterances"][1]["alignments"]
     del results["ground_truth"]
     for row in results["utterances"]:
         row["ground_truth_wav"] = None
-    html_path, markdown_path = build_report(results, tmp_path / "plain", max_spectrograms=1)
+    html_path, markdown_path = build_report(results, tmp_path / "plain", max_spectrograms=1)  # no synthesis record
     page = html_path.read_text()
-    assert "Alignments" not in page and "Alignments" not in markdown_path.read_text()
+    assert "attention over its text" not in page and "attention over its text" not in markdown_path.read_text()
     assert sorted(p.name for p in (tmp_path / "plain" / "figures").iterdir()) == ["mel_000.png", "wer_histogram.png"]
     assert "WER 0.750" in page  # the worst utterance: r2, 3 of 4 words wrong
 

@@ -307,6 +307,8 @@ def test_seedtts_command_synthesises_missing_wavs_grouped_by_prompt(export, tmp_
     record = json.loads((wavs / "synthesis.json").read_text())
     assert sorted(row["id"] for row in record["utterances"]) == ["a1", "a2", "a4"]
     assert {row["id"]: row["prompt_wav"] for row in record["utterances"]}["a4"] == str(tmp_path / "p2.wav")
+    for row in record["utterances"]:  # the LLM's text attention beside each new wav, for the report
+        assert np.load(wavs / row["text_attention"]).shape[0] == row["num_tokens"] + 1
     assert results["settings"]["asr"] == f"rm-audio:{export}"
     err = capsys.readouterr()
     assert "synthesized missing: a5:" in err.err and "WER" in err.out

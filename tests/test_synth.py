@@ -146,6 +146,9 @@ def test_zero_shot_prompt_conditions_llm_and_flow_but_is_not_in_the_output(fresh
     torch.testing.assert_close(prompt_mel[0], prompt.mel)
     # Only the new tokens' frames come back.
     assert len(result.wav) == result.tokens.numel() * SAMPLES_PER_TOKEN
+    # The LLM's attention over the text (not the prompt's) at each prediction of a new token and of EOS.
+    assert result.text_attention.shape == (result.tokens.numel() + 1, len(b"Hello there."))
+    assert (result.text_attention >= 0).all() and (result.text_attention.sum(1) <= 1 + 1e-5).all()
 
 
 def test_prior_decoder_vocodes_the_prior_heads_mel_of_the_new_tokens(synth, prompt_audio):
@@ -317,6 +320,8 @@ def test_cli_writes_wavs_and_synthesis_json(export, tmp_path):
         assert rate == 16000 and len(wav) == utterance["num_tokens"] * SAMPLES_PER_TOKEN
         assert utterance["duration"] == pytest.approx(len(wav) / rate)
         assert len(utterance["tokens"]) == utterance["num_tokens"] and utterance["rtf"] > 0
+        attention = np.load(out / utterance["text_attention"])  # beside the wav, for the report
+        assert attention.shape == (utterance["num_tokens"] + 1, len(utterance["normalized_text"].encode()))
         assert set(utterance["timings"]) == {"llm", "flow", "vocoder", "verify"}
         assert utterance["candidates"][0]["wer"] is None
 

@@ -154,31 +154,6 @@ def test_llm_alignment_monotonicity_tells_a_diagonal_from_stripes():
     assert alignment.monotonicity(stripes) == 0.0
 
 
-def test_llm_alignment_maps_cover_the_prediction_steps_and_the_text(tmp_path):
-    """On a micro export: one (S + 1, L) map per layer, each row a share of that position's attention."""
-    import torch
-
-    from e2e_tts.config import load_config, to_object
-    from e2e_tts.synth import Synthesizer
-    from e2e_tts.system import TTSSystem
-    from e2e_tts.text import ByteTokenizer
-    from shared import MICRO_MODEL_OVERRIDES
-
-    alignment = load_tool("llm_alignment")
-    config = load_config(overrides=MICRO_MODEL_OVERRIDES)
-    torch.manual_seed(0)
-    synth = Synthesizer.from_pretrained(TTSSystem(to_object(config.model), ByteTokenizer(), ["a"]).export(
-        tmp_path / "export", config))
-    synth.system.llm.decoder.set_attn_implementation("eager")
-    text_ids, speech_ids = torch.tensor([5, 9, 2, 7]), torch.tensor([1, 3, 3, 0, 2, 4])
-    maps, nll = alignment.text_attention(synth, text_ids, speech_ids)
-    assert len(maps) == synth.system.llm.decoder.config.num_hidden_layers
-    for matrix in maps:
-        assert matrix.shape == (len(speech_ids) + 1, len(text_ids))
-        assert (matrix >= 0).all() and (matrix.sum(1) <= 1 + 1e-5).all()
-    assert nll > 0
-
-
 def test_rollout_readback_scores_each_sample_against_its_text_ids(tmp_path, monkeypatch):
     """On a micro export: one reading per sample, each against the ids of its own item's text."""
     import jiwer

@@ -7,7 +7,8 @@ A decoder-only TTS model first learns to continue speech and only later to follo
 to the text monotonically, its free-running tokens for a new sentence are speech, but other words. For each
 utterance (text, and the export's speech tokens of its audio) this measures:
 
-* per layer, the attention of the speech positions to the text positions (heads averaged): its ``text_mass``
+* per layer, the attention of the speech positions to the text positions (heads averaged;
+  e2e_tts.text_attention, which synthesis also records for the evaluation report): its ``text_mass``
   (share of attention on the text at all) and its ``monotonicity``, the correlation between the speech step and
   the expected text position it attends to (1 = a clean diagonal, 0 = no alignment);
 * ``nll_right`` / ``nll_other``: teacher-forced speech-token NLL with the utterance's own text and with another
@@ -30,6 +31,7 @@ from e2e_tts.audio import load_audio
 from e2e_tts.data.manifest import read_jsonl
 from e2e_tts.models.llm import LLMOutput
 from e2e_tts.synth import Synthesizer
+from e2e_tts.text_attention import text_attention
 
 PLOTTED_UTTERANCES = 4
 
@@ -45,25 +47,10 @@ def monotonicity(attention: np.ndarray) -> float:
 
 
 @torch.inference_mode()
-def text_attention(synth: Synthesizer, text_ids: torch.Tensor, speech_ids: torch.Tensor
-                   ) -> tuple[list[np.ndarray], float]:
-    """Teacher-forced pass of one utterance: per layer the head-averaged attention ``(S + 1, L)`` of the positions
-    that predict speech (TASK and every speech token) to the ``L`` text positions, and the speech-token NLL."""
-    out = teacher_forced(synth, text_ids, speech_ids, return_attentions=True)
-    text_len = len(text_ids)
-    predicting = slice(text_len + 1, text_len + 2 + len(speech_ids))  # TASK, then each speech token
-    # Row layout is SOS text TASK speech: the text sits at positions 1..L.
-    maps = [weights[0].float().mean(0)[predicting, 1:text_len + 1].numpy() for weights in out.attentions]
-    return maps, float(synth.system.llm.loss(out))
-
-
-@torch.inference_mode()
-def teacher_forced(synth: Synthesizer, text_ids: torch.Tensor, speech_ids: torch.Tensor,
-                   return_attentions: bool = False) -> LLMOutput:
+def teacher_forced(synth: Synthesizer, text_ids: torch.Tensor, speech_ids: torch.Tensor) -> LLMOutput:
     """The LLM's teacher-forced pass over ``speech_ids`` ``(S,)`` after ``text_ids`` ``(L,)``, as a batch of one."""
     return synth.system.llm(text_ids[None], torch.ones(1, len(text_ids), dtype=torch.bool), speech_ids[None],
-                            torch.ones(1, len(speech_ids), dtype=torch.bool), synth.system.codebook(),
-                            return_attentions=return_attentions)
+                            torch.ones(1, len(speech_ids), dtype=torch.bool), synth.system.codebook())
 
 
 def plot(maps: list[np.ndarray], layer: int, titles: list[str], path: Path) -> None:
@@ -91,7 +78,6 @@ def main() -> None:
     args = parser.parse_args()
 
     synth = Synthesizer.from_pretrained(args.model)
-    synth.system.llm.decoder.set_attn_implementation("eager")  # the fused kernels return no attention weights
     entries = sorted((e for e in read_jsonl(args.manifest) if e.speaker == args.speaker), key=lambda e: e.id)
     entries = entries[:args.limit]
     if len(entries) < 2:
@@ -103,7 +89,8 @@ def main() -> None:
 
     rows = []
     for index, (entry, text_ids, speech_ids) in enumerate(utterances):
-        maps, nll = text_attention(synth, text_ids, speech_ids)
+        maps = list(text_attention(synth.system.llm, synth.system.codebook(), text_ids, speech_ids))
+        nll = float(synth.system.llm.loss(teacher_forced(synth, text_ids, speech_ids)))
         other_text = utterances[(index + 1) % len(utterances)][1]
         rows.append({"utt": entry.id, "text": entry.text, "nll_right": nll,
                      "nll_other": float(synth.system.llm.loss(teacher_forced(synth, other_text, speech_ids))),

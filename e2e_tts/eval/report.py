@@ -3,12 +3,13 @@
 
 The page holds the settings, a metrics table (synthesised and, when scored, ground truth), every missing or failed
 item, a WER histogram, log-mel spectrograms of the worst utterances (synthesised above ground truth where the meta
-has it), alignment maps where the rows carry them, and one row per utterance with ``<audio>`` players. Everything is
-a relative link into the output folder or to the wavs, with inline CSS and no script: the folder opens offline.
+has it), the LLM's attention over each utterance's text, and one row per utterance with ``<audio>`` players.
+Everything is a relative link into the output folder or to the wavs, with inline CSS and no script: the folder opens
+offline.
 
-Alignment maps: a results row may carry ``"alignments": {name: matrix}`` (a list of rows, output steps x input
-positions, e.g. an LLM's text attention or the recognition model's cross-attention); each becomes a figure. Rows
-without it are simply not plotted.
+The attention maps come with the synthesis record: its row of an utterance names the ``(speech steps, text
+positions)`` matrix that synthesis wrote beside the wav (:func:`e2e_tts.synth_cli.save_result`). Utterances
+without one (no record, or wavs from elsewhere) have no map.
 """
 
 from __future__ import annotations
@@ -100,7 +101,7 @@ class _Figures:
         self.mel = MelSpectrogram(audio_config)
         self.histograms: list[tuple[str, str]] = []
         self.spectrograms: list[tuple[Mapping[str, Any], str]] = []
-        self.alignments: list[tuple[str, str]] = []
+        self.attention: list[tuple[Mapping[str, Any], str]] = []
         self.skipped: list[str] = []
 
     def _relative(self, path: Path) -> str:
@@ -129,16 +130,23 @@ class _Figures:
                                              frames_per_second)
                 self.spectrograms.append((row, self._relative(path)))
 
-    def alignments_of(self, rows: Sequence[Mapping[str, Any]]) -> None:
+    def attention_of(self, rows: Sequence[Mapping[str, Any]], synthesis: Optional[Mapping[str, Any]]) -> None:
+        """The LLM's text attention of each results row whose synthesis record names one (beside its wav)."""
+        made = {row["id"]: row for row in synthesis["utterances"]} if synthesis else {}
         for index, row in enumerate(rows):
-            for name, matrix in (row.get("alignments") or {}).items():
-                target = self.out_dir / FIGURES / f"alignment_{index:04d}_{len(self.alignments)}.png"
-                try:
-                    path = plots.save_alignment(np.asarray(matrix, dtype=np.float64), target, f"{row['utt']}: {name}")
-                except ValueError as err:
-                    self.skipped.append(f"alignment {name!r} of {row['utt']}: {err}")
-                    continue
-                self.alignments.append((f"{row['utt']}: {name}", self._relative(path)))
+            name = made.get(row["utt"], {}).get("text_attention")
+            if not name or not row["wav"]:
+                continue
+            source = Path(row["wav"]).parent / name
+            try:
+                matrix = np.load(source)
+                path = plots.save_alignment(matrix, self.out_dir / FIGURES / f"attention_{index:04d}.png",
+                                            f"{row['utt']}: LLM attention over the text", "text position",
+                                            "speech step")
+            except (OSError, ValueError) as err:  # missing or unreadable file, not a 2-D matrix
+                self.skipped.append(f"text attention of {row['utt']}: {err}")
+                continue
+            self.attention.append((made[row["utt"]], self._relative(path)))
 
 
 def _flatten(settings: Mapping[str, Any], prefix: str = "") -> list[tuple[str, str]]:
@@ -218,10 +226,13 @@ def _render_html(results: Mapping[str, Any], synthesis: Optional[Mapping[str, An
                          f'<b>{_h(row["utt"])}</b> WER {row["wer"]:.3f}: ref <code>{_h(row["ref_normalized"])}</code>'
                          f' | hyp <code>{_h(row["hyp_normalized"])}</code> {_audio(_link(row["wav"], out_dir))} '
                          f'{_audio(_link(row.get("ground_truth_wav"), out_dir))}</figcaption></figure>')
-    if figures.alignments:
-        parts.append("<h2>Alignments</h2>")
-        parts.extend(f'<figure><img src="{_h(src)}" alt="{_h(caption)}"><figcaption>{_h(caption)}</figcaption>'
-                     f"</figure>" for caption, src in figures.alignments)
+    if figures.attention:
+        parts.append("<h2>The LLM's attention over its text</h2>")
+        parts.append("<p>Per utterance, layers and heads averaged: each speech step (as it was generated) against "
+                     "the text positions. A model that reads its text draws a diagonal band.</p>")
+        parts.extend(f'<figure><img src="{_h(src)}" alt="attention {_h(made["id"])}"><figcaption><b>{_h(made["id"])}'
+                     f'</b> <code>{_h(made["normalized_text"])}</code></figcaption></figure>'
+                     for made, src in figures.attention)
     if figures.skipped:
         parts.append("<p>Figures skipped: " + "; ".join(_h(reason) for reason in figures.skipped) + "</p>")
 
@@ -294,9 +305,13 @@ def _render_markdown(results: Mapping[str, Any], synthesis: Optional[Mapping[str
                   for utt, reason in data["summary"][kind].items()]
     lines += _md_table(["condition", "utt", "status", "reason"], incomplete) if incomplete \
         else ["None: every item was scored.", ""]
-    for title, images in (("WER distribution", figures.histograms), ("Alignments", figures.alignments)):
-        if images:
-            lines += [f"## {title}", ""] + [f"![{_m(caption)}]({src})" for caption, src in images] + [""]
+    if figures.histograms:
+        lines += ["## WER distribution", ""] + [f"![{_m(caption)}]({src})" for caption, src in figures.histograms]
+        lines += [""]
+    if figures.attention:
+        lines += ["## The LLM's attention over its text", ""]
+        for made, src in figures.attention:
+            lines += [f"![attention {made['id']}]({src})", "", f"**{made['id']}** `{made['normalized_text']}`", ""]
     if figures.spectrograms:
         lines += ["## Worst utterances: log-mel spectrograms", ""]
         for row, src in figures.spectrograms:
@@ -342,7 +357,7 @@ def build_report(results: Mapping[str, Any], out_dir: str | Path, synthesis: Opt
     figures = _Figures(out_dir, audio_config or AudioConfig())
     figures.histogram(_conditions(results))
     figures.spectrograms_of(_worst(results["utterances"], max_spectrograms))
-    figures.alignments_of(results["utterances"])
+    figures.attention_of(results["utterances"], synthesis)
     html_path, markdown_path = out_dir / HTML_FILE, out_dir / MARKDOWN_FILE
     html_path.write_text(_render_html(results, synthesis, figures, out_dir), encoding="utf-8")
     markdown_path.write_text(_render_markdown(results, synthesis, figures, out_dir), encoding="utf-8")

@@ -57,7 +57,7 @@ import numpy as np
 import soundfile as sf
 from tqdm import tqdm
 
-from e2e_tts.audio import AudioConfig, _missing_wav_data, is_silent, write_audio
+from e2e_tts.audio import AudioConfig, _missing_wav_data, is_silent
 from e2e_tts.data.manifest import SeedTTSItem, read_seedtts_meta
 from e2e_tts.eval.similarity import SpeakerSimilarity, mean_similarity
 from e2e_tts.scoring.asr import ASRBackend
@@ -261,7 +261,8 @@ def _write_synthesis_record(path: Path, header: dict[str, Any], rows: Mapping[st
 def synthesize_missing(items: Sequence[SeedTTSItem], wav_dir: str | Path, synthesizer: Synthesizer,
                        config: SynthesisConfig, *, notes: Sequence[str] = (), device: str = "cpu",
                        progress: bool = False) -> tuple[dict[str, Any], dict[str, str]]:
-    """Synthesises ``<wav_dir>/<utt>.wav`` for every item that has none, one zero-shot call per prompt.
+    """Synthesises ``<wav_dir>/<utt>.wav`` (and the LLM's attention over the text, ``<utt>.text_attention.npy``)
+    for every item that has none, one zero-shot call per prompt.
 
     Existing wavs are kept, so a rerun resumes an interrupted run. ``<wav_dir>/synthesis.json`` (the format of
     ``e2e-tts synth``) is rewritten after each prompt group and refuses a folder filled by another model or other
@@ -279,7 +280,7 @@ def synthesize_missing(items: Sequence[SeedTTSItem], wav_dir: str | Path, synthe
         what to record in the results' settings, and utt -> why it was not synthesised (a text the model
         rejects, a prompt without transcript or one that cannot be encoded).
     """
-    from e2e_tts.synth_cli import RESULTS_FILE
+    from e2e_tts.synth_cli import RESULTS_FILE, save_result
 
     wav_dir = Path(wav_dir)
     wav_dir.mkdir(parents=True, exist_ok=True)
@@ -311,9 +312,8 @@ def synthesize_missing(items: Sequence[SeedTTSItem], wav_dir: str | Path, synthe
             rejected.update({item.utt: f"not synthesised: prompt {prompt_wav}: {err}" for item in group})
             continue
         for item, result in zip(group, results):
-            write_audio(wav_dir / f"{item.utt}.wav", result.wav, result.sample_rate)
-            rows[item.utt] = {"id": item.utt, "wav": f"{item.utt}.wav", "prompt_wav": prompt_wav,
-                              "prompt_text": prompt_text, **result.to_json()}
+            rows[item.utt] = {**save_result(result, wav_dir, item.utt), "prompt_wav": prompt_wav,
+                              "prompt_text": prompt_text}
         synthesized += len(group)
         _write_synthesis_record(record_path, header, rows)
     record = {"model": header["model"], "settings": header["settings"], "notes": header["notes"],
