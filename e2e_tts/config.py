@@ -7,6 +7,9 @@ and where it came from (file or command line). A resolved config saved with :fun
 loads back identically with :func:`load_config`.
 
 Merge order (later wins): schema defaults < preset (``preset: tiny|paper``) < YAML files in order < overrides.
+
+Keys that have left a schema (:data:`MOVED_KEYS`, :data:`REMOVED_KEYS`) are refused with what to write instead;
+an export's ``config.yaml`` written before they left loads with them moved or dropped (:func:`load_export_config`).
 """
 
 from __future__ import annotations
@@ -73,7 +76,86 @@ class ConfigError(ValueError):
     """A config mistake; the message names the key and its source."""
 
 
-def _read_yaml(path: Path) -> DictConfig:
+# Training choices that the model configs held until they moved to the objective that makes them.
+MOVED_KEYS = {
+    "model.llm.prompt_pairs": "stage.multitask.prompt_pairs",
+    "model.llm.speech_input_noise": "stage.multitask.llm_input_noise",
+    "model.llm.guide_weight": "stage.multitask.guide.weight",
+    "model.llm.guide_layers": "stage.multitask.guide.layers",
+    "model.llm.guide_heads": "stage.multitask.guide.heads",
+    "model.llm.guide_sigma": "stage.multitask.guide.sigma",
+    "model.reward.token_noise_prob": "stage.multitask.reward_input_noise",
+}
+# Keys that are gone, and why: mostly values the system takes from the tokenizer or the data when it builds the
+# modules, which older configs could set (and saw overwritten).
+_CODE_DIM = "it is the tokenizer's code dimension, taken when the system is built"
+REMOVED_KEYS = {
+    "model.llm.codebook_dim": _CODE_DIM,
+    "model.flow.codebook_dim": _CODE_DIM,
+    "model.reward.codebook_dim": _CODE_DIM,
+    "model.reward.num_speakers": "it is the number of training speakers, taken when the system is built",
+    "model.flow.speaker_embedding_dim": "the flow takes no speaker vector",
+}
+
+
+def _node_at(layer: DictConfig, key: str) -> Any:
+    """The node of dotted ``key`` in ``layer``, or None; interpolations are left unresolved."""
+    node: Any = layer
+    for part in key.split("."):
+        node = node._get_node(part) if isinstance(node, DictConfig) else None
+        if node is None:
+            return None
+    return node
+
+
+def _refuse_old_keys(layer: DictConfig, source: str) -> None:
+    for old, new in MOVED_KEYS.items():
+        if _node_at(layer, old) is not None:
+            raise ConfigError(f"{source}: {old} is now {new} (a training choice, made by the stage's objective)")
+    for key, reason in REMOVED_KEYS.items():
+        if _node_at(layer, key) is not None:
+            raise ConfigError(f"{source}: {key} cannot be set: {reason}; remove it")
+
+
+def _upgrade_export(data: dict) -> dict:
+    """An export's config tree with the keys of :data:`MOVED_KEYS` at their new place (unless that is set) and
+    those of :data:`REMOVED_KEYS` dropped. An LLM that guided attention then ran on the eager path, in training and
+    synthesis alike: it still does. Whatever else is wrong is left for the schema to name."""
+    moved = {old: _pop_key(data, old) for old in MOVED_KEYS}
+    for key in REMOVED_KEYS:
+        _pop_key(data, key)
+    for old, value in moved.items():
+        if value is not _ABSENT:
+            _set_default(data, MOVED_KEYS[old], value)
+    weight = moved["model.llm.guide_weight"]
+    if isinstance(weight, (int, float)) and weight > 0:
+        _set_default(data, "model.llm.attn_implementation", "eager")
+    return data
+
+
+_ABSENT = object()
+
+
+def _pop_key(tree: dict, key: str) -> Any:
+    """Removes dotted ``key`` from the nested mappings of ``tree``; returns its value, or ``_ABSENT``."""
+    *parents, name = key.split(".")
+    for part in parents:
+        tree = tree.get(part) if isinstance(tree, dict) else None
+    return tree.pop(name) if isinstance(tree, dict) and name in tree else _ABSENT
+
+
+def _set_default(tree: dict, key: str, value: Any) -> None:
+    """Sets dotted ``key`` of ``tree`` to ``value`` unless it is set, adding mappings on the way; a value that is
+    no mapping in the way is left alone."""
+    *parents, name = key.split(".")
+    for part in parents:
+        tree = tree.setdefault(part, {}) if isinstance(tree, dict) else None
+    if isinstance(tree, dict):
+        tree.setdefault(name, value)
+
+
+def _read_yaml(path: Path, export: bool = False) -> DictConfig:
+    """The YAML mapping of ``path`` (with ``export``, upgraded by :func:`_upgrade_export`)."""
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:
@@ -90,7 +172,7 @@ def _read_yaml(path: Path) -> DictConfig:
         raise ConfigError(f"{path}: the top level must be a mapping of keys, got {type(data).__name__}")
     if _too_many_values(data, MAX_CONFIG_VALUES):  # YAML aliases can make a few lines expand to billions
         raise ConfigError(f"{path}: more than {MAX_CONFIG_VALUES} values once its aliases are expanded")
-    return OmegaConf.create(data)
+    return OmegaConf.create(_upgrade_export(data) if export else data)
 
 
 MAX_CONFIG_VALUES = 100_000  # a whole resolved config (paper recipe, joint stage) has 257
@@ -147,6 +229,23 @@ def load_config(paths: Sequence[str | Path] = (), overrides: Sequence[str] = (),
     """
     layers = [(_read_yaml(Path(p)), str(p)) for p in paths]
     layers.append((_parse_overrides(overrides), "command line"))
+    for layer, source in layers:
+        _refuse_old_keys(layer, source)
+    return _build(layers, schema)
+
+
+def load_export_config(path: str | Path) -> Any:
+    """The ``config.yaml`` of an export as :func:`load_config` builds it, also when an earlier version wrote it
+    (keys that have moved since are read at their new place, removed ones dropped).
+
+    Raises:
+        ConfigError: as :func:`load_config`.
+    """
+    return _build([(_read_yaml(Path(path), export=True), str(path))], ExperimentConfig)
+
+
+def _build(layers: Sequence[tuple[DictConfig, str]], schema: type) -> Any:
+    """The read-only config of the schema with a preset and the ``(layer, source)`` pairs merged in order."""
     preset = "tiny"
     for layer, _ in layers:
         preset = layer.get("preset", preset)
@@ -189,12 +288,7 @@ def _check_values(node: DictConfig, path: str, layers: Sequence[tuple[DictConfig
 def _source_of(key: str, layers: Sequence[tuple[DictConfig, str]]) -> str:
     """The last layer that sets ``key``, where its value comes from."""
     for layer, source in reversed(layers):
-        node: Any = layer
-        for part in key.split("."):  # node by node, without resolving an interpolation that may be the problem
-            node = node._get_node(part) if isinstance(node, DictConfig) else None
-            if node is None:
-                break
-        else:
+        if _node_at(layer, key) is not None:  # without resolving an interpolation that may be the problem
             return source
     return "defaults"
 

@@ -9,11 +9,40 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
-from e2e_tts.checks import FieldError, at_least, each_one_of, one_of, positive
+from e2e_tts.checks import FieldError, at_least, each_one_of, one_of, positive, within
 from e2e_tts.engine import OptimConfig
+from e2e_tts.models.llm import GuideConfig
 from e2e_tts.system import MODULES
 
 OBJECTIVES = ("multitask", "e2e", "grpo", "vocoder")  # what e2e_tts.objectives.build_objective builds
+
+
+@dataclass
+class MultiTaskConfig:
+    """What the ``multitask`` objective (joint, separate and cascade stages) does in training besides the
+    consumers' own losses; validation runs without any of it.
+
+    Attributes:
+        prompt_pairs: the chance that one of the LLM's rows is prefixed by another utterance of its speaker from
+            the batch (its text before the text, its speech before the speech), as a zero-shot prompt precedes it
+            in synthesis (0 = off; e2e_tts/objectives/prompting.py).
+        llm_input_noise: the fraction of the LLM's teacher-forced speech inputs replaced by a random code (targets
+            unchanged): the model learns to continue after a wrong token, as it must when it samples its own.
+        reward_input_noise: the probability of replacing each of the reward model's input ids by a random id: a
+            recogniser robust to wrong tokens (soft inputs are never perturbed).
+        guide: guided attention on some of the LLM's heads (:class:`~e2e_tts.models.llm.GuideConfig`).
+    """
+
+    prompt_pairs: float = 0.0
+    llm_input_noise: float = 0.0
+    reward_input_noise: float = 0.0
+    guide: GuideConfig = field(default_factory=GuideConfig)
+
+    def __post_init__(self) -> None:
+        within(self, "prompt_pairs", 0, 1)
+        if not 0 <= self.llm_input_noise < 1:  # 1 would leave no true input to learn from
+            raise FieldError("llm_input_noise", f"must be in [0, 1), got {self.llm_input_noise!r}")
+        within(self, "reward_input_noise", 0, 1)
 
 
 @dataclass
@@ -89,6 +118,8 @@ class StageConfig:
             ``speaker`` (e2e). A weight of 0 skips that loss entirely; at least one must be non-zero.
         kl_beta: weight of the KL to the frozen reference LLM (e2e: analytic per position, DiffRO uses 0.1;
             grpo: the k3 estimate on the sampled tokens, Align2Speak uses none).
+        multitask: what the ``multitask`` objective does in training besides the losses.
+        gumbel: the relaxation of the ``e2e`` objective.
         grpo: rollouts and rewards of the ``grpo`` objective.
         max_steps: optimizer updates in this stage.
     """
@@ -101,6 +132,7 @@ class StageConfig:
     # Empty by default: omegaconf merges mappings key by key, so defaults here would leak into every stage.
     loss_weights: Dict[str, float] = field(default_factory=dict)
     kl_beta: float = 0.1
+    multitask: MultiTaskConfig = field(default_factory=MultiTaskConfig)
     gumbel: GumbelConfig = field(default_factory=GumbelConfig)
     grpo: GRPOConfig = field(default_factory=GRPOConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)

@@ -7,7 +7,6 @@ per module, the resolved config, the text tokenizer, the speaker list and which 
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from pathlib import Path
 from typing import Any, Sequence
@@ -84,8 +83,9 @@ class TTSSystem(nn.Module):
     """Speech tokenizer, LLM, flow decoder, reward model and vocoder, built from one models config.
 
     Args:
-        models: a ``ModelsConfig`` (dataclass instances). Consumers' ``codebook_dim`` and the reward model's
-            speaker count are derived here, so they cannot disagree with the tokenizer and the data.
+        models: a ``ModelsConfig`` (dataclass instances). The consumers' code dimension and codebook size and the
+            reward model's speaker count are no settings: they are taken here from the tokenizer and the speakers,
+            so they cannot disagree with them.
         text_tokenizer: the text front-end; its vocabulary defines the text part of the LLM vocabulary.
         speakers: training speaker names, index = speaker label of the reward model's speaker head.
         audio: the mel analysis the data uses (default: ``AudioConfig()``); the vocoder's own mel loss and
@@ -98,14 +98,11 @@ class TTSSystem(nn.Module):
         self.text_tokenizer = text_tokenizer
         self.speakers = list(speakers)
         self.tokenizer = SpeechTokenizer(models.tokenizer)
-        code_dim = self.tokenizer.codebook_dim
-        self.layout = TokenLayout(text_tokenizer.vocab_size, self.tokenizer.codebook_size)
-        self.llm = SpeechLLM(dataclasses.replace(models.llm, codebook_dim=code_dim), self.layout)
-        codes = self.tokenizer.codebook_size
-        self.flow = FlowDecoder(dataclasses.replace(models.flow, codebook_dim=code_dim), codebook_size=codes)
-        self.reward = RewardModel(dataclasses.replace(models.reward, codebook_dim=code_dim,
-                                                      num_speakers=len(self.speakers)),
-                                  text_tokenizer.vocab_size, codebook_size=codes)
+        code_dim, codes = self.tokenizer.codebook_dim, self.tokenizer.codebook_size
+        self.layout = TokenLayout(text_tokenizer.vocab_size, codes)
+        self.llm = SpeechLLM(models.llm, self.layout, code_dim)
+        self.flow = FlowDecoder(models.flow, code_dim, codes)
+        self.reward = RewardModel(models.reward, text_tokenizer.vocab_size, code_dim, codes, len(self.speakers))
         self.vocoder = Vocoder(models.vocoder, audio)
         audio = audio or AudioConfig()
         for name in ("tokenizer", "flow"):
@@ -206,12 +203,12 @@ class TTSSystem(nn.Module):
     @classmethod
     def from_export(cls, directory: str | Path, map_location: str | torch.device = "cpu") -> tuple["TTSSystem", Any]:
         """Rebuilds a system from an export directory; returns it (in eval mode) and its config."""
-        from e2e_tts.config import load_config, to_object
+        from e2e_tts.config import load_export_config, to_object
 
         directory = Path(directory)
         if not directory.is_dir():
             raise FileNotFoundError(f"export directory {directory} does not exist")
-        config = load_config([directory / CONFIG_FILE])
+        config = load_export_config(directory / CONFIG_FILE)
         speakers_path = directory / SPEAKERS_FILE
         try:
             speakers = json.loads(speakers_path.read_text(encoding="utf-8"))

@@ -62,7 +62,7 @@ def tiny_models() -> ModelsConfig:
                                 intermediate_size=64, max_position_embeddings=256),
         flow=dataclasses.replace(preset.flow, dim=32, depth=1, heads=2, upsample_conv_layers=1),
         reward=dataclasses.replace(preset.reward, encoder_dim=32, encoder_depth=1, encoder_heads=2, decoder_dim=32,
-                                   decoder_depth=1, decoder_heads=2, dropout=0.0, token_noise_prob=0.0,
+                                   decoder_depth=1, decoder_heads=2, dropout=0.0,
                                    num_emotions=0, num_quality_classes=0, max_text_length=64),
         vocoder=dataclasses.replace(preset.vocoder, dim=16, intermediate_dim=32, num_blocks=1),
     )

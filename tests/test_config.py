@@ -1,8 +1,14 @@
+import re
 from pathlib import Path
 
 import pytest
+import yaml
+from omegaconf import OmegaConf
 
-from e2e_tts.config import ConfigError, load_config, model_preset, save_config, to_object
+from e2e_tts.config import (MOVED_KEYS, REMOVED_KEYS, ConfigError, load_config, load_export_config, model_preset,
+                            save_config, to_object)
+from e2e_tts.models.llm import GuideConfig
+from e2e_tts.stage import MultiTaskConfig
 
 
 def write(path, text):
@@ -30,6 +36,49 @@ def test_preset_selects_paper_sizes_and_files_still_override(tmp_path):
     assert config.model.llm.hidden_size == paper.llm.hidden_size
     assert config.model.flow.depth == 2
     assert load_config(overrides=["preset=paper"]).model.reward == to_object(load_config([path]).model).reward
+
+
+@pytest.mark.parametrize("old, new", sorted(MOVED_KEYS.items()))
+def test_a_moved_key_is_refused_naming_its_new_key(tmp_path, old, new):
+    *parents, name = old.split(".")
+    path = write(tmp_path / "old.yaml", "".join(f"{'  ' * depth}{part}:\n" for depth, part in enumerate(parents))
+                 + f"{'  ' * len(parents)}{name}: 0.1\n")
+    with pytest.raises(ConfigError, match=f"^{re.escape(f'{path}: {old} is now {new}')}"):
+        load_config([path])
+    with pytest.raises(ConfigError, match=f"^command line: {re.escape(old)} is now {re.escape(new)}"):
+        load_config(overrides=[f"{old}=0.1"])
+
+
+@pytest.mark.parametrize("key", sorted(REMOVED_KEYS))
+def test_a_removed_key_is_refused_with_the_reason(key):
+    """Above all the values derived when the system is built (they used to be settable, and silently overwritten)."""
+    with pytest.raises(ConfigError, match=f"^command line: {re.escape(key)} cannot be set: {REMOVED_KEYS[key]}"):
+        load_config(overrides=[f"{key}=4"])
+
+
+def old_export_config(tmp_path, guide_weight: float) -> Path:
+    """A config.yaml as exports wrote it before the training choices left the model configs."""
+    config = yaml.safe_load(OmegaConf.to_yaml(load_config()))
+    del config["stage"]["multitask"], config["model"]["llm"]["attn_implementation"]
+    config["model"]["llm"].update(codebook_dim=4, guide_weight=guide_weight, guide_layers=[1, 2], guide_heads=2,
+                                  guide_sigma=0.3, speech_input_noise=0.2, prompt_pairs=0.5)
+    config["model"]["flow"].update(codebook_dim=4, speaker_embedding_dim=None)
+    config["model"]["reward"].update(codebook_dim=4, num_speakers=16, token_noise_prob=0.1)
+    return write(tmp_path / "config.yaml", yaml.safe_dump(config))
+
+
+def test_an_export_written_before_the_move_loads_with_its_keys_moved(tmp_path):
+    config = load_export_config(old_export_config(tmp_path, guide_weight=1.0))
+    assert to_object(config.stage.multitask) == MultiTaskConfig(
+        prompt_pairs=0.5, llm_input_noise=0.2, reward_input_noise=0.1,
+        guide=GuideConfig(weight=1.0, layers=[1, 2], heads=2, sigma=0.3))
+    assert "codebook_dim" not in config.model.llm and "num_speakers" not in config.model.reward
+    # It guided attention on the eager path, and synthesised on it: so it still does.
+    assert config.model.llm.attn_implementation == "eager"
+    assert load_export_config(old_export_config(tmp_path, guide_weight=0.0)).model.llm.attn_implementation == "sdpa"
+    # An export of today loads as it was written.
+    save_config(load_config(overrides=["stage.multitask.prompt_pairs=0.25"]), tmp_path / "new.yaml")
+    assert load_export_config(tmp_path / "new.yaml") == load_config(overrides=["stage.multitask.prompt_pairs=0.25"])
 
 
 def test_unknown_key_names_key_and_file(tmp_path):
@@ -132,7 +181,12 @@ def test_bad_value_in_a_file_names_the_file_that_set_it(tmp_path):
     ("model.llm.head_dim=0", "model.llm.head_dim"),
     ("model.llm.intermediate_size=0", "model.llm.intermediate_size"),
     ("model.llm.num_layers=-1", "model.llm.num_layers"),
-    ("model.llm.prompt_pairs=2", "model.llm.prompt_pairs"),
+    ("stage.multitask.prompt_pairs=2", "stage.multitask.prompt_pairs"),
+    ("stage.multitask.llm_input_noise=1", "stage.multitask.llm_input_noise"),
+    ("stage.multitask.reward_input_noise=-0.1", "stage.multitask.reward_input_noise"),
+    ("stage.multitask.guide.weight=1", "stage.multitask.guide.weight"),  # without guided layers
+    ("stage.multitask.guide.sigma=0", "stage.multitask.guide.sigma"),
+    ("model.llm.attn_implementation=flash", "model.llm.attn_implementation"),
     ("model.flow.nfe=0", "model.flow.nfe"),
     ("model.flow.dim=0", "model.flow.dim"),
     ("model.flow.heads=0", "model.flow.heads"),

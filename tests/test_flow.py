@@ -18,6 +18,7 @@ from e2e_tts.models.masks import lengths_to_mask
 
 N_MELS = 16
 SMALL = FlowConfig(dim=32, depth=2, heads=2, n_mels=N_MELS)
+CODE_DIM = 4  # FSQ levels [3] * 4, the codebook below
 
 
 
@@ -30,7 +31,7 @@ def make_model(**overrides) -> FlowDecoder:
     """A small flow whose DiT blocks are switched on (adaLN-Zero makes a fresh block the identity,
     which would hide attention, masking and time-conditioning bugs)."""
     torch.manual_seed(0)
-    model = FlowDecoder(dataclasses.replace(SMALL, **overrides)).eval()
+    model = FlowDecoder(dataclasses.replace(SMALL, **overrides), CODE_DIM).eval()
     with torch.no_grad():
         for block in model.transformer.blocks:
             for param in block.modulation[-1].parameters():
@@ -145,31 +146,27 @@ def test_loss_uses_the_ot_path_and_scores_only_target_frames(codebook, source):
 
 
 def test_condition_channels_prompt_span_and_cfg_dropout(codebook):
-    """Prompt channels hold the normalised mel on the prompt span only; a dropped row sees no
-    tokens, no prompt and no speaker."""
+    """Prompt channels hold the normalised mel on the prompt span only; a dropped row sees no tokens and no prompt."""
     # from plain noise: the prior source would hand the dropped row its tokens through x_t
-    model = make_model(speaker_embedding_dim=8, source="noise")
+    model = make_model(source="noise")
     mel, mel_mask, ids, speech_mask = make_batch([6, 6])
-    speaker = torch.randn(2, 8)
     inputs = Capture(model.input_proj)
     draws = draws_for([12, 12], 12, prompt_frames=[4, 4], keep=[True, False])
-    loss = model.loss(mel, mel_mask, ids, speech_mask, codebook, speaker, draws=draws)
+    loss = model.loss(mel, mel_mask, ids, speech_mask, codebook, draws=draws)
     features = inputs.inputs[0]
     prompt, tokens = features[..., N_MELS:2 * N_MELS], features[..., 2 * N_MELS:]
     torch.testing.assert_close(prompt[0, :4], model.normalize(mel[0, :4]))
     assert (prompt[0, 4:] == 0).all() and (prompt[1] == 0).all()
     assert tokens[0].abs().sum() > 0 and (tokens[1] == 0).all()
 
-    # the dropped row's loss must not change with its tokens, prompt-condition or speaker
-    def row_loss(keep: bool, ids_row, speaker_row) -> torch.Tensor:
+    # the dropped row's loss must not change with its tokens
+    def row_loss(keep: bool, ids_row) -> torch.Tensor:
         one = draws_for([12], 12, prompt_frames=[4], keep=[keep])
-        return model.loss_terms(mel[1:], mel_mask[1:], ids_row, speech_mask[1:], codebook, speaker_row,
-                                draws=one)["cfm"]
+        return model.loss_terms(mel[1:], mel_mask[1:], ids_row, speech_mask[1:], codebook, draws=one)["cfm"]
 
-    other_ids, other_speaker = (ids[1:] + 7) % 81, torch.randn(1, 8)
-    assert row_loss(False, ids[1:], speaker[1:]) == row_loss(False, other_ids, other_speaker)
-    assert row_loss(True, ids[1:], speaker[1:]) != row_loss(True, other_ids, speaker[1:])
-    assert row_loss(True, ids[1:], speaker[1:]) != row_loss(True, ids[1:], other_speaker)
+    other_ids = (ids[1:] + 7) % 81
+    assert row_loss(False, ids[1:]) == row_loss(False, other_ids)
+    assert row_loss(True, ids[1:]) != row_loss(True, other_ids)
     assert torch.isfinite(loss)
 
 
@@ -248,10 +245,6 @@ def test_bad_inputs_raise_clear_errors(codebook):
     holes[0, 3] = False
     with pytest.raises(ValueError, match="prefix"):
         model.loss(mel, holes, ids, speech_mask, codebook)
-    with pytest.raises(ValueError, match="speaker_embedding"):
-        model.loss(mel, mel_mask, ids, speech_mask, codebook, torch.randn(2, 8))
-    with pytest.raises(ValueError, match="needs a speaker_embedding"):
-        make_model(speaker_embedding_dim=8).loss(mel, mel_mask, ids, speech_mask, codebook)
     with pytest.raises(ValueError, match="cover prompt"):
         model.sample(ids, speech_mask, codebook, prompt_mel=mel[:, :9], nfe=1)
     with pytest.raises(ValueError, match="codebook"):
@@ -429,16 +422,16 @@ def test_cfg_strength_and_generator(codebook):
 
 def test_config_builds_an_omegaconf_schema():
     schema = OmegaConf.structured(FlowConfig)
-    merged = OmegaConf.merge(schema, OmegaConf.from_dotlist(["nfe=32", "speaker_embedding_dim=192"]))
+    merged = OmegaConf.merge(schema, OmegaConf.from_dotlist(["nfe=32", "solver=midpoint"]))
     config = OmegaConf.to_object(merged)
-    assert isinstance(config, FlowConfig) and config.nfe == 32 and config.speaker_embedding_dim == 192
+    assert isinstance(config, FlowConfig) and config.nfe == 32 and config.solver == "midpoint"
 
 
 def test_presets_sizes():
     assert set(PRESETS) == {"tiny", "paper"}
     with torch.device("meta"):
-        paper = FlowDecoder(PRESETS["paper"])
-        tiny = FlowDecoder(PRESETS["tiny"])
+        paper = FlowDecoder(PRESETS["paper"], codebook_dim=8)  # FSQ [3] * 8
+        tiny = FlowDecoder(PRESETS["tiny"], codebook_dim=4)  # FSQ [5] * 4
     assert abs(paper.num_parameters() - 0.5e9) < 0.05e9
     assert 1e6 < tiny.num_parameters() < 10e6
 
@@ -469,7 +462,7 @@ def test_overfits_real_mels_and_samples_them_back(tmp_path):
     ids = torch.randint(0, 81, token_mask.shape)
     codebook = FSQ(levels=[3] * 4).indices_to_codes(torch.arange(81))
 
-    model = FlowDecoder(FlowConfig(dim=128, depth=3, heads=4, cfg_dropout=0.0, prompt_probability=0.5))
+    model = FlowDecoder(FlowConfig(dim=128, depth=3, heads=4, cfg_dropout=0.0, prompt_probability=0.5), CODE_DIM)
     optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3)
     for _ in range(250):
         loss = model.loss(mel, mel_mask, ids, token_mask, codebook)

@@ -12,12 +12,14 @@ from vector_quantize_pytorch import FSQ  # noqa: E402
 
 from e2e_tts.models import llm as llm_module  # noqa: E402
 from e2e_tts.models import sampling  # noqa: E402
-from e2e_tts.models.llm import IGNORE_INDEX, PRESETS, LLMConfig, SpeechLLM, diagonal_guide_loss  # noqa: E402
+from e2e_tts.models.llm import (IGNORE_INDEX, PRESETS, GuideConfig, LLMConfig, SpeechLLM,  # noqa: E402
+                                 diagonal_guide_loss)
 from e2e_tts.vocab import TokenLayout  # noqa: E402
 
 TEXT_VOCAB = 40
 CODEBOOK = FSQ(levels=[3] * 4).indices_to_codes(torch.arange(81))  # (81, 4): the tokenizer's FSQ grid
 SPEECH_VOCAB = CODEBOOK.shape[0]
+CODE_DIM = CODEBOOK.shape[1]
 LAYOUT = TokenLayout(TEXT_VOCAB, SPEECH_VOCAB)
 
 
@@ -25,7 +27,7 @@ LAYOUT = TokenLayout(TEXT_VOCAB, SPEECH_VOCAB)
 @pytest.fixture(scope="module")
 def model():
     torch.manual_seed(0)
-    return SpeechLLM(LLMConfig(), LAYOUT).eval()
+    return SpeechLLM(LLMConfig(), LAYOUT, CODE_DIM).eval()
 
 
 def ragged_batch(text_lengths, speech_lengths, seed=0):
@@ -125,17 +127,22 @@ def test_diagonal_guide_loss_ignores_padding_and_averages_rows():
 
 def test_guided_llm_returns_a_guide_loss_in_training_only_with_unchanged_logits():
     torch.manual_seed(0)
-    plain = SpeechLLM(LLMConfig(), LAYOUT).eval()
-    guided = SpeechLLM(LLMConfig(guide_weight=1.0, guide_layers=[1], guide_heads=2), LAYOUT)
+    plain = SpeechLLM(LLMConfig(), LAYOUT, CODE_DIM).eval()
+    guided = SpeechLLM(LLMConfig(), LAYOUT, CODE_DIM)
     guided.load_state_dict(plain.state_dict())
+    guide = GuideConfig(weight=1.0, layers=[1], heads=2)
     batch = ragged_batch([4, 6], [7, 3])
+    guided.train()
+    with pytest.raises(ValueError, match="eager"):  # the fused kernels return no weights to guide
+        guided(*batch, CODEBOOK, guide=guide)
+    guided.enable_guide(guide)
     guided.eval()
-    assert guided(*batch, CODEBOOK).guide_loss is None and plain(*batch, CODEBOOK).guide_loss is None
+    assert guided(*batch, CODEBOOK, guide=guide).guide_loss is None and plain(*batch, CODEBOOK).guide_loss is None
     # The eager attention that returns the weights computes the same function as the fused kernels.
     torch.testing.assert_close(guided(*batch, CODEBOOK).logits, plain(*batch, CODEBOOK).logits, atol=1e-5,
                                rtol=1e-4)
     guided.train()
-    out = guided(*batch, CODEBOOK)
+    out = guided(*batch, CODEBOOK, guide=guide)
     assert 0.0 < out.guide_loss.item() < 1.0
     out.guide_loss.backward()
     layers = guided.decoder.model.layers
@@ -144,12 +151,12 @@ def test_guided_llm_returns_a_guide_loss_in_training_only_with_unchanged_logits(
     assert query_grad[:2 * head_dim].abs().sum() > 0  # the two guided heads learn
     assert query_grad[2 * head_dim:].abs().sum() == 0  # the others are free
     assert layers[2].self_attn.q_proj.weight.grad is None  # nothing after the guided layer is involved
-    assert guided(*batch, CODEBOOK, guide=False).guide_loss is None  # the e2e stage asks for none
+    assert guided(*batch, CODEBOOK).guide_loss is None  # the e2e stage asks for none
 
 
 def test_llm_returns_every_layers_attention_on_request_on_the_eager_path_only():
     torch.manual_seed(0)
-    llm = SpeechLLM(LLMConfig(), LAYOUT).eval()
+    llm = SpeechLLM(LLMConfig(), LAYOUT, CODE_DIM).eval()
     batch = ragged_batch([4, 6], [7, 3])
     assert llm(*batch, CODEBOOK).attentions is None
     with pytest.raises(ValueError, match="eager"):
@@ -167,41 +174,39 @@ def test_llm_returns_every_layers_attention_on_request_on_the_eager_path_only():
     assert out.attentions[0].triu(diagonal=1).abs().max() == 0
 
 
-def test_speech_input_noise_corrupts_only_speech_inputs_in_training_when_asked():
-    """A ``speech_input_noise`` fraction of the speech positions get a random code's embedding, the text prefix
-    and the targets never change, and eval mode or ``corrupt=False`` (GRPO scores its own rollouts) is clean."""
+def test_input_noise_corrupts_only_speech_inputs_in_training_when_asked():
+    """An ``input_noise`` fraction of the speech positions get a random code's embedding, the text prefix and the
+    targets never change, and eval mode or no noise (GRPO scores its own rollouts) is clean."""
     torch.manual_seed(0)
-    llm = SpeechLLM(LLMConfig(speech_input_noise=0.3), LAYOUT).train()
+    llm = SpeechLLM(LLMConfig(), LAYOUT, CODE_DIM).train()
     text, text_mask, speech, speech_mask = ragged_batch([5, 8], [400, 300])
     lengths = (text_mask.sum(1), speech_mask.sum(1))
     clean, mask = llm._pack(text, lengths[0], speech, lengths[1], CODEBOOK)
-    noisy, _ = llm._pack(text, lengths[0], speech, lengths[1], CODEBOOK, corrupt=True)
+    noisy, _ = llm._pack(text, lengths[0], speech, lengths[1], CODEBOOK, input_noise=0.3)
     in_speech = mask & (torch.arange(mask.shape[1])[None, :] >= (lengths[0] + 2)[:, None])
     changed = (noisy != clean).any(-1)
     assert not changed[~in_speech].any()  # text prefix and padding untouched
     # Random codes equal to the true one (1 in 81) leave a position unchanged: expect 0.3 * 80/81 of 700.
     assert abs(changed[in_speech].float().mean().item() - 0.3 * 80 / 81) < 0.05
     reference = llm(text, text_mask, speech, speech_mask, CODEBOOK)
-    corrupted = llm(text, text_mask, speech, speech_mask, CODEBOOK, corrupt=True)
+    corrupted = llm(text, text_mask, speech, speech_mask, CODEBOOK, input_noise=0.3)
     assert torch.equal(corrupted.targets, reference.targets)
     torch.testing.assert_close(corrupted.logits[:, 0], reference.logits[:, 0])  # TASK sees no speech yet
     assert not torch.allclose(corrupted.logits[:, 1:], reference.logits[:, 1:])
     llm.eval()
-    torch.testing.assert_close(llm(text, text_mask, speech, speech_mask, CODEBOOK, corrupt=True).logits,
+    torch.testing.assert_close(llm(text, text_mask, speech, speech_mask, CODEBOOK, input_noise=0.3).logits,
                                reference.logits)
-    with pytest.raises(ValueError, match="speech_input_noise"):
-        LLMConfig(speech_input_noise=1.0)
-    with pytest.raises(ValueError, match="prompt_pairs"):
-        LLMConfig(prompt_pairs=-0.1)
 
 
 def test_guide_config_errors():
-    with pytest.raises(ValueError, match="guide_layers"):
-        LLMConfig(guide_weight=1.0)
-    with pytest.raises(ValueError, match="guide_sigma"):
-        LLMConfig(guide_sigma=0.0)
+    with pytest.raises(ValueError, match="layers"):
+        GuideConfig(weight=1.0)
+    with pytest.raises(ValueError, match="sigma"):
+        GuideConfig(sigma=0.0)
     with pytest.raises(ValueError, match="outside a decoder of 4 layers"):
-        SpeechLLM(LLMConfig(guide_weight=1.0, guide_layers=[4]), LAYOUT)
+        SpeechLLM(LLMConfig(), LAYOUT, CODE_DIM).enable_guide(GuideConfig(weight=1.0, layers=[4]))
+    with pytest.raises(ValueError, match="attn_implementation"):
+        LLMConfig(attn_implementation="flash")
 
 
 def test_one_hot_probabilities_and_codes_match_hard_ids(model):
@@ -217,7 +222,7 @@ def test_one_hot_probabilities_and_codes_match_hard_ids(model):
 
 def test_gradients_reach_codes_and_probabilities():
     torch.manual_seed(0)
-    model = SpeechLLM(LLMConfig(num_layers=2), LAYOUT)
+    model = SpeechLLM(LLMConfig(num_layers=2), LAYOUT, CODE_DIM)
     text, text_mask, speech, speech_mask = ragged_batch([4, 6], [3, 7], seed=2)
     codes = CODEBOOK[speech].clone().requires_grad_(True)  # stand-in for the tokenizer's quantized output
     probs = torch.randn(2, 7, SPEECH_VOCAB).softmax(-1)  # stand-in for Gumbel-softmax
@@ -268,7 +273,7 @@ def greedy_by_recomputation(model, text, prompt_speech, max_len):
 def test_kv_cache_generation_equals_recomputation():
     torch.manual_seed(3)
     # A larger init spreads the logits so the random model's greedy path is not one repeated token.
-    model = SpeechLLM(LLMConfig(num_layers=2, initializer_range=0.1), LAYOUT).eval()
+    model = SpeechLLM(LLMConfig(num_layers=2, initializer_range=0.1), LAYOUT, CODE_DIM).eval()
     gen = torch.Generator().manual_seed(0)
     texts = [torch.randint(0, TEXT_VOCAB, (n,), generator=gen) for n in (3, 8, 5)]
     prompt_texts = [torch.randint(0, TEXT_VOCAB, (n,), generator=gen) for n in (4, 0, 2)]
@@ -409,7 +414,7 @@ def test_pretrained_checkpoint_keeps_text_rows(tmp_path, monkeypatch, tied, padd
                                          tie_word_embeddings=tied)
     original = transformers.Qwen2ForCausalLM(hf_config)
     original.save_pretrained(tmp_path)
-    model = SpeechLLM(LLMConfig(pretrained_path=str(tmp_path)), LAYOUT)
+    model = SpeechLLM(LLMConfig(pretrained_path=str(tmp_path)), LAYOUT, CODE_DIM)
     assert model.hidden_size == 64 and model.decoder.config.vocab_size == LAYOUT.vocab_size
     new_in = model.decoder.get_input_embeddings().weight
     new_out = model.decoder.get_output_embeddings().weight
@@ -427,22 +432,23 @@ def test_pretrained_checkpoint_keeps_text_rows(tmp_path, monkeypatch, tied, padd
     text, text_mask, speech, speech_mask = ragged_batch([4, 2], [5, 3])
     assert model(text, text_mask, speech, speech_mask, CODEBOOK).logits.shape == (2, 6, SPEECH_VOCAB + 1)
     with pytest.raises(ValueError, match="vocab_size"):  # a tokenizer with ids the checkpoint has no row for
-        SpeechLLM(LLMConfig(pretrained_path=str(tmp_path)), TokenLayout(TEXT_VOCAB + padding + 1, SPEECH_VOCAB))
+        SpeechLLM(LLMConfig(pretrained_path=str(tmp_path)), TokenLayout(TEXT_VOCAB + padding + 1, SPEECH_VOCAB),
+                  CODE_DIM)
     with pytest.raises(ValueError, match="architecture"):
-        SpeechLLM(LLMConfig(architecture="qwen3", pretrained_path=str(tmp_path)), LAYOUT)
+        SpeechLLM(LLMConfig(architecture="qwen3", pretrained_path=str(tmp_path)), LAYOUT, CODE_DIM)
     if padding:  # more unused rows than checkpoints pad with: the text tokenizer is another one
         monkeypatch.setattr(llm_module, "MAX_PADDING_ROWS", padding - 1)
         with pytest.raises(ValueError, match="pad its rows by at most"):
-            SpeechLLM(LLMConfig(pretrained_path=str(tmp_path)), LAYOUT)
+            SpeechLLM(LLMConfig(pretrained_path=str(tmp_path)), LAYOUT, CODE_DIM)
 
 
 def test_presets_build_with_the_right_size():
     assert set(PRESETS) == {"tiny", "paper"}
-    tiny = SpeechLLM(PRESETS["tiny"], TokenLayout(256, 6561))
+    tiny = SpeechLLM(PRESETS["tiny"], TokenLayout(256, 6561), codebook_dim=8)
     assert 2e6 < tiny.num_parameters() < 10e6
     # Qwen3's text vocabulary + a 3^8 FSQ codebook, as when starting from Qwen3-0.6B.
     with torch.device("meta"):
-        paper = SpeechLLM(PRESETS["paper"], TokenLayout(151936, 6561))
+        paper = SpeechLLM(PRESETS["paper"], TokenLayout(151936, 6561), codebook_dim=8)
     assert isinstance(paper.decoder, transformers.Qwen3ForCausalLM)
     assert abs(paper.num_parameters() - 0.6e9) < 0.06e9, paper.num_parameters()
 
@@ -454,7 +460,7 @@ def test_presets_build_with_the_right_size():
 @pytest.mark.slow
 def test_tiny_llm_overfits_fixed_sequences():
     torch.manual_seed(0)
-    model = SpeechLLM(LLMConfig(), LAYOUT)
+    model = SpeechLLM(LLMConfig(), LAYOUT, CODE_DIM)
     gen = torch.Generator().manual_seed(1)
     text_lengths, speech_lengths = [6, 9, 7, 11, 5, 8, 10, 12], [10, 16, 13, 19, 9, 22, 18, 25]
     texts = [torch.randint(0, TEXT_VOCAB, (n,), generator=gen) for n in text_lengths]

@@ -17,13 +17,15 @@ from e2e_tts.models.reward import PRESETS, RewardConfig, RewardModel, replace_to
 TEXT_VOCAB = 256  # UTF-8 bytes
 CODEBOOK = FSQ(levels=[3] * 4).indices_to_codes(torch.arange(81))  # (81, 4)
 SPEECH_VOCAB = CODEBOOK.shape[0]
+CODE_DIM = CODEBOOK.shape[1]
+NUM_SPEAKERS = 16
 
 
 
 def make_model(**overrides) -> RewardModel:
     torch.manual_seed(0)
     config = dataclasses.replace(RewardConfig(), dropout=0.0, **overrides)
-    return RewardModel(config, TEXT_VOCAB).eval()
+    return RewardModel(config, TEXT_VOCAB, CODE_DIM, num_speakers=NUM_SPEAKERS).eval()
 
 
 def lengths_to_mask(lengths: list[int]) -> torch.Tensor:
@@ -49,7 +51,7 @@ def test_shapes_losses_and_total():
     assert out.cross_attention.shape == (3, model.config.decoder_heads, 10, 30)
     assert set(out.losses) == {"ctc", "attention", "speaker", "emotion", "quality"}
     assert set(out.label_log_probs) == {"speaker", "emotion", "quality"}
-    assert out.task_logits["speaker"].shape == (3, model.config.num_speakers)
+    assert out.task_logits["speaker"].shape == (3, model.num_speakers)
     assert out.task_logits["quality"].shape == (3, 5)
     assert all(torch.isfinite(v) and v > 0 for v in out.losses.values())
     # log-probs are exact (unsmoothed) and 0 past each row's eos
@@ -154,16 +156,19 @@ def test_cross_attention_is_a_distribution_over_valid_frames():
 
 
 def test_token_noise_only_in_training_and_only_on_hard_ids():
-    noisy = make_model(token_noise_prob=0.3)
+    model = make_model()
     speech, speech_mask, text, text_mask = make_batch([40, 30], [8, 8])
-    eval_first = noisy(speech, speech_mask, CODEBOOK, text, text_mask).text_log_prob
-    eval_again = noisy(speech, speech_mask, CODEBOOK, text, text_mask).text_log_prob
+    eval_first = model(speech, speech_mask, CODEBOOK, text, text_mask, token_noise=0.3).text_log_prob
+    eval_again = model(speech, speech_mask, CODEBOOK, text, text_mask, token_noise=0.3).text_log_prob
     assert torch.equal(eval_first, eval_again)
-    noisy.train()  # dropout is 0: only the noise can change the output
-    train_out = noisy(speech, speech_mask, CODEBOOK, text, text_mask).text_log_prob
+    model.train()  # dropout is 0: only the noise can change the output
+    train_out = model(speech, speech_mask, CODEBOOK, text, text_mask, token_noise=0.3).text_log_prob
     assert not torch.allclose(train_out, eval_first, atol=1e-3)
+    clean = model(speech, speech_mask, CODEBOOK, text, text_mask).text_log_prob
+    assert torch.allclose(clean, eval_first, atol=1e-4)
     one_hot = F.one_hot(speech.clamp(min=0), SPEECH_VOCAB).float()
-    assert torch.allclose(noisy(one_hot, speech_mask, CODEBOOK, text, text_mask).text_log_prob, eval_first, atol=1e-4)
+    noisy_soft = model(one_hot, speech_mask, CODEBOOK, text, text_mask, token_noise=0.3).text_log_prob
+    assert torch.allclose(noisy_soft, eval_first, atol=1e-4)
 
 
 def test_replace_tokens_randomly_rate_and_range():
@@ -214,7 +219,7 @@ def test_transcribers_return_ids_within_limits():
 def test_accepts_int32_ids_and_an_omegaconf_config():
     config = OmegaConf.structured(dataclasses.replace(RewardConfig(), dropout=0.0))
     torch.manual_seed(0)
-    model = RewardModel(config, TEXT_VOCAB).eval()
+    model = RewardModel(config, TEXT_VOCAB, CODE_DIM, num_speakers=NUM_SPEAKERS).eval()
     speech, speech_mask, text, text_mask = make_batch([20, 15], [5, 3])
     speaker = torch.tensor([2, -1])
     reference = model(speech, speech_mask, CODEBOOK, text, text_mask, speaker=speaker)
@@ -225,10 +230,10 @@ def test_accepts_int32_ids_and_an_omegaconf_config():
 
 def test_paper_preset_has_about_600m_parameters():
     with torch.device("meta"):
-        model = RewardModel(PRESETS["paper"], TEXT_VOCAB)
+        model = RewardModel(PRESETS["paper"], TEXT_VOCAB, codebook_dim=8, num_speakers=1000)  # FSQ [3] * 8
     assert 0.54e9 <= model.num_parameters() <= 0.66e9
     with torch.device("meta"):
-        tiny = RewardModel(PRESETS["tiny"], TEXT_VOCAB)
+        tiny = RewardModel(PRESETS["tiny"], TEXT_VOCAB, codebook_dim=4, num_speakers=16)  # FSQ [5] * 4
     assert 1e6 <= tiny.num_parameters() <= 5e6
 
 

@@ -8,6 +8,7 @@ import subprocess
 
 import pytest
 import torch
+import yaml
 
 from e2e_tts.audio import AudioConfig, MelSpectrogram, load_audio
 from e2e_tts.config import load_config, model_preset, to_object
@@ -16,8 +17,9 @@ from e2e_tts.objectives import grpo as grpo_module
 from e2e_tts.objectives.grpo import GRPOObjective, group_advantages, penalise_truncated
 from e2e_tts.objectives.prompting import prefix_partners, same_speaker_partners
 from e2e_tts.objectives.multitask import MultiTaskObjective
-from e2e_tts.stage import GRPOConfig, GumbelConfig, StageConfig
-from e2e_tts.system import MODULES, TRAINED_FILE, TTSSystem, read_trained
+from e2e_tts.models.llm import GuideConfig
+from e2e_tts.stage import GRPOConfig, GumbelConfig, MultiTaskConfig, StageConfig
+from e2e_tts.system import CONFIG_FILE, MODULES, TRAINED_FILE, TTSSystem, read_trained
 from e2e_tts.text import PHONEME_INVENTORY_VERSION, ByteTokenizer
 from shared import MICRO_MODEL_OVERRIDES
 
@@ -66,13 +68,10 @@ def test_joint_stage_gradients_reach_the_tokenizer_from_each_consumer(system, co
     assert encoder_grads and any(g.abs().sum() > 0 for g in encoder_grads)
 
 
-def test_guided_attention_adds_to_the_llm_loss_in_training_only():
-    models = small_models()
-    models = dataclasses.replace(models, llm=dataclasses.replace(models.llm, guide_weight=0.5, guide_layers=[1],
-                                                                 guide_heads=1))
-    torch.manual_seed(0)
-    system = TTSSystem(models, ByteTokenizer(), speakers=["a", "b"])
-    objective = MultiTaskObjective(system, StageConfig(trainable=["tokenizer", "llm"], loss_weights={"llm": 1.0}))
+def test_guided_attention_adds_to_the_llm_loss_in_training_only(system):
+    guide = MultiTaskConfig(guide=GuideConfig(weight=0.5, layers=[1], heads=1))
+    objective = MultiTaskObjective(system, StageConfig(trainable=["tokenizer", "llm"], loss_weights={"llm": 1.0},
+                                                       multitask=guide))
     _, metrics = objective.train()(make_batch())
     assert 0 < metrics["llm_guide"] < 1
     assert metrics["llm"] == pytest.approx(metrics["llm_nll"] + 0.5 * metrics["llm_guide"], rel=1e-5)
@@ -198,12 +197,9 @@ def test_prefix_partners_puts_a_same_speaker_utterance_before_the_chosen_rows():
     assert torch.equal(unchanged[0], text) and torch.equal(unchanged[4], speech_ids)
 
 
-def test_prompt_pairs_lengthen_the_llm_rows_in_training_only():
-    models = small_models()
-    models = dataclasses.replace(models, llm=dataclasses.replace(models.llm, prompt_pairs=1.0))
-    torch.manual_seed(0)
-    system = TTSSystem(models, ByteTokenizer(), speakers=["a", "b"])
-    objective = MultiTaskObjective(system, StageConfig(trainable=["tokenizer", "llm"], loss_weights={"llm": 1.0}))
+def test_prompt_pairs_lengthen_the_llm_rows_in_training_only(system):
+    objective = MultiTaskObjective(system, StageConfig(trainable=["tokenizer", "llm"], loss_weights={"llm": 1.0},
+                                                       multitask=MultiTaskConfig(prompt_pairs=1.0)))
     seen = []
     forward = system.llm.forward
     system.llm.forward = lambda *args, **kwargs: seen.append(args[3].sum(1).tolist()) or forward(*args, **kwargs)
@@ -348,6 +344,33 @@ def test_export_round_trip(system, tmp_path):
     (tmp_path / "flow.safetensors").unlink()
     with pytest.raises(FileNotFoundError, match="flow.safetensors"):
         rebuilt.load_modules(tmp_path)
+
+
+def test_an_export_written_before_the_training_keys_moved_loads_and_computes_as_before(tmp_path):
+    """Its config.yaml names the guide, noise and prompt pairs under model.llm and the derived sizes: it loads,
+    and its LLM runs on the eager attention its guided training (and synthesis) ran on."""
+    config = load_config(overrides=MICRO_MODEL_OVERRIDES)
+    torch.manual_seed(0)
+    system = TTSSystem(to_object(config.model), ByteTokenizer(), speakers=["a", "b"]).eval()
+    system.export(tmp_path, config)
+    old = yaml.safe_load((tmp_path / CONFIG_FILE).read_text())
+    del old["stage"]["multitask"], old["model"]["llm"]["attn_implementation"]
+    old["model"]["llm"].update(codebook_dim=3, guide_weight=1.0, guide_layers=[0], guide_heads=1, guide_sigma=0.2,
+                               speech_input_noise=0.2, prompt_pairs=0.5)
+    old["model"]["flow"].update(codebook_dim=3, speaker_embedding_dim=None)
+    old["model"]["reward"].update(codebook_dim=3, num_speakers=2, token_noise_prob=0.1)
+    (tmp_path / CONFIG_FILE).write_text(yaml.safe_dump(old))
+
+    loaded, loaded_config = TTSSystem.from_export(tmp_path)
+    assert loaded_config.stage.multitask.guide.layers == [0] and loaded_config.stage.multitask.prompt_pairs == 0.5
+    assert loaded.llm.decoder.config._attn_implementation == "eager"
+    batch = make_batch()
+    text_ids, text_mask = batch["text_ids"], batch["text_mask"]
+    speech_ids, speech_mask = system.tokenizer.encode(batch["mel"], batch["mel_mask"])
+    system.llm.decoder.set_attn_implementation("eager")
+    torch.testing.assert_close(loaded.llm(text_ids, text_mask, speech_ids, speech_mask, loaded.codebook()).logits,
+                               system.llm(text_ids, text_mask, speech_ids, speech_mask, system.codebook()).logits,
+                               rtol=0, atol=0)
 
 
 def test_an_llm_with_tied_embeddings_round_trips_through_an_export(tmp_path):

@@ -1,4 +1,4 @@
-"""Flow-matching acoustic decoder: speech tokens (+ prompt mel, + speaker) -> mel spectrogram.
+"""Flow-matching acoustic decoder: speech tokens (+ prompt mel) -> mel spectrogram.
 
 A DiT (:class:`~e2e_tts.models.layers.TransformerStack` with adaLN time conditioning) predicts the
 velocity of the optimal-transport conditional flow (Lipman et al.; CosyVoice 3 / F5-TTS style)::
@@ -27,7 +27,7 @@ trimmed); rows where ``|m - n * ratio| > ratio`` (more than one token apart) are
 then tokens and audio do not belong together.
 
 CFG follows CosyVoice: ``v = v_cond + w (v_cond - v_uncond)``, where the unconditional branch sees
-no tokens, no prompt and no speaker (dropped together with probability ``cfg_dropout`` in training); from the
+no tokens and no prompt (dropped together with probability ``cfg_dropout`` in training); from the
 prior source it still starts at the prior mel, so guidance then amplifies what the explicit condition adds.
 """
 
@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -67,19 +66,17 @@ class FlowConfig:
         temperature: scale of the source noise in sampling (Matcha-TTS samples at 0.667).
         n_mels: mel channels (e2e_tts.audio.AudioConfig.n_mels).
         token_mel_ratio: mel frames per speech token (50 Hz mel / 25 Hz tokens = 2).
-        codebook_dim: dimension of one tokenizer code (FSQ: number of levels).
         id_embedding: give each speech token id a free embedding vector besides its code's MLP embedding
-            (e2e_tts.models.speech_embedding); needs the codebook size, which the system passes.
+            (e2e_tts.models.speech_embedding).
         upsample_conv_layers, upsample_kernel_size: residual convs after repeating tokens to the
             mel rate, so the token condition is not piecewise constant.
         mel_mean, mel_std: the flow works on ``(mel - mel_mean) / mel_std`` so that N(0, I) noise
             matches the data scale (defaults measured on 16 kHz flite speech: -5.3 / 2.3).
         sigma_min: width of the flow at ``t = 1``.
-        cfg_dropout: probability of dropping tokens, prompt and speaker together in training.
+        cfg_dropout: probability of dropping tokens and prompt together in training.
         prompt_probability: probability that a training row gets an in-context prompt prefix.
         prompt_min_fraction, prompt_max_fraction: the prompt prefix covers a uniform fraction of
             the row's frames in this range.
-        speaker_embedding_dim: width of an optional global speaker vector (None = no speaker input).
         solver: torchdiffeq method ("euler", "midpoint", "rk4", "dopri5", ...).
         nfe: steps of a fixed-grid solver (network calls: euler x1, midpoint x2, rk4 x4 per step).
         schedule: time grid, "linear", "cosine" (``1 - cos(pi/2 u)``) or "sway" (F5-TTS).
@@ -98,7 +95,6 @@ class FlowConfig:
     source: str = "prior"
     n_mels: int = 80
     token_mel_ratio: int = 2
-    codebook_dim: int = 4
     id_embedding: bool = False
     upsample_conv_layers: int = 2
     upsample_kernel_size: int = 5
@@ -109,7 +105,6 @@ class FlowConfig:
     prompt_probability: float = 0.7
     prompt_min_fraction: float = 0.0
     prompt_max_fraction: float = 0.7
-    speaker_embedding_dim: Optional[int] = None
     solver: str = "euler"
     nfe: int = 10
     schedule: str = "cosine"
@@ -120,7 +115,7 @@ class FlowConfig:
 
     def __post_init__(self) -> None:
         # Sizes and sampling steps; the other settings are checked where the decoder is built (FlowDecoder).
-        for name in ("dim", "heads", "n_mels", "token_mel_ratio", "codebook_dim", "upsample_kernel_size", "nfe"):
+        for name in ("dim", "heads", "n_mels", "token_mel_ratio", "upsample_kernel_size", "nfe"):
             positive(self, name)
         for name in ("depth", "encoder_depth", "upsample_conv_layers"):
             at_least(self, name, 0)
@@ -129,8 +124,6 @@ class FlowConfig:
             raise FieldError("dim", f"{self.dim} must split into heads {self.heads} of even width (rotary)")
         if self.upsample_kernel_size % 2 == 0:
             raise FieldError("upsample_kernel_size", f"must be odd, got {self.upsample_kernel_size}")
-        if self.speaker_embedding_dim is not None:
-            positive(self, "speaker_embedding_dim")
         one_of(self, "schedule", SCHEDULES)
         if self.schedule == "sway":
             within(self, "sway_coef", *SWAY_COEF_RANGE)
@@ -140,11 +133,9 @@ class FlowConfig:
 PRESETS: dict[str, FlowConfig] = {
     "tiny": FlowConfig(),
     # CosyVoice 3's DiT (dim 1024, 22 blocks, 16 heads of 64, ff_mult 2) widened to 1280 / 20 heads
-    # of 64, 18 DiT blocks after CosyVoice's 6-block token encoder: 0.52B, the paper's ~0.5B flow decoder;
-    # FSQ 3^8 codebook -> 8-dim codes.
+    # of 64, 18 DiT blocks after CosyVoice's 6-block token encoder: 0.52B, the paper's ~0.5B flow decoder.
     # Its source is CosyVoice's plain noise; the tiny flow starts from the prior, which a short budget needs.
-    "paper": FlowConfig(dim=1280, depth=18, heads=20, ff_mult=2.0, codebook_dim=8, dropout=0.1, encoder_depth=6,
-                        source="noise"),
+    "paper": FlowConfig(dim=1280, depth=18, heads=20, ff_mult=2.0, dropout=0.1, encoder_depth=6, source="noise"),
 }
 
 
@@ -157,7 +148,7 @@ class FlowMatchingDraws:
         noise: ``x0`` ``(B, T, n_mels)``.
         time: ``t`` ``(B,)`` in [0, 1].
         prompt_frames: ``(B,)`` long, length of the in-context prompt prefix (0 = none).
-        keep_condition: ``(B,)`` bool, False where tokens, prompt and speaker are dropped (CFG).
+        keep_condition: ``(B,)`` bool, False where tokens and prompt are dropped (CFG).
     """
 
     noise: torch.Tensor
@@ -238,10 +229,11 @@ class FlowDecoder(nn.Module):
 
     Args:
         config: :class:`FlowConfig`.
+        codebook_dim: dimension ``Dc`` of one tokenizer code (FSQ: number of levels).
         codebook_size: the tokenizer's number of codes (needed by ``config.id_embedding``).
     """
 
-    def __init__(self, config: FlowConfig, codebook_size: int = 0):
+    def __init__(self, config: FlowConfig, codebook_dim: int, codebook_size: int = 0):
         super().__init__()
         if config.token_mel_ratio < 1:
             raise ValueError(f"token_mel_ratio must be >= 1, got {config.token_mel_ratio}")
@@ -266,7 +258,7 @@ class FlowDecoder(nn.Module):
         dim, n_mels = config.dim, config.n_mels
         if config.id_embedding and codebook_size < 1:
             raise ValueError("id_embedding needs the tokenizer's codebook size")
-        self.speech_embedding = SpeechEmbedding(config.codebook_dim, dim, codebook_size if config.id_embedding else 0)
+        self.speech_embedding = SpeechEmbedding(codebook_dim, dim, codebook_size if config.id_embedding else 0)
         self.token_encoder = None
         if config.encoder_depth > 0:
             self.token_encoder = TransformerStack(dim, config.encoder_depth, config.heads, config.ff_mult,
@@ -275,9 +267,6 @@ class FlowDecoder(nn.Module):
                                               config.upsample_kernel_size)
         self.input_proj = nn.Linear(2 * n_mels + dim, dim)
         self.time_mlp = nn.Sequential(nn.Linear(dim, dim), nn.SiLU(), nn.Linear(dim, dim))
-        self.speaker_proj = None
-        if config.speaker_embedding_dim is not None:
-            self.speaker_proj = nn.Linear(config.speaker_embedding_dim, dim)
         self.transformer = TransformerStack(dim, config.depth, config.heads, config.ff_mult, config.dropout,
                                             cond_dim=dim)
         self.output_proj = nn.Linear(dim, n_mels)
@@ -295,17 +284,6 @@ class FlowDecoder(nn.Module):
 
     def denormalize(self, x: torch.Tensor) -> torch.Tensor:
         return x * self.config.mel_std + self.config.mel_mean
-
-    def _check_speaker(self, speaker_embedding: torch.Tensor | None, batch: int) -> None:
-        expected = self.config.speaker_embedding_dim
-        if expected is None and speaker_embedding is not None:
-            raise ValueError("speaker_embedding given but this flow was built with speaker_embedding_dim=None")
-        if expected is not None:
-            if speaker_embedding is None:
-                raise ValueError(f"this flow needs a speaker_embedding (B, {expected})")
-            if tuple(speaker_embedding.shape) != (batch, expected):
-                raise ValueError(f"speaker_embedding must be ({batch}, {expected}), "
-                                 f"got {tuple(speaker_embedding.shape)}")
 
     def _token_lengths(self, speech: torch.Tensor, speech_mask: torch.Tensor) -> torch.Tensor:
         if tuple(speech_mask.shape) != tuple(speech.shape[:2]):
@@ -352,8 +330,7 @@ class FlowDecoder(nn.Module):
         return mel.masked_fill(~valid[..., None], math.log(LOG_FLOOR))
 
     def velocity(self, x: torch.Tensor, time: torch.Tensor, tokens: torch.Tensor, prompt: torch.Tensor,
-                 mask: torch.Tensor, keep_condition: torch.Tensor,
-                 speaker_embedding: torch.Tensor | None = None) -> torch.Tensor:
+                 mask: torch.Tensor, keep_condition: torch.Tensor) -> torch.Tensor:
         """The DiT estimator.
 
         Args:
@@ -362,17 +339,13 @@ class FlowDecoder(nn.Module):
             tokens: upsampled token features ``(B, T, dim)``.
             prompt: normalised prompt mel ``(B, T, n_mels)``, zero outside the prompt span.
             mask: ``(B, T)`` valid frames.
-            keep_condition: ``(B,)`` bool; False drops tokens, prompt and speaker (unconditional).
-            speaker_embedding: ``(B, speaker_embedding_dim)`` or None.
+            keep_condition: ``(B,)`` bool; False drops tokens and prompt (unconditional).
         Returns:
             velocity ``(B, T, n_mels)``.
         """
         keep = keep_condition.to(x.dtype)
         h = self.input_proj(torch.cat([x, prompt * keep[:, None, None], tokens * keep[:, None, None]], dim=-1))
         cond = self.time_mlp(timestep_embedding(time, self.config.dim).to(x.dtype))
-        if self.speaker_proj is not None:
-            # x-vector scales differ between speaker encoders: use the direction only
-            cond = cond + self.speaker_proj(F.normalize(speaker_embedding, dim=-1) * keep[:, None])
         h, _ = self.transformer(h, mask=mask, cond=cond)
         return self.output_proj(h)
 
@@ -431,11 +404,10 @@ class FlowDecoder(nn.Module):
         return FlowMatchingDraws(noise, time, prompt_frames, keep_condition)
 
     def loss(self, mel: torch.Tensor, mel_mask: torch.Tensor, speech: torch.Tensor, speech_mask: torch.Tensor,
-             codebook: torch.Tensor, speaker_embedding: torch.Tensor | None = None, *,
-             draws: FlowMatchingDraws | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
+             codebook: torch.Tensor, *, draws: FlowMatchingDraws | None = None,
+             generator: torch.Generator | None = None) -> torch.Tensor:
         """``cfm + prior_weight * prior`` of :meth:`loss_terms` (same arguments): the scalar a trainer minimises."""
-        terms = self.loss_terms(mel, mel_mask, speech, speech_mask, codebook, speaker_embedding, draws=draws,
-                                generator=generator)
+        terms = self.loss_terms(mel, mel_mask, speech, speech_mask, codebook, draws=draws, generator=generator)
         return self.weighted_loss(terms)
 
     def weighted_loss(self, terms: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -443,9 +415,8 @@ class FlowDecoder(nn.Module):
         return terms["cfm"] + self.config.prior_weight * terms["prior"] if "prior" in terms else terms["cfm"]
 
     def loss_terms(self, mel: torch.Tensor, mel_mask: torch.Tensor, speech: torch.Tensor, speech_mask: torch.Tensor,
-                   codebook: torch.Tensor, speaker_embedding: torch.Tensor | None = None, *,
-                   draws: FlowMatchingDraws | None = None, generator: torch.Generator | None = None
-                   ) -> dict[str, torch.Tensor]:
+                   codebook: torch.Tensor, *, draws: FlowMatchingDraws | None = None,
+                   generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
         """Masked conditional flow-matching loss (MSE on valid frames after the prompt prefix) and the prior loss
         (MSE of the prior head on every valid frame; the prior head never sees the prompt mel).
 
@@ -456,7 +427,6 @@ class FlowDecoder(nn.Module):
                 ``(B, N, Dc)`` (gradients reach the tokenizer).
             speech_mask: ``(B, N)`` valid tokens.
             codebook: ``(V, Dc)``.
-            speaker_embedding: ``(B, speaker_embedding_dim)`` when the config has one.
             draws: fixed random choices, shaped for ``T = max aligned frames``; drawn from
                 ``generator`` when None.
         Returns:
@@ -468,7 +438,6 @@ class FlowDecoder(nn.Module):
         if tuple(mel_mask.shape) != tuple(mel.shape[:2]) or speech.shape[0] != mel.shape[0]:
             raise ValueError(f"batch/length mismatch: mel {tuple(mel.shape)}, mel_mask {tuple(mel_mask.shape)}, "
                              f"speech {tuple(speech.shape)}")
-        self._check_speaker(speaker_embedding, mel.shape[0])
         frames = self.aligned_frames(mel_mask, speech, speech_mask)
         num_frames = int(frames.max())
         if draws is None:
@@ -486,7 +455,7 @@ class FlowDecoder(nn.Module):
         x0, sigma = self.source_point(draws.noise, mu), self.config.sigma_min
         x_t = (1 - (1 - sigma) * t) * x0 + t * x1
         target = x1 - (1 - sigma) * x0
-        predicted = self.velocity(x_t, draws.time, tokens, prompt, valid, draws.keep_condition, speaker_embedding)
+        predicted = self.velocity(x_t, draws.time, tokens, prompt, valid, draws.keep_condition)
         scored = (valid & ~in_prompt)[..., None].to(mel.dtype)
         squared_error = (predicted - target).square() * scored
         terms = {"cfm": squared_error.sum() / (scored.sum() * self.config.n_mels).clamp(min=1)}
@@ -498,11 +467,10 @@ class FlowDecoder(nn.Module):
     # ---- sampling -----------------------------------------------------------------------------
 
     def sample(self, speech: torch.Tensor, speech_mask: torch.Tensor, codebook: torch.Tensor,
-               prompt_mel: torch.Tensor | None = None, prompt_mask: torch.Tensor | None = None,
-               speaker_embedding: torch.Tensor | None = None, *, solver: str | None = None, nfe: int | None = None,
-               schedule: str | None = None, sway_coef: float | None = None, cfg_strength: float | None = None,
-               temperature: float | None = None, generator: torch.Generator | None = None
-               ) -> tuple[torch.Tensor, torch.Tensor]:
+               prompt_mel: torch.Tensor | None = None, prompt_mask: torch.Tensor | None = None, *,
+               solver: str | None = None, nfe: int | None = None, schedule: str | None = None,
+               sway_coef: float | None = None, cfg_strength: float | None = None, temperature: float | None = None,
+               generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Generates the mel frames that follow the prompt (zero-shot in-context synthesis).
 
         Runs with autograd as the caller sets it: wrap in ``torch.no_grad()`` for inference.
@@ -515,7 +483,6 @@ class FlowDecoder(nn.Module):
             prompt_mel: the prompt's log-mel ``(B, P, n_mels)``; it occupies the first ``p_b`` frames,
                 which are not returned. None = no prompt.
             prompt_mask: ``(B, P)`` valid prompt frames (None = all valid).
-            speaker_embedding: ``(B, speaker_embedding_dim)`` when the config has one.
             solver: torchdiffeq method. Fixed-grid solvers take exactly ``nfe`` steps; adaptive ones
                 (dopri5, ...) choose their own steps within ``ode_tolerance``, so ``nfe`` only sets
                 the output grid there and the call count is not ``nfe``.
@@ -533,7 +500,6 @@ class FlowDecoder(nn.Module):
         cfg_strength = cfg.cfg_strength if cfg_strength is None else cfg_strength
         temperature = cfg.temperature if temperature is None else temperature
         batch, device, dtype = speech.shape[0], codebook.device, self.output_proj.weight.dtype
-        self._check_speaker(speaker_embedding, batch)
         total = self._token_lengths(speech, speech_mask) * cfg.token_mel_ratio
         if bool((total == 0).any()):
             raise ValueError(f"row {int(total.argmin())} has no speech tokens")
@@ -567,11 +533,10 @@ class FlowDecoder(nn.Module):
         keep = torch.ones(copies * batch, dtype=torch.bool, device=device)
         keep[batch:] = False
         tokens2, prompt2, valid2 = (torch.cat([a] * copies) for a in (tokens, prompt, valid))
-        speaker2 = None if speaker_embedding is None else torch.cat([speaker_embedding] * copies)
 
         def field(t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
             time = t.expand(copies * batch)
-            v = self.velocity(torch.cat([x] * copies), time, tokens2, prompt2, valid2, keep, speaker2)
+            v = self.velocity(torch.cat([x] * copies), time, tokens2, prompt2, valid2, keep)
             if guided:
                 v_cond, v_uncond = v.chunk(2)
                 v = v_cond + cfg_strength * (v_cond - v_uncond)

@@ -13,8 +13,8 @@ both work there, which also makes every non-speech id impossible to emit by cons
 A decoder-only model learns to continue speech long before it learns to follow the text; until its attention
 runs monotonically along the text, its tokens for a new sentence are speech, but other words. On a short
 budget an optional *guided attention* loss (Tachibana et al., DC-TTS) shortens that: a few heads of some layers
-are pulled towards the diagonal band of the text (:func:`diagonal_guide_loss`). It acts in training only;
-generation is unchanged.
+are pulled towards the diagonal band of the text (:func:`diagonal_guide_loss`, set by :class:`GuideConfig`, which
+the training objective passes to :meth:`SpeechLLM.forward`). It acts in training only; generation is unchanged.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ import torch.nn.functional as F
 import transformers
 from torch import nn
 
-from e2e_tts.checks import FieldError, at_least, one_of, positive, within
+from e2e_tts.checks import FieldError, at_least, one_of, positive
 from e2e_tts.models.masks import lengths_to_mask, pad_rows, prefix_lengths
 from e2e_tts.models.sampling import sample_next_token
 from e2e_tts.models.speech_embedding import SpeechEmbedding
@@ -36,6 +36,7 @@ from e2e_tts.vocab import EOS_ID, PAD_ID, SOS_ID, TASK_ID, TokenLayout
 
 IGNORE_INDEX = -100  # target of padded positions (F.cross_entropy's default ignore_index)
 ARCHITECTURES = ("qwen2", "qwen3")
+ATTENTION_IMPLEMENTATIONS = ("sdpa", "eager")  # transformers' fused kernels, or the plain softmax that returns weights
 _QWEN3_AVAILABLE = hasattr(transformers, "Qwen3ForCausalLM")  # added in transformers 4.51
 
 
@@ -47,9 +48,11 @@ class LLMConfig:
         architecture: ``"qwen2"`` or ``"qwen3"`` (transformers model family).
         hidden_size, num_layers, num_heads, num_kv_heads, intermediate_size: decoder shape.
         head_dim: attention head width (None = ``hidden_size // num_heads``); Qwen3-0.6B uses 128.
-        codebook_dim: dimension ``Dc`` of one speech-tokenizer code (FSQ: number of levels).
         id_embedding: give each speech token id a free embedding vector besides its code's MLP embedding
-            (e2e_tts.models.speech_embedding); needs the codebook size, which the system passes.
+            (e2e_tts.models.speech_embedding).
+        attn_implementation: transformers' attention path, ``"sdpa"`` (fused kernels) or ``"eager"`` (the plain
+            softmax, which returns the attention weights; a training objective that guides attention switches to
+            it). The two agree to float rounding, not bit for bit.
         attention_dropout: dropout on attention weights.
         rope_theta: rotary base.
         max_position_embeddings: longest ``SOS text TASK speech`` row the model is meant for.
@@ -58,17 +61,9 @@ class LLMConfig:
         initializer_range: std of fresh weights (also the rows added to a pretrained checkpoint).
         pretrained_path: local Hugging Face checkpoint directory to start from (never downloaded). When set,
             the checkpoint defines the shape and the shape fields above are not used.
-        guide_weight: weight of the guided-attention loss in training (0 = none; then attention runs on the fused
-            kernels, else on the eager path, which returns the weights).
-        guide_layers: decoder layers whose first ``guide_heads`` heads are guided.
-        guide_heads: guided heads per guided layer.
-        guide_sigma: width of the diagonal band, in fractions of the text and speech lengths (DC-TTS: 0.2).
-        speech_input_noise: in training, the fraction of teacher-forced speech inputs replaced by a random code
-            (targets unchanged) where the objective asks for it (``forward(corrupt=True)``): the model learns to
-            continue after a wrong token, as it must when it samples its own (0 = off).
-        prompt_pairs: in the multitask stages' training, the chance that a row is prefixed by another utterance
-            of its speaker from the batch (its text before the text, its speech before the speech), as a zero-shot
-            prompt precedes it in synthesis (0 = off; :mod:`e2e_tts.objectives.prompting`).
+
+    The speech codes' dimension is the tokenizer's (:class:`SpeechLLM` takes it), and what training does to the
+    model (guided attention, input noise, prompt pairs) is the stage's (:class:`e2e_tts.stage.MultiTaskConfig`).
     """
 
     architecture: str = "qwen2"
@@ -78,8 +73,8 @@ class LLMConfig:
     num_kv_heads: int = 2
     intermediate_size: int = 768
     head_dim: Optional[int] = None
-    codebook_dim: int = 4
     id_embedding: bool = False
+    attn_implementation: str = "sdpa"
     attention_dropout: float = 0.0
     rope_theta: float = 10000.0
     max_position_embeddings: int = 4096
@@ -87,17 +82,11 @@ class LLMConfig:
     tie_word_embeddings: bool = False
     initializer_range: float = 0.02
     pretrained_path: Optional[str] = None
-    guide_weight: float = 0.0
-    guide_layers: list[int] = field(default_factory=list)
-    guide_heads: int = 2
-    guide_sigma: float = 0.2
-    speech_input_noise: float = 0.0
-    prompt_pairs: float = 0.0
 
     def __post_init__(self) -> None:
         one_of(self, "architecture", ARCHITECTURES)
-        for name in ("hidden_size", "num_heads", "num_kv_heads", "intermediate_size", "codebook_dim",
-                     "max_position_embeddings"):
+        one_of(self, "attn_implementation", ATTENTION_IMPLEMENTATIONS)
+        for name in ("hidden_size", "num_heads", "num_kv_heads", "intermediate_size", "max_position_embeddings"):
             positive(self, name)
         at_least(self, "num_layers", 0)
         if self.head_dim is not None:
@@ -107,13 +96,7 @@ class LLMConfig:
         if self.head_dim is None and self.hidden_size % self.num_heads:
             raise FieldError("hidden_size", f"{self.hidden_size} is not divisible by num_heads {self.num_heads}; "
                                             f"set head_dim")
-        at_least(self, "guide_weight", 0)
-        positive(self, "guide_sigma")
-        if self.guide_weight > 0 and (not self.guide_layers or self.guide_heads < 1):
-            raise FieldError("guide_weight", "> 0 needs guide_layers and guide_heads >= 1")
-        if not 0 <= self.speech_input_noise < 1:
-            raise FieldError("speech_input_noise", f"must be in [0, 1), got {self.speech_input_noise}")
-        within(self, "prompt_pairs", 0, 1)
+
 
 PRESETS: dict[str, LLMConfig] = {
     "tiny": LLMConfig(),
@@ -121,9 +104,33 @@ PRESETS: dict[str, LLMConfig] = {
     # this is ~0.60 B parameters (0.44 B without the embedding). Older transformers without Qwen3 get the same
     # shape as Qwen2 (which honours head_dim).
     "paper": LLMConfig(architecture="qwen3" if _QWEN3_AVAILABLE else "qwen2", hidden_size=1024, num_layers=28,
-                       num_heads=16, num_kv_heads=8, intermediate_size=3072, head_dim=128, codebook_dim=8,
+                       num_heads=16, num_kv_heads=8, intermediate_size=3072, head_dim=128,
                        rope_theta=1_000_000.0, max_position_embeddings=40960, tie_word_embeddings=True),
 }
+
+
+@dataclass
+class GuideConfig:
+    """Guided attention: a loss that pulls some of the LLM's heads towards the text's diagonal band in training
+    (:func:`diagonal_guide_loss`; DC-TTS).
+
+    Attributes:
+        weight: weight of the loss (0 = none).
+        layers: decoder layers whose first ``heads`` heads are guided.
+        heads: guided heads per guided layer.
+        sigma: width of the diagonal band, in fractions of the text and speech lengths (DC-TTS: 0.2).
+    """
+
+    weight: float = 0.0
+    layers: list[int] = field(default_factory=list)
+    heads: int = 2
+    sigma: float = 0.2
+
+    def __post_init__(self) -> None:
+        at_least(self, "weight", 0)
+        positive(self, "sigma")
+        if self.weight > 0 and (not self.layers or self.heads < 1):
+            raise FieldError("weight", "> 0 needs layers and heads >= 1")
 
 
 @dataclass
@@ -140,8 +147,8 @@ class LLMOutput(transformers.utils.ModelOutput):
         targets: ``(B, S + 1)`` speech ids, then ``V`` (EOS), then ``IGNORE_INDEX``; None when the speech
             input was soft and no ids were given.
         hidden: ``(B, S + 1, H)`` final hidden states that produced the logits.
-        guide_loss: scalar guided-attention loss (unweighted), in training with ``guide_weight > 0`` unless the
-            caller asked for none; else None.
+        guide_loss: scalar guided-attention loss (unweighted), in training when the caller passed a guide of
+            positive weight; else None.
         attentions: per decoder layer the softmax weights ``(B, heads, N, N)`` over the packed rows
             (``SOS text TASK speech``), when asked for with ``return_attentions``; else None.
     """
@@ -276,9 +283,10 @@ class SpeechLLM(nn.Module):
     Args:
         config: decoder shape and settings.
         layout: the token-id contract (text and speech vocabulary sizes, specials).
+        codebook_dim: dimension ``Dc`` of one speech-tokenizer code (FSQ: number of levels).
     """
 
-    def __init__(self, config: LLMConfig, layout: TokenLayout):
+    def __init__(self, config: LLMConfig, layout: TokenLayout, codebook_dim: int):
         super().__init__()
         self.config, self.layout = config, layout
         if config.pretrained_path is None:
@@ -286,16 +294,19 @@ class SpeechLLM(nn.Module):
         else:
             self.decoder = _load_decoder(config, layout)
         self.hidden_size = self.decoder.config.hidden_size
-        self.speech_embedding = SpeechEmbedding(config.codebook_dim, self.hidden_size,
+        self.speech_embedding = SpeechEmbedding(codebook_dim, self.hidden_size,
                                                 layout.speech_vocab_size if config.id_embedding else 0)
-        if config.guide_weight > 0:
-            shape = self.decoder.config
-            bad = [k for k in config.guide_layers if not 0 <= k < shape.num_hidden_layers]
-            if bad or config.guide_heads > shape.num_attention_heads:
-                raise ValueError(f"guide_layers {list(config.guide_layers)} / guide_heads {config.guide_heads} "
-                                 f"outside a decoder of {shape.num_hidden_layers} layers and "
-                                 f"{shape.num_attention_heads} heads")
-            self.decoder.set_attn_implementation("eager")  # the fused kernels return no attention weights
+        self.decoder.set_attn_implementation(config.attn_implementation)
+
+    def enable_guide(self, guide: GuideConfig) -> None:
+        """Prepares training with ``guide``: refuses layers or heads this decoder has not, and switches attention
+        to the eager path (the fused kernels return no attention weights for the loss to read)."""
+        shape = self.decoder.config
+        bad = [k for k in guide.layers if not 0 <= k < shape.num_hidden_layers]
+        if bad or guide.heads > shape.num_attention_heads:
+            raise ValueError(f"guided layers {list(guide.layers)} / heads {guide.heads} outside a decoder of "
+                             f"{shape.num_hidden_layers} layers and {shape.num_attention_heads} heads")
+        self.decoder.set_attn_implementation("eager")
 
     def num_parameters(self) -> int:
         """Number of distinct parameters (tied weights counted once)."""
@@ -320,7 +331,7 @@ class SpeechLLM(nn.Module):
                              f"vocabulary, got {tuple(codebook.shape)}")
 
     def _pack(self, text_ids: torch.Tensor, text_lengths: torch.Tensor, speech: torch.Tensor,
-              speech_lengths: torch.Tensor, codebook: torch.Tensor, corrupt: bool = False
+              speech_lengths: torch.Tensor, codebook: torch.Tensor, input_noise: float = 0.0
               ) -> tuple[torch.Tensor, torch.Tensor]:
         """Embeds and packs each row as ``SOS text TASK speech``, right-padded.
 
@@ -330,7 +341,7 @@ class SpeechLLM(nn.Module):
             speech: speech ids ``(B, S)`` (zero at padding), probabilities ``(B, S, V)`` or codes ``(B, S, Dc)``.
             speech_lengths: ``(B,)``.
             codebook: ``(V, Dc)``.
-            corrupt: give a ``speech_input_noise`` fraction of the speech positions a random code's embedding.
+            input_noise: the fraction of the speech positions that get a random code's embedding.
         Returns:
             input embeddings ``(B, N, H)`` (zero at padding) and their boolean mask ``(B, N)``.
         """
@@ -344,8 +355,8 @@ class SpeechLLM(nn.Module):
         prefix_ids[rows[:, 0], text_lengths + 1] = TASK_ID
         prefix = self.decoder.get_input_embeddings()(prefix_ids)  # (B, L + 2, H)
         speech_embeds = self.speech_embedding(speech, codebook)  # (B, S, H)
-        if corrupt:
-            replace = torch.rand(speech_embeds.shape[:2], device=device) < self.config.speech_input_noise
+        if input_noise > 0:
+            replace = torch.rand(speech_embeds.shape[:2], device=device) < input_noise
             random_ids = torch.randint(codebook.shape[0], speech_embeds.shape[:2], device=device)
             speech_embeds = torch.where(replace[..., None], self.speech_embedding(random_ids, codebook),
                                         speech_embeds)
@@ -364,8 +375,8 @@ class SpeechLLM(nn.Module):
 
     def forward(self, text_ids: torch.Tensor, text_mask: torch.Tensor, speech: torch.Tensor,
                 speech_mask: torch.Tensor, codebook: torch.Tensor,
-                speech_ids: Optional[torch.Tensor] = None, guide: bool = True, corrupt: bool = False,
-                return_attentions: bool = False) -> LLMOutput:
+                speech_ids: Optional[torch.Tensor] = None, guide: Optional[GuideConfig] = None,
+                input_noise: float = 0.0, return_attentions: bool = False) -> LLMOutput:
         """Teacher-forced next-token logits over ``[V speech codes, EOS]``.
 
         Args:
@@ -375,10 +386,13 @@ class SpeechLLM(nn.Module):
             speech_mask: ``(B, S)`` bool, right-padded.
             codebook: the tokenizer's enumerated codebook ``(V, Dc)``.
             speech_ids: ``(B, S)`` target ids when ``speech`` is soft (defaults to ``speech`` when it is ids).
-            guide: compute the guided-attention loss (in training, with ``guide_weight > 0``). An objective that
-                does not train the alignment passes False and saves keeping every layer's attention.
-            corrupt: in training, replace ``speech_input_noise`` of the speech inputs by random codes. Only
-                maximum-likelihood training asks for it: an objective that scores given sequences (GRPO) must not.
+            guide: in training, compute the guided-attention loss of these heads (when its weight is positive;
+                :meth:`enable_guide` first). An objective that does not train the alignment passes none and saves
+                keeping every layer's attention.
+            input_noise: in training, the fraction of the speech inputs replaced by random codes (targets
+                unchanged): the model learns to continue after a wrong token, as it must when it samples its own.
+                Only maximum-likelihood training asks for it: an objective that scores given sequences (GRPO) must
+                not.
             return_attentions: also return every layer's attention weights (needs the eager attention path).
         Returns:
             :class:`LLMOutput` with logits ``(B, S + 1, V + 1)``.
@@ -402,23 +416,22 @@ class SpeechLLM(nn.Module):
             speech_ids = speech_ids.masked_fill(~speech_mask, 0)
             self.layout.speech_to_llm(speech_ids)  # validates the id range
 
-        if return_attentions and self.decoder.config._attn_implementation != "eager":
-            raise ValueError("return_attentions needs the eager attention path (the fused kernels return no "
-                             "weights): call decoder.set_attn_implementation('eager') first")
-        corrupted = corrupt and self.training and self.config.speech_input_noise > 0
-        embeds, attention_mask = self._pack(text_ids, text_lengths, speech, speech_lengths, codebook, corrupted)
+        guided = guide is not None and guide.weight > 0 and self.training
+        if (return_attentions or guided) and self.decoder.config._attn_implementation != "eager":
+            raise ValueError("attention weights need the eager attention path (the fused kernels return none): "
+                             "call enable_guide or decoder.set_attn_implementation('eager') first")
+        embeds, attention_mask = self._pack(text_ids, text_lengths, speech, speech_lengths, codebook,
+                                            input_noise if self.training else 0.0)
         positions = torch.arange(embeds.shape[1], device=embeds.device).expand(embeds.shape[0], -1)
-        guided = guide and self.training and self.config.guide_weight > 0
         decoded = self.decoder.model(inputs_embeds=embeds, attention_mask=attention_mask.long(),
                                      position_ids=positions, use_cache=False,
                                      output_attentions=guided or return_attentions)
         hidden = decoded.last_hidden_state
         guide_loss = None
         if guided:
-            heads = self.config.guide_heads
             guide_loss = torch.stack([
-                diagonal_guide_loss(decoded.attentions[k][:, :heads], text_lengths, speech_lengths,
-                                    self.config.guide_sigma) for k in self.config.guide_layers]).mean()
+                diagonal_guide_loss(decoded.attentions[k][:, :guide.heads], text_lengths, speech_lengths, guide.sigma)
+                for k in guide.layers]).mean()
 
         # The hidden state at TASK predicts speech token 0; the one at speech token s predicts token s + 1.
         num_steps = speech.shape[1] + 1
@@ -446,7 +459,7 @@ class SpeechLLM(nn.Module):
         Args:
             prompt_text_ids, text_ids, prompt_speech_ids, speech_ids: B 1-D id tensors each (prompts may be empty).
             codebook: ``(V, Dc)``.
-            kwargs: passed to :meth:`forward` (``guide``, ``corrupt``).
+            kwargs: passed to :meth:`forward` (``guide``, ``input_noise``).
         Returns:
             the :class:`LLMOutput` of the right-padded rows, and the prompts' speech lengths ``P`` ``(B,)``:
             position ``P[b] + s`` predicts ``speech_ids[b][s]``, position ``P[b] + len(speech_ids[b])`` its EOS.

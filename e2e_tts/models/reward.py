@@ -27,10 +27,9 @@ from e2e_tts.models.layers import Attention, TransformerStack
 from e2e_tts.models.masks import lengths_to_mask, prefix_lengths
 from e2e_tts.models.speech_embedding import SpeechEmbedding
 
-# the attribute tasks and their config fields: (number of classes, loss weight)
-TASK_FIELDS = {"speaker": ("num_speakers", "speaker_weight"), "emotion": ("num_emotions", "emotion_weight"),
-               "quality": ("num_quality_classes", "quality_weight")}
-TASKS = tuple(TASK_FIELDS)
+# the attribute tasks and the config fields of their loss weights
+TASK_WEIGHTS = {"speaker": "speaker_weight", "emotion": "emotion_weight", "quality": "quality_weight"}
+TASKS = tuple(TASK_WEIGHTS)
 MISSING_LABEL = -1
 
 
@@ -38,10 +37,12 @@ MISSING_LABEL = -1
 class RewardConfig:
     """Sizes and loss weights of the reward model; defaults are the ``tiny`` size (2.3M parameters for bytes).
 
+    The speech codes' dimension and the speaker count are not settings: :class:`RewardModel` takes them from the
+    tokenizer and the training data.
+
     Args:
-        codebook_dim: dimension ``Dc`` of one speech-tokenizer code (FSQ: number of levels).
         id_embedding: give each speech token id a free embedding vector besides its code's MLP embedding
-            (e2e_tts.models.speech_embedding); needs the codebook size, which the system passes.
+            (e2e_tts.models.speech_embedding).
         encoder_dim, encoder_depth, encoder_heads: the speech encoder.
         decoder_dim, decoder_depth, decoder_heads: the attention decoder over text ids.
         ff_mult: feed-forward expansion of every block.
@@ -49,16 +50,12 @@ class RewardConfig:
         ctc_weight: share of CTC in the recognition loss ``ctc_weight * ctc + (1 - ctc_weight) * attention``.
         label_smoothing: label smoothing of the attention and task cross-entropies (training loss only; the
             returned log-probabilities are never smoothed). It also makes the reward model less easy to hack.
-        num_speakers: speaker-classification classes (0 disables the head).
         num_emotions: emotion classes (0 disables; 9 = the emotion2vec_plus label set).
         num_quality_classes: MOS bins (0 disables; DiffRO bins MOS into 5 classes).
         asr_weight, speaker_weight, emotion_weight, quality_weight: weights of the tasks in the total loss.
-        token_noise_prob: in training mode, probability of replacing each hard input id by a uniformly random
-            id (the noise augmentation of the separate stage). Soft inputs are never perturbed.
         max_text_length: the longest text (in text ids, without eos) accepted and decoded.
     """
 
-    codebook_dim: int = 4
     id_embedding: bool = False
     encoder_dim: int = 128
     encoder_depth: int = 6
@@ -70,18 +67,15 @@ class RewardConfig:
     dropout: float = 0.1
     ctc_weight: float = 0.3
     label_smoothing: float = 0.1
-    num_speakers: int = 16
     num_emotions: int = 9
     num_quality_classes: int = 5
     asr_weight: float = 1.0
     speaker_weight: float = 1.0
     emotion_weight: float = 1.0
     quality_weight: float = 1.0
-    token_noise_prob: float = 0.0
     max_text_length: int = 512
 
     def __post_init__(self) -> None:
-        positive(self, "codebook_dim")
         for name in ("encoder", "decoder"):
             positive(self, f"{name}_dim")
             positive(self, f"{name}_heads")
@@ -91,9 +85,9 @@ class RewardConfig:
                 raise FieldError(f"{name}_dim", f"{dim} must split into {name}_heads {heads} heads of even width "
                                                 f"(rotary)")
         positive(self, "ff_mult")
-        for name in ("dropout", "ctc_weight", "label_smoothing", "token_noise_prob"):
+        for name in ("dropout", "ctc_weight", "label_smoothing"):
             within(self, name, 0.0, 1.0)
-        for classes, _ in TASK_FIELDS.values():
+        for classes in ("num_emotions", "num_quality_classes"):
             at_least(self, classes, 0)
         at_least(self, "max_text_length", 1)
 
@@ -101,8 +95,8 @@ PRESETS: dict[str, RewardConfig] = {
     "tiny": RewardConfig(),
     # ~0.6B with a small text vocabulary (each 1k text ids adds 2M parameters): a deep encoder carries the
     # capacity, as in SenseVoice, with a WeNet-like shallower decoder.
-    "paper": RewardConfig(codebook_dim=8, encoder_dim=1024, encoder_depth=36, encoder_heads=16, decoder_dim=1024,
-                          decoder_depth=8, decoder_heads=16, num_speakers=1000, max_text_length=1024),
+    "paper": RewardConfig(encoder_dim=1024, encoder_depth=36, encoder_heads=16, decoder_dim=1024, decoder_depth=8,
+                          decoder_heads=16, max_text_length=1024),
 }
 
 
@@ -168,17 +162,22 @@ class RewardModel(nn.Module):
     Args:
         config: sizes and loss weights.
         text_vocab_size: number of ids of the text tokenizer; ``text_vocab_size`` itself is the special id.
+        codebook_dim: dimension ``Dc`` of one tokenizer code (FSQ: number of levels).
         codebook_size: the tokenizer's number of codes (needed by ``config.id_embedding``).
+        num_speakers: speaker-classification classes, the training speakers (0 disables the head).
     """
 
-    def __init__(self, config: RewardConfig, text_vocab_size: int, codebook_size: int = 0):
+    def __init__(self, config: RewardConfig, text_vocab_size: int, codebook_dim: int, codebook_size: int = 0,
+                 num_speakers: int = 0):
         super().__init__()
         if text_vocab_size < 1:
             raise ValueError(f"text_vocab_size must be positive, got {text_vocab_size}")
-        self.config, self.text_vocab_size = config, text_vocab_size
+        if num_speakers < 0:
+            raise ValueError(f"num_speakers must be >= 0, got {num_speakers}")
+        self.config, self.text_vocab_size, self.num_speakers = config, text_vocab_size, num_speakers
         if config.id_embedding and codebook_size < 1:
             raise ValueError("id_embedding needs the tokenizer's codebook size")
-        self.speech_embedding = SpeechEmbedding(config.codebook_dim, config.encoder_dim,
+        self.speech_embedding = SpeechEmbedding(codebook_dim, config.encoder_dim,
                                                 codebook_size if config.id_embedding else 0)
         self.encoder = TransformerStack(config.encoder_dim, config.encoder_depth, config.encoder_heads,
                                         config.ff_mult, config.dropout)
@@ -187,7 +186,7 @@ class RewardModel(nn.Module):
         self.decoder = TransformerStack(config.decoder_dim, config.decoder_depth, config.decoder_heads,
                                         config.ff_mult, config.dropout, context_dim=config.encoder_dim)
         self.decoder_head = nn.Linear(config.decoder_dim, text_vocab_size + 1)
-        num_classes = {task: getattr(config, classes) for task, (classes, _) in TASK_FIELDS.items()}
+        num_classes = {"speaker": num_speakers, "emotion": config.num_emotions, "quality": config.num_quality_classes}
         self.task_heads = nn.ModuleDict({
             task: PooledClassifier(config.encoder_dim, config.encoder_heads, num_classes[task], config.dropout)
             for task in TASKS if num_classes[task] > 0})
@@ -211,13 +210,16 @@ class RewardModel(nn.Module):
         """Number of parameters (works on the meta device)."""
         return sum(p.numel() for p in self.parameters())
 
-    def encode(self, speech: torch.Tensor, speech_mask: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
+    def encode(self, speech: torch.Tensor, speech_mask: torch.Tensor, codebook: torch.Tensor,
+               token_noise: float = 0.0) -> torch.Tensor:
         """Encodes speech tokens.
 
         Args:
             speech: ids ``(B, T)``, probabilities ``(B, T, V)`` or codes ``(B, T, Dc)``.
             speech_mask: ``(B, T)`` bool, True on valid frames (a prefix of each row, at least one frame).
             codebook: the speech tokenizer's enumerated codebook ``(V, Dc)``.
+            token_noise: in training mode, the probability of replacing each input id by a uniformly random id
+                (a recogniser robust to wrong tokens); soft inputs are never perturbed.
         Returns:
             ``(B, T, encoder_dim)``; padded frames carry no information into valid ones.
         """
@@ -230,14 +232,15 @@ class RewardModel(nn.Module):
                                  f"max={int(valid_ids.max())}")
             speech = speech.masked_fill(~speech_mask, 0)  # padding may hold -1 (FSQ) or anything else
             if self.training:
-                speech = replace_tokens_randomly(speech, self.config.token_noise_prob, vocab)
+                speech = replace_tokens_randomly(speech, token_noise, vocab)
         embedded = self.speech_embedding(speech, codebook).masked_fill(~speech_mask[..., None], 0.0)
         encoded, _ = self.encoder(embedded, speech_mask)
         return encoded
 
     def forward(self, speech: torch.Tensor, speech_mask: torch.Tensor, codebook: torch.Tensor,
                 text_ids: torch.Tensor, text_mask: torch.Tensor, speaker: torch.Tensor | None = None,
-                emotion: torch.Tensor | None = None, quality: torch.Tensor | None = None) -> RewardOutput:
+                emotion: torch.Tensor | None = None, quality: torch.Tensor | None = None,
+                token_noise: float = 0.0) -> RewardOutput:
         """Scores the reference text and labels given the speech tokens, and computes the training losses.
 
         Args:
@@ -247,6 +250,7 @@ class RewardModel(nn.Module):
             text_ids: ``(B, L)`` text tokenizer ids (any value on padding).
             text_mask: ``(B, L)`` bool, True on valid ids (a prefix of each row; may be empty).
             speaker, emotion, quality: ``(B,)`` class labels, -1 where missing, or None.
+            token_noise: see :meth:`encode`.
         Returns:
             a :class:`RewardOutput`.
         """
@@ -265,7 +269,7 @@ class RewardModel(nn.Module):
         text_ids = text_ids.long().masked_fill(~text_mask, 0)
         labels = {"speaker": speaker, "emotion": emotion, "quality": quality}
 
-        encoded = self.encode(speech, speech_mask, codebook)
+        encoded = self.encode(speech, speech_mask, codebook, token_noise)
         losses = {"ctc": self.ctc_loss(encoded, speech_mask, text_ids, text_mask)}
         token_logits, token_targets, token_mask, cross_attention = self._teacher_forced(
             encoded, speech_mask, text_ids, text_mask)
@@ -292,7 +296,7 @@ class RewardModel(nn.Module):
             safe_label = label.long().clamp(min=0)
             nll = F.cross_entropy(logits, safe_label, reduction="none", label_smoothing=config.label_smoothing)
             losses[task] = (nll * present).sum() / present.sum().clamp(min=1)
-            loss = loss + getattr(config, TASK_FIELDS[task][1]) * losses[task]
+            loss = loss + getattr(config, TASK_WEIGHTS[task]) * losses[task]
             if given:
                 label_log_probs[task] = logits.log_softmax(-1).gather(-1, safe_label[:, None])[:, 0] * present
 

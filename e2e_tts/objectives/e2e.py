@@ -39,7 +39,7 @@ class EndToEndObjective(nn.Module):
             raise ValueError(f"stage {stage.name!r}: unknown loss weight(s) {sorted(unknown)}; known: {LOSSES}")
         self.system = system
         self.weights = {k: float(w) for k, w in stage.loss_weights.items() if w != 0}
-        if "speaker" in self.weights and system.reward.config.num_speakers == 0:
+        if "speaker" in self.weights and system.reward.num_speakers == 0:
             raise ValueError(f"stage {stage.name!r}: a speaker loss needs the reward model's speaker head, which "
                              f"this system has not (no training speakers)")
         self.kl_beta = stage.kl_beta
@@ -59,7 +59,7 @@ class EndToEndObjective(nn.Module):
         codebook = system.codebook()
         speech_ids, speech_mask = self.frozen_tokens(batch["mel"], batch["mel_mask"], batch["keys"])
         # The alignment was trained in the earlier stages: no guided-attention loss here.
-        out = system.llm(batch["text_ids"], batch["text_mask"], speech_ids, speech_mask, codebook, guide=False)
+        out = system.llm(batch["text_ids"], batch["text_mask"], speech_ids, speech_mask, codebook)
         num_tokens = speech_ids.shape[1]
         vocab = codebook.shape[0]
         # Positions 0..S-1 predict the speech tokens; EOS (last column) is not a codebook point.

@@ -77,7 +77,7 @@ class GRPOObjective(nn.Module):
                              f"not losses; got loss_weights {dict(stage.loss_weights)}")
         if config.num_samples < 2:
             raise ValueError(f"stage {stage.name!r}: grpo.num_samples must be >= 2, got {config.num_samples}")
-        if "speaker" in self.weights and system.reward.config.num_speakers == 0:
+        if "speaker" in self.weights and system.reward.num_speakers == 0:
             raise ValueError(f"stage {stage.name!r}: a speaker reward needs the reward model's speaker head, which "
                              f"this system has not (no training speakers)")
         self.system, self.config, self.kl_beta = system, config, stage.kl_beta
@@ -139,8 +139,7 @@ class GRPOObjective(nn.Module):
         """
         codebook = self.system.codebook()
         device = codebook.device
-        out, prompt_len = llm.forward_after_prompts(prompt_text, texts, prompt_speech, rollouts, codebook,
-                                                    guide=False)
+        out, prompt_len = llm.forward_after_prompts(prompt_text, texts, prompt_speech, rollouts, codebook)
         prompt_len = prompt_len[:, None]
         rollout_len = torch.tensor([len(r) for r in rollouts], device=device)[:, None]
         ended = torch.tensor([len(r) < new_token_limits(len(t), MIN_LEN_RATIO, MAX_LEN_RATIO)[1]

@@ -7,10 +7,12 @@
 * cascade (the paper's baseline): the tokenizer is trained by the recognition loss alone
   (``llm: 0, flow: 0``), then the others train separately on its frozen ids.
 
-With ``model.llm.prompt_pairs``, some of the LLM's rows are prefixed by a same-speaker utterance of the batch, as
-synthesis prefixes a prompt (:mod:`e2e_tts.objectives.prompting`); ``llm_acc`` then counts those rows whole.
-In eval mode (validation), every row with a partner is also scored behind it: ``llm_nll_prompted`` and
-``llm_acc_prompted`` cover the row's own tokens only, the layout synthesis asks for.
+Besides the losses, training may prefix rows, replace inputs by noise and guide the LLM's attention
+(``stage.multitask``, :class:`~e2e_tts.stage.MultiTaskConfig`). With ``prompt_pairs``, some of the LLM's rows are
+prefixed by a same-speaker utterance of the batch, as synthesis prefixes a prompt
+(:mod:`e2e_tts.objectives.prompting`); ``llm_acc`` then counts those rows whole. In eval mode (validation), every
+row with a partner is also scored behind it: ``llm_nll_prompted`` and ``llm_acc_prompted`` cover the row's own
+tokens only, the layout synthesis asks for.
 """
 
 from __future__ import annotations
@@ -47,6 +49,9 @@ class MultiTaskObjective(nn.Module):
         if idle or not self.weights:
             raise ValueError(f"stage {stage.name!r}: trainable module(s) {idle or list(stage.trainable)} have no "
                              f"non-zero loss weight")
+        self.config = stage.multitask
+        if "llm" in self.weights and self.config.guide.weight > 0:
+            system.llm.enable_guide(self.config.guide)
         self.train_tokenizer = "tokenizer" in stage.trainable
         self.frozen_tokens = None if self.train_tokenizer else FrozenTokenCache(system.tokenizer)
         self.step = 0
@@ -66,17 +71,17 @@ class MultiTaskObjective(nn.Module):
         metrics: dict[str, float] = {}
         if "llm" in self.weights:
             llm_inputs = batch["text_ids"], batch["text_mask"], speech, speech_mask, speech_ids
-            if self.training and system.llm.config.prompt_pairs > 0:
-                llm_inputs = prefix_partners(*llm_inputs, batch["speaker"], system.llm.config.prompt_pairs)
+            if self.training and self.config.prompt_pairs > 0:
+                llm_inputs = prefix_partners(*llm_inputs, batch["speaker"], self.config.prompt_pairs)
             text_ids, text_mask, llm_speech, llm_speech_mask, llm_speech_ids = llm_inputs
             out = system.llm(text_ids, text_mask, llm_speech, llm_speech_mask, codebook, speech_ids=llm_speech_ids,
-                             corrupt=True)
+                             guide=self.config.guide, input_noise=self.config.llm_input_noise)
             losses["llm"] = system.llm.loss(out)
             metrics["llm_acc"] = system.llm.accuracy(out).item()
             metrics["llm_nll"] = losses["llm"].item()
             if out.guide_loss is not None:  # guided attention (training only): part of the LLM's loss
                 metrics["llm_guide"] = out.guide_loss.item()
-                losses["llm"] = losses["llm"] + system.llm.config.guide_weight * out.guide_loss
+                losses["llm"] = losses["llm"] + self.config.guide.weight * out.guide_loss
             if not self.training:
                 metrics.update(self.behind_prompt(batch["text_ids"], batch["text_mask"], speech_ids, speech_mask,
                                                   batch["speaker"], codebook))
@@ -86,7 +91,8 @@ class MultiTaskObjective(nn.Module):
             metrics.update({f"flow_{k}": v.item() for k, v in terms.items()})
         if "reward" in self.weights:
             out = system.reward(speech, speech_mask, codebook, batch["text_ids"], batch["text_mask"],
-                                speaker=system.speaker_ids(batch["speaker"], speech.device))
+                                speaker=system.speaker_ids(batch["speaker"], speech.device),
+                                token_noise=self.config.reward_input_noise)
             losses["reward"] = out.loss
             metrics.update({f"reward_{k}": v.item() for k, v in out.losses.items()})
         total = sum(self.weights[k] * v for k, v in losses.items())
