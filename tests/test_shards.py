@@ -155,6 +155,25 @@ def test_command_line_writes_shards_from_a_manifest(tmp_path):
     assert json.loads((tmp_path / "out" / "dev.stats.json").read_text())["utterances"] == 3
 
 
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_progress_bar_counts_the_utterances_written_when_asked(tmp_path, capsys, workers):
+    entries = make_entries(tmp_path, 5)
+    write_shards(entries, tmp_path / "quiet", AudioConfig(), shard_size=2, workers=workers)
+    assert capsys.readouterr().err == ""
+    write_shards(entries, tmp_path / "shown", AudioConfig(), shard_size=2, workers=workers, progress_bar=True)
+    bar = capsys.readouterr().err
+    assert "shards train" in bar and "5/5" in bar  # 5 utterances in 3 shards
+    write_jsonl(entries, tmp_path / "manifest.jsonl")
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers())
+    command = ["shards", "--manifest", str(tmp_path / "manifest.jsonl"), "--out", str(tmp_path / "cli")]
+    args = parser.parse_args(command)
+    assert args.progress_bar is False  # stderr is no terminal here
+    assert args.func(args) == 0 and capsys.readouterr().err == ""
+    args = parser.parse_args(command + ["--progress-bar"])
+    assert args.func(args) == 0 and "5/5" in capsys.readouterr().err
+
+
 def test_bad_arguments_and_lists_are_explained(tmp_path):
     with pytest.raises(ValueError, match="shard_size"):
         write_shards([], tmp_path, AudioConfig(), shard_size=0)

@@ -38,11 +38,13 @@ import re
 import sys
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Optional, Sequence
 
 import webdataset as wds
+from tqdm import tqdm
 
 from e2e_tts.audio import AudioConfig, AudioRejected, check_audio, encode_flac, load_audio, normalize_peak
 from e2e_tts.data.features import SampleRejected, encode_text
@@ -117,7 +119,7 @@ class ShardStats:
 
 def write_shards(entries: Iterable[ManifestEntry], out_dir: str | Path, audio_config: AudioConfig,
                  shard_size: int = 1000, workers: int = 2, prefix: str = "train",
-                 text_config: Optional[TextConfig] = None) -> ShardStats:
+                 text_config: Optional[TextConfig] = None, progress_bar: bool = False) -> ShardStats:
     """Validates manifest entries and writes them as WebDataset shards.
 
     Args:
@@ -129,6 +131,7 @@ def write_shards(entries: Iterable[ManifestEntry], out_dir: str | Path, audio_co
         prefix: shard file prefix, also names the ``.list`` and ``.stats.json`` files.
         text_config: the bounds ``check_text`` applies and the tokenizer training will use (default:
             ``TextConfig()``); each text is normalised in its entry's own language.
+        progress_bar: show a tqdm bar on stderr of the utterances in the shards written so far.
     Returns:
         the statistics, also saved to ``<out_dir>/<prefix>.stats.json`` when at least one utterance was written
         (otherwise ``out_dir`` is left as it was).
@@ -159,17 +162,20 @@ def write_shards(entries: Iterable[ManifestEntry], out_dir: str | Path, audio_co
     tasks = [(str(out_dir / SHARD_NAME.format(prefix=prefix, index=index)), accepted[start:start + shard_size],
               audio_config, text_config, tokenizer)
              for index, start in enumerate(range(0, len(accepted), shard_size))]
+    parallel = workers > 1 and len(tasks) > 1
+    bar = tqdm(total=len(accepted), desc=f"shards {prefix}", unit="utt", disable=not progress_bar,
+               dynamic_ncols=True)
     try:
-        if workers > 1 and len(tasks) > 1:
-            with ProcessPoolExecutor(max_workers=min(workers, len(tasks))) as pool:
-                results = list(pool.map(_write_shard, tasks))
-        else:
-            results = [_write_shard(task) for task in tasks]
-        for shard_stats in results:  # in shard order, whatever order the workers finished in
-            stats.merge(shard_stats)
+        with ProcessPoolExecutor(max_workers=min(workers, len(tasks))) if parallel else nullcontext() as pool:
+            results = pool.map(_write_shard, tasks) if parallel else map(_write_shard, tasks)
+            # Results come in shard order, whatever order the workers finished in.
+            for (_, shard_entries, *_), shard_stats in zip(tasks, results):
+                stats.merge(shard_stats)
+                bar.update(len(shard_entries))
         if stats.utterances:
             _swap_in(out_dir, prefix, stats)
     finally:
+        bar.close()
         for path, *_ in tasks:
             Path(path + PARTIAL).unlink(missing_ok=True)
     print(f"{'wrote' if stats.utterances else 'left unchanged'} {out_dir}/{prefix}: {stats.summary()}")
@@ -313,6 +319,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                              f"(default: {TextConfig.tokenizer})")
     parser.add_argument("--text-language", default=TextConfig.language,
                         help=f"the text.language training will use (default: {TextConfig.language})")
+    parser.add_argument("--progress-bar", action=argparse.BooleanOptionalAction, default=sys.stderr.isatty(),
+                        help="show a progress bar of the utterances written (default: when stderr is a terminal)")
     parser.set_defaults(func=_run_command)
 
 
@@ -323,7 +331,7 @@ def _run_command(args: argparse.Namespace) -> int:
         entries = read_manifest(args.manifest, format=args.format)
         stats = write_shards(entries, args.out, AudioConfig(sample_rate=args.sample_rate),
                              shard_size=args.shard_size, workers=args.workers, prefix=args.prefix,
-                             text_config=text_config)
+                             text_config=text_config, progress_bar=args.progress_bar)
     except (ValueError, OSError) as err:  # ManifestError is a ValueError
         print(f"error: {err}", file=sys.stderr)
         return 2
