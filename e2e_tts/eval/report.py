@@ -139,8 +139,10 @@ class _Figures:
                 continue
             source = Path(row["wav"]).parent / name
             try:
-                matrix = np.load(source)
-                path = plots.save_alignment(matrix, self.out_dir / FIGURES / f"attention_{index:04d}.png",
+                matrix = np.load(source).astype(np.float64)
+                # where along the text each step looks, whatever share of its attention the text gets
+                rows_renormalised = matrix / np.maximum(matrix.sum(-1, keepdims=True), 1e-12)
+                path = plots.save_alignment(rows_renormalised, self.out_dir / FIGURES / f"attention_{index:04d}.png",
                                             f"{row['utt']}: LLM attention over the text", "text position",
                                             "speech step")
             except (OSError, ValueError) as err:  # missing or unreadable file, not a 2-D matrix
@@ -229,7 +231,8 @@ def _render_html(results: Mapping[str, Any], synthesis: Optional[Mapping[str, An
     if figures.attention:
         parts.append("<h2>The LLM's attention over its text</h2>")
         parts.append("<p>Per utterance, layers and heads averaged: each speech step (as it was generated) against "
-                     "the text positions. A model that reads its text draws a diagonal band.</p>")
+                     "the text positions, its row renormalised over the text. A model that reads its text draws a "
+                     "diagonal band.</p>")
         parts.extend(f'<figure><img src="{_h(src)}" alt="attention {_h(made["id"])}"><figcaption><b>{_h(made["id"])}'
                      f'</b> <code>{_h(made["normalized_text"])}</code></figcaption></figure>'
                      for made, src in figures.attention)
