@@ -286,7 +286,8 @@ class Synthesizer:
         for t, (text, (normalized, text_ids)) in enumerate(zip(texts, prepared)):
             candidates = outputs[t * config.num_candidates:(t + 1) * config.num_candidates]
             result = self._select(text, normalized, candidates, config, check)
-            prompt_ids = (None, None) if prompt is None else (prompt.text_ids, prompt.speech_ids)
+            llm_prompt = prompt if config.llm_prompt else None
+            prompt_ids = (None, None) if llm_prompt is None else (llm_prompt.text_ids, llm_prompt.speech_ids)
             result.text_attention = text_attention(self.system.llm, self.system.codebook(), text_ids, result.tokens,
                                                    *prompt_ids).mean(0)
             results.append(result)
@@ -320,9 +321,10 @@ class Synthesizer:
 
     def generate_tokens(self, text_ids: list[torch.Tensor], prompt: Optional[Prompt], config: SynthesisConfig,
                         generator: torch.Generator) -> list[torch.Tensor]:
-        """The LLM's speech ids ``(T_b,)`` for each row of text ids (after the prompt's, if any), sampled with
-        ``config``'s LLM settings."""
+        """The LLM's speech ids ``(T_b,)`` for each row of text ids (after the prompt's, if any and if
+        ``config.llm_prompt``), sampled with ``config``'s LLM settings."""
         batch = len(text_ids)
+        prompt = prompt if config.llm_prompt else None
         return self.system.llm.generate(
             text_ids, self.system.codebook(),
             prompt_text_ids=None if prompt is None else [prompt.text_ids] * batch,

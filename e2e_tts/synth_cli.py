@@ -66,7 +66,8 @@ def read_text_list(path: str | Path) -> list[tuple[str, str]]:
     return items
 
 
-LLM_SAMPLING_FIELDS = ("temperature", "top_k", "top_p", "repetition_aware", "min_len_ratio", "max_len_ratio")
+LLM_SAMPLING_FIELDS = ("temperature", "top_k", "top_p", "repetition_aware", "min_len_ratio", "max_len_ratio",
+                       "llm_prompt")
 
 
 VOCODER_HELP = ("default: the export's synthesis.vocoder, else its vocoder when the export records it trained, "
@@ -93,6 +94,11 @@ def add_llm_sampling_arguments(group: argparse._ActionsContainer) -> None:
     group.add_argument("--max-len-ratio", type=float,
                        help="stop without EOS at this many speech tokens per text id; "
                             + export_default("max_len_ratio"))
+    prompt = group.add_mutually_exclusive_group()
+    prompt.add_argument("--llm-prompt", dest="llm_prompt", action="store_const", const=True,
+                        help="the LLM continues the prompt (zero-shot); " + export_default("llm_prompt"))
+    prompt.add_argument("--no-llm-prompt", dest="llm_prompt", action="store_const", const=False,
+                        help="the LLM reads the text alone; only the flow hears the prompt")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

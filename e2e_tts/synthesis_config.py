@@ -30,6 +30,9 @@ class SynthesisConfig:
             :func:`e2e_tts.models.sampling.sample_next_token`; CosyVoice 2 uses 1.0 / 25 / 0.8 / RAS).
         min_len_ratio, max_len_ratio: speech tokens per text id: EOS is masked below the minimum, a row stops at
             the maximum (see :meth:`e2e_tts.models.llm.SpeechLLM.generate`).
+        llm_prompt: the LLM continues the prompt (its text before the text, its speech tokens before the new
+            ones), as in zero-shot synthesis; False: the LLM reads the text alone and only the flow hears the prompt
+            (CosyVoice's cross-lingual mode), for a model that reads its text better than it continues a prompt.
         decoder: ``"flow"`` (the flow's ODE from the prior) or ``"prior"`` (the flow's prior head: the mean mel
             of the tokens, no ODE and no prompt mel; deterministic, and where the flow is undertrained the better
             reading of the tokens).
@@ -55,6 +58,7 @@ class SynthesisConfig:
     repetition_aware: bool = True
     min_len_ratio: float = MIN_LEN_RATIO
     max_len_ratio: float = MAX_LEN_RATIO
+    llm_prompt: bool = True
     decoder: str = "flow"
     solver: Optional[str] = None
     nfe: Optional[int] = None

@@ -151,6 +151,32 @@ def test_zero_shot_prompt_conditions_llm_and_flow_but_is_not_in_the_output(fresh
     assert (result.text_attention >= 0).all() and (result.text_attention.sum(1) <= 1 + 1e-5).all()
 
 
+def test_without_llm_prompt_only_the_flow_hears_the_prompt(fresh_synth, prompt_audio):
+    synth = fresh_synth
+    wav, rate = prompt_audio
+    prompt = synth.encode_prompt(wav, "A prompt, 1 line.", sample_rate=rate)
+    seen = {}
+    generate, sample = synth.system.llm.generate, synth.system.flow.sample
+
+    def spy_generate(*args, **kwargs):
+        seen["llm"] = kwargs
+        return generate(*args, **kwargs)
+
+    def spy_sample(speech, speech_mask, codebook, prompt_mel=None, **kwargs):
+        seen["flow"] = (speech, prompt_mel)
+        return sample(speech, speech_mask, codebook, prompt_mel, **kwargs)
+
+    synth.system.llm.generate, synth.system.flow.sample = spy_generate, spy_sample
+    result, = synth.synthesize(["Hello there."], wav, "A prompt, 1 line.",
+                               SynthesisConfig(**FAST, llm_prompt=False), prompt_sample_rate=rate)
+    assert seen["llm"]["prompt_text_ids"] is None and seen["llm"]["prompt_speech_ids"] is None
+    speech, prompt_mel = seen["flow"]
+    assert torch.equal(speech[0, :12], prompt.speech_ids) and torch.equal(speech[0, 12:], result.tokens)
+    torch.testing.assert_close(prompt_mel[0], prompt.mel)
+    # The recorded attention is that of the text alone, as the LLM read it.
+    assert result.text_attention.shape == (result.tokens.numel() + 1, len(b"Hello there."))
+
+
 def test_prior_decoder_vocodes_the_prior_heads_mel_of_the_new_tokens(synth, prompt_audio):
     wav, rate = prompt_audio
     config = SynthesisConfig(**{**FAST, "decoder": "prior", "vocoder": "model"})
