@@ -59,6 +59,44 @@ def test_kmeans_lookup_recovers_separated_clusters_and_maps_each_frame_group_to_
     assert torch.allclose(decoded, centres[[0, 1, 3]].reshape(-1, 3), atol=0.05)
 
 
+def test_ceilings_lay_out_the_llms_row_as_the_synthesis_setting_says(tmp_path):
+    """With llm_prompt false, the LLM samples and is teacher-forced without the prompt, as synthesis runs it; the
+    accuracies behind and without a prompt are both still counted."""
+    import numpy as np
+    import torch
+
+    from e2e_tts.config import load_config, to_object
+    from e2e_tts.synth import Synthesizer
+    from e2e_tts.synthesis_config import SynthesisConfig
+    from e2e_tts.system import TTSSystem
+    from e2e_tts.text import ByteTokenizer
+    from shared import MICRO_MODEL_OVERRIDES
+
+    ceilings = load_tool("ceilings")
+    config = load_config(overrides=MICRO_MODEL_OVERRIDES)
+    torch.manual_seed(0)
+    synth = Synthesizer.from_pretrained(TTSSystem(to_object(config.model), ByteTokenizer(), ["a"]).export(
+        tmp_path / "export", config))
+    rng = np.random.default_rng(0)
+    wav, prompt = (0.1 * rng.standard_normal(n).astype(np.float32) for n in (6400, 3200))
+    prompts_seen, decoded_ids = [], []
+    generate, prior = synth.system.llm.generate, synth.system.flow.prior
+    synth.system.llm.generate = lambda *a, **k: prompts_seen.append(k["prompt_text_ids"]) or generate(*a, **k)
+    synth.system.flow.prior = lambda speech, *a: decoded_ids.append(speech[0]) or prior(speech, *a)
+    # Marked teacher-forced tokens: all 1 behind the prompt, all 2 without it.
+    ceilings.teacher_forced_argmax = lambda s, p, text, ids: torch.full_like(ids, 2 if p is None else 1)
+    for llm_prompt in (True, False):
+        decoded_ids.clear()
+        _, hits = ceilings.decode_conditions(synth, wav, "hello there", prompt, "hi",
+                                             ["llm_prior_griffin_lim", "llm_teacher_forced_prior_griffin_lim"],
+                                             seed=0, flow_settings={"nfe": 2},
+                                             llm_sampling=SynthesisConfig(temperature=0.5, llm_prompt=llm_prompt))
+        assert set(hits) == {"with_prompt", "without_prompt"}  # both layouts are scored either way
+        forced_tail = decoded_ids[-1][-len(synth.speech_encoder.encode(wav)[0]):]
+        assert (forced_tail == (1 if llm_prompt else 2)).all()
+    assert prompts_seen[0] is not None and prompts_seen[1] is None
+
+
 def test_ceilings_decode_every_condition_at_the_utterance_length_with_the_given_sampler_settings(tmp_path):
     """On a micro export with random weights: each condition of the true audio gives audio of the utterance's
     length, the prior conditions are the prior head's mel (no ODE) of the true or the LLM's tokens, the sampler

@@ -12,9 +12,9 @@ Conditions, on the same utterances (a held-out split of the corpus):
                            Griffin-Lim: the best the LLM could do if it predicted every token right
   flow_prior_griffin_lim   the same tokens -> the flow's prior head (no ODE, no prompt) -> Griffin-Lim: what
                            the token condition alone carries (flows with a prior head only)
-  llm_flow_griffin_lim     the utterance's text -> the LLM's free-running tokens (prompted, sampled at
-                           --llm-temperature / --llm-top-k) -> flow -> Griffin-Lim: synthesis of text whose audio
-                           is known
+  llm_flow_griffin_lim     the utterance's text -> the LLM's free-running tokens (sampled at --llm-temperature /
+                           --llm-top-k, behind the prompt unless --no-llm-prompt; each defaults to the export's
+                           synthesis setting) -> flow -> Griffin-Lim: synthesis of text whose audio is known
   llm_prior_griffin_lim    the LLM's tokens -> prior head -> Griffin-Lim: the LLM judged without the ODE's noise
   kmeans_lookup_griffin_lim
                            a training-free codebook: k-means (as many centroids as the tokenizer has codes) over
@@ -23,7 +23,7 @@ Conditions, on the same utterances (a held-out split of the corpus):
                            codebook size allow without learning; a learned tokenizer and decoder must beat it
   llm_teacher_forced_flow_griffin_lim
                            the LLM's most likely token at each step given the true tokens before it (and the
-                           prompt) -> flow -> Griffin-Lim: the LLM without exposure bias. Where this is level
+                           prompt, where the llm_* conditions have it) -> flow -> Griffin-Lim: the LLM without exposure bias. Where this is level
                            with llm_flow_griffin_lim, free running loses nothing to drift and the per-step
                            predictions are the limit; where it is level with flow_tokens_griffin_lim, drift is
                            the limit
@@ -147,9 +147,10 @@ def decode_conditions(synth: Synthesizer, wav: np.ndarray, text: str, prompt_wav
     true_ids = synth.speech_encoder.encode(wav)[0] if set(TRUE_TOKEN_CONDITIONS) & set(conditions) else None
     forced_ids, forced_hits = None, None
     if set(TEACHER_FORCED_CONDITIONS) & set(conditions):
-        forced_ids = teacher_forced_argmax(synth, prompt, text, true_ids)
+        prompted = teacher_forced_argmax(synth, prompt, text, true_ids)
         unprompted = teacher_forced_argmax(synth, None, text, true_ids)
-        forced_hits = {"with_prompt": (int((forced_ids == true_ids).sum()), len(true_ids)),
+        forced_ids = prompted if llm_sampling.llm_prompt else unprompted  # as synthesis lays the LLM's row out
+        forced_hits = {"with_prompt": (int((prompted == true_ids).sum()), len(true_ids)),
                        "without_prompt": (int((unprompted == true_ids).sum()), len(true_ids))}
     llm_ids = None
     if set(LLM_SAMPLE_CONDITIONS) & set(conditions):
@@ -193,10 +194,15 @@ def main() -> None:
     parser.add_argument("--cfg-strength", type=float, help="flow CFG strength (default: the export's config)")
     parser.add_argument("--temperature", type=float, help="flow source-noise temperature (default: the config)")
     parser.add_argument("--nfe", type=int, help="flow ODE steps (default: the export's config)")
-    parser.add_argument("--llm-temperature", type=float, default=SynthesisConfig.temperature,
-                        help="LLM sampling temperature of the llm_* conditions (the tiny recipe synthesizes at 0.5)")
-    parser.add_argument("--llm-top-k", type=int, default=SynthesisConfig.top_k,
-                        help="LLM top-k of the llm_* conditions (the tiny recipe synthesizes at 10)")
+    parser.add_argument("--llm-temperature", type=float,
+                        help="LLM sampling temperature of the llm_* conditions (default: the export's synthesis "
+                             "setting)")
+    parser.add_argument("--llm-top-k", type=int, help="LLM top-k of the llm_* conditions (default: the export's)")
+    llm_prompt = parser.add_mutually_exclusive_group()
+    llm_prompt.add_argument("--llm-prompt", dest="llm_prompt", action="store_const", const=True,
+                            help="the LLM continues the prompt in the llm_* conditions (default: the export's)")
+    llm_prompt.add_argument("--no-llm-prompt", dest="llm_prompt", action="store_const", const=False,
+                            help="the LLM reads the text alone in the llm_* conditions")
     parser.add_argument("--out", required=True, help="JSON with per-condition summaries and transcripts")
     args = parser.parse_args()
     conditions = [c for c in args.conditions.split(",") if c]
@@ -223,7 +229,8 @@ def main() -> None:
     prompt, entries = entries[0], entries[1:args.limit + 1]
     prompt_wav, _ = load_audio(prompt.audio, synth.sample_rate)
     flow_settings = {"cfg_strength": args.cfg_strength, "temperature": args.temperature, "nfe": args.nfe}
-    llm_sampling = SynthesisConfig(temperature=args.llm_temperature, top_k=args.llm_top_k)
+    llm_sampling, _ = synth.settings(temperature=args.llm_temperature, top_k=args.llm_top_k,
+                                     llm_prompt=args.llm_prompt)
     rows: dict[str, list[tuple[str, str, str]]] = {c: [] for c in conditions}
     forced = {"with_prompt": [0, 0], "without_prompt": [0, 0]}  # correct, total
     similarities: dict[str, list[float]] = {c: [] for c in conditions}
@@ -241,7 +248,8 @@ def main() -> None:
             if judge is not None:
                 similarities[condition].append(judge.similarity(audio, prompt_wav, rate))
     report = {"model": args.model, "flow_settings": flow_settings, "kmeans_manifest": args.kmeans_manifest,
-              "llm_sampling": {"temperature": llm_sampling.temperature, "top_k": llm_sampling.top_k},
+              "llm_sampling": {"temperature": llm_sampling.temperature, "top_k": llm_sampling.top_k,
+                               "llm_prompt": llm_sampling.llm_prompt},
               "asr": args.asr, "similarity": args.similarity,
               "speaker": args.speaker, "num_utterances": len(entries), "prompt": prompt.id,
               "teacher_forced_accuracy": {layout: correct / total for layout, (correct, total) in forced.items()
