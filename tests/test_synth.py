@@ -114,6 +114,24 @@ def test_synthesize_without_prompt_gives_audio_of_the_generated_tokens(synth):
         assert result.chosen_candidate == 0 and len(result.candidates) == 1
 
 
+def spy_on_llm_and_flow(synth):
+    """Records what the synthesizer passes to the LLM's ``generate`` (its keyword arguments, as ``"llm"``) and to the
+    flow's ``sample`` (speech ids and prompt mel, as ``"flow"``); the calls still run."""
+    seen = {}
+    generate, sample = synth.system.llm.generate, synth.system.flow.sample
+
+    def spy_generate(*args, **kwargs):
+        seen["llm"] = kwargs
+        return generate(*args, **kwargs)
+
+    def spy_sample(speech, speech_mask, codebook, prompt_mel=None, **kwargs):
+        seen["flow"] = (speech, prompt_mel)
+        return sample(speech, speech_mask, codebook, prompt_mel, **kwargs)
+
+    synth.system.llm.generate, synth.system.flow.sample = spy_generate, spy_sample
+    return seen
+
+
 def test_zero_shot_prompt_conditions_llm_and_flow_but_is_not_in_the_output(fresh_synth, prompt_audio, tmp_path):
     synth = fresh_synth
     wav, rate = prompt_audio
@@ -126,22 +144,11 @@ def test_zero_shot_prompt_conditions_llm_and_flow_but_is_not_in_the_output(fresh
     assert prompt.speech_ids.shape == (12,) and prompt.mel.shape == (24, 80)
     assert prompt.text_ids.tolist() == list(b"A prompt, one line.")
 
-    seen = {}
-    generate, sample = synth.system.llm.generate, synth.system.flow.sample
-
-    def spy_generate(*args, **kwargs):
-        seen["llm"] = kwargs
-        return generate(*args, **kwargs)
-
-    def spy_sample(speech, speech_mask, codebook, prompt_mel=None, **kwargs):
-        seen["flow"] = (speech, speech_mask, prompt_mel)
-        return sample(speech, speech_mask, codebook, prompt_mel, **kwargs)
-
-    synth.system.llm.generate, synth.system.flow.sample = spy_generate, spy_sample
+    seen = spy_on_llm_and_flow(synth)
     result, = synth.synthesize(["Hello there."], path, "A prompt, 1 line.", SynthesisConfig(**FAST))
     assert all(torch.equal(ids, prompt.text_ids) for ids in seen["llm"]["prompt_text_ids"])
     assert all(torch.equal(ids, prompt.speech_ids) for ids in seen["llm"]["prompt_speech_ids"])
-    speech, speech_mask, prompt_mel = seen["flow"]
+    speech, prompt_mel = seen["flow"]
     assert torch.equal(speech[0, :12], prompt.speech_ids) and torch.equal(speech[0, 12:], result.tokens)
     torch.testing.assert_close(prompt_mel[0], prompt.mel)
     # Only the new tokens' frames come back.
@@ -155,18 +162,7 @@ def test_without_llm_prompt_only_the_flow_hears_the_prompt(fresh_synth, prompt_a
     synth = fresh_synth
     wav, rate = prompt_audio
     prompt = synth.encode_prompt(wav, "A prompt, 1 line.", sample_rate=rate)
-    seen = {}
-    generate, sample = synth.system.llm.generate, synth.system.flow.sample
-
-    def spy_generate(*args, **kwargs):
-        seen["llm"] = kwargs
-        return generate(*args, **kwargs)
-
-    def spy_sample(speech, speech_mask, codebook, prompt_mel=None, **kwargs):
-        seen["flow"] = (speech, prompt_mel)
-        return sample(speech, speech_mask, codebook, prompt_mel, **kwargs)
-
-    synth.system.llm.generate, synth.system.flow.sample = spy_generate, spy_sample
+    seen = spy_on_llm_and_flow(synth)
     result, = synth.synthesize(["Hello there."], wav, "A prompt, 1 line.",
                                SynthesisConfig(**FAST, llm_prompt=False), prompt_sample_rate=rate)
     assert seen["llm"]["prompt_text_ids"] is None and seen["llm"]["prompt_speech_ids"] is None

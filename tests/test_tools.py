@@ -59,26 +59,36 @@ def test_kmeans_lookup_recovers_separated_clusters_and_maps_each_frame_group_to_
     assert torch.allclose(decoded, centres[[0, 1, 3]].reshape(-1, 3), atol=0.05)
 
 
-def test_ceilings_lay_out_the_llms_row_as_the_synthesis_setting_says(tmp_path):
-    """With llm_prompt false, the LLM samples and is teacher-forced without the prompt, as synthesis runs it; the
-    accuracies behind and without a prompt are both still counted."""
+def micro_synth_and_noise(tmp_path):
+    """A synthesizer of a micro export with random weights (seeded), and two noise clips at 16 kHz: an utterance of
+    0.4 s and a prompt of 0.2 s."""
     import numpy as np
     import torch
 
     from e2e_tts.config import load_config, to_object
     from e2e_tts.synth import Synthesizer
-    from e2e_tts.synthesis_config import SynthesisConfig
     from e2e_tts.system import TTSSystem
     from e2e_tts.text import ByteTokenizer
     from shared import MICRO_MODEL_OVERRIDES
 
-    ceilings = load_tool("ceilings")
     config = load_config(overrides=MICRO_MODEL_OVERRIDES)
     torch.manual_seed(0)
     synth = Synthesizer.from_pretrained(TTSSystem(to_object(config.model), ByteTokenizer(), ["a"]).export(
         tmp_path / "export", config))
     rng = np.random.default_rng(0)
     wav, prompt = (0.1 * rng.standard_normal(n).astype(np.float32) for n in (6400, 3200))
+    return synth, wav, prompt
+
+
+def test_ceilings_lay_out_the_llms_row_as_the_synthesis_setting_says(tmp_path):
+    """With llm_prompt false, the LLM samples and is teacher-forced without the prompt, as synthesis runs it; the
+    accuracies behind and without a prompt are both still counted."""
+    import torch
+
+    from e2e_tts.synthesis_config import SynthesisConfig
+
+    ceilings = load_tool("ceilings")
+    synth, wav, prompt = micro_synth_and_noise(tmp_path)
     prompts_seen, decoded_ids = [], []
     generate, prior = synth.system.llm.generate, synth.system.flow.prior
     synth.system.llm.generate = lambda *a, **k: prompts_seen.append(k["prompt_text_ids"]) or generate(*a, **k)
@@ -104,21 +114,11 @@ def test_ceilings_decode_every_condition_at_the_utterance_length_with_the_given_
     import numpy as np
     import torch
 
-    from e2e_tts.config import load_config, to_object
     from e2e_tts.models.vocoder import griffin_lim
-    from e2e_tts.synth import Synthesizer
     from e2e_tts.synthesis_config import SynthesisConfig
-    from e2e_tts.system import TTSSystem
-    from e2e_tts.text import ByteTokenizer
-    from shared import MICRO_MODEL_OVERRIDES
 
     ceilings = load_tool("ceilings")
-    config = load_config(overrides=MICRO_MODEL_OVERRIDES)
-    torch.manual_seed(0)
-    synth = Synthesizer.from_pretrained(TTSSystem(to_object(config.model), ByteTokenizer(), ["a"]).export(
-        tmp_path / "export", config))
-    rng = np.random.default_rng(0)
-    wav, prompt = (0.1 * rng.standard_normal(n).astype(np.float32) for n in (6400, 3200))
+    synth, wav, prompt = micro_synth_and_noise(tmp_path)
     seen = {}
     sample = synth.system.flow.sample
 
@@ -197,21 +197,12 @@ def test_rollout_readback_scores_each_sample_against_its_text_ids(tmp_path, monk
     import jiwer
     import numpy as np
     import soundfile as sf
-    import torch
 
-    from e2e_tts.config import load_config, to_object
     from e2e_tts.data.manifest import SeedTTSItem
-    from e2e_tts.synth import Synthesizer
     from e2e_tts.synthesis_config import SynthesisConfig
-    from e2e_tts.system import TTSSystem
-    from e2e_tts.text import ByteTokenizer
-    from shared import MICRO_MODEL_OVERRIDES
 
     tool = load_tool("rollout_readback")
-    config = load_config(overrides=MICRO_MODEL_OVERRIDES)
-    torch.manual_seed(0)
-    synth = Synthesizer.from_pretrained(TTSSystem(to_object(config.model), ByteTokenizer(), ["a"]).export(
-        tmp_path / "export", config))
+    synth, _, _ = micro_synth_and_noise(tmp_path)
     prompt = tmp_path / "prompt.wav"
     sf.write(prompt, 0.1 * np.random.default_rng(0).standard_normal(3200).astype(np.float32), 16000)
     items = [SeedTTSItem(utt="u1", prompt_text="hi", prompt_audio=str(prompt), text="abc"),
