@@ -286,7 +286,7 @@ class Synthesizer:
         for t, (text, (normalized, text_ids)) in enumerate(zip(texts, prepared)):
             candidates = outputs[t * config.num_candidates:(t + 1) * config.num_candidates]
             result = self._select(text, normalized, candidates, config, check)
-            llm_prompt = prompt if config.llm_prompt else None
+            llm_prompt = self.llm_prompt(prompt, config)
             prompt_ids = (None, None) if llm_prompt is None else (llm_prompt.text_ids, llm_prompt.speech_ids)
             result.text_attention = text_attention(self.system.llm, self.system.codebook(), text_ids, result.tokens,
                                                    *prompt_ids).mean(0)
@@ -319,12 +319,17 @@ class Synthesizer:
         return [(tokens[b], wavs[b], {stage: float(total * shares[b]) for stage, total in seconds.items()})
                 for b in range(batch)]
 
+    @staticmethod
+    def llm_prompt(prompt: Optional[Prompt], config: SynthesisConfig) -> Optional[Prompt]:
+        """The prompt the LLM continues: the call's, unless ``config.llm_prompt`` keeps it for the flow alone."""
+        return prompt if config.llm_prompt else None
+
     def generate_tokens(self, text_ids: list[torch.Tensor], prompt: Optional[Prompt], config: SynthesisConfig,
                         generator: torch.Generator) -> list[torch.Tensor]:
-        """The LLM's speech ids ``(T_b,)`` for each row of text ids (after the prompt's, if any and if
-        ``config.llm_prompt``), sampled with ``config``'s LLM settings."""
+        """The LLM's speech ids ``(T_b,)`` for each row of text ids (after :meth:`llm_prompt`'s, if any), sampled
+        with ``config``'s LLM settings."""
         batch = len(text_ids)
-        prompt = prompt if config.llm_prompt else None
+        prompt = self.llm_prompt(prompt, config)
         return self.system.llm.generate(
             text_ids, self.system.codebook(),
             prompt_text_ids=None if prompt is None else [prompt.text_ids] * batch,
