@@ -211,8 +211,11 @@ def stft(wav: torch.Tensor, n_fft: int, hop_length: int, window: torch.Tensor) -
 
     Reflect padding by ``n_fft // 2`` (``center=True``) centres frame ``t`` on sample ``t * hop``; the trailing
     frame that ``center=True`` adds beyond ``N // hop`` is dropped, so ``T`` frames always span ``T * hop``
-    samples (what the vocoder's inverse relies on).
+    samples (what the vocoder's inverse relies on). A bf16 or fp16 ``wav`` is transformed in float32: neither MKL
+    (CPU) nor cuFFT has a bf16 FFT.
     """
+    if wav.dtype in (torch.bfloat16, torch.float16):
+        wav = wav.float()
     spec = torch.stft(wav, n_fft, hop_length, window.shape[-1], window.to(wav.dtype), center=True,
                       pad_mode="reflect", return_complex=True)
     return spec[..., :wav.shape[-1] // hop_length]
@@ -221,7 +224,8 @@ def stft(wav: torch.Tensor, n_fft: int, hop_length: int, window: torch.Tensor) -
 class MelSpectrogram(nn.Module):
     """Log-mel spectrogram: ``(B, N)`` or ``(N,)`` waveform -> ``(B, N // hop, n_mels)``.
 
-    Differentiable (used inside vocoder losses) and device-agnostic.
+    Differentiable (used inside vocoder losses) and device-agnostic. Computed in float32 from a bf16 waveform
+    (see :func:`stft`).
     """
 
     def __init__(self, config: AudioConfig):
@@ -241,5 +245,6 @@ class MelSpectrogram(nn.Module):
         return stft(wav, self.config.n_fft, self.config.hop_length, self.window).abs().transpose(1, 2)
 
     def forward(self, wav: torch.Tensor) -> torch.Tensor:
-        mel = self.magnitude(wav) @ self.filters.T.to(wav.dtype)
+        magnitude = self.magnitude(wav)
+        mel = magnitude @ self.filters.T.to(magnitude.dtype)
         return torch.log(torch.clamp(mel, min=LOG_FLOOR))

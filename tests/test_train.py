@@ -77,9 +77,12 @@ STAGES = {"joint": (), "cascade": (), "separate": ("init",), "e2e": ("init",), "
 
 @pytest.mark.slow
 @pytest.mark.parametrize("stage", list(STAGES))
-def test_resume_is_exact(stage, shards, joint_export, tmp_path):
-    """4 steps straight == 2 steps + a new process state (resume from checkpoint) + 2 steps."""
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_resume_is_exact(stage, precision, shards, joint_export, tmp_path):
+    """4 steps straight == 2 steps + a new process state (resume from checkpoint) + 2 steps, in fp32 and in bf16
+    (DeepSpeed's bf16 weights with fp32 master copies, the precision GPUs train in; the loop casts the batch)."""
     extra = [f"stage.init_from={joint_export}"] if STAGES[stage] else []
+    extra.append(f"engine.precision={precision}")
     torch.manual_seed(123)  # the loop must not depend on the caller's RNG state: disturb it
     train(stage_config(shards, tmp_path / "straight", stage, 4, *extra))
     train(stage_config(shards, tmp_path / "resumed", stage, 2, *extra))
@@ -96,6 +99,11 @@ def test_resume_is_exact(stage, shards, joint_export, tmp_path):
         other = load_file(str(tmp_path / "resumed" / "export" / f"{name}.safetensors"))
         for key, value in tensors.items():
             torch.testing.assert_close(other[key], value, rtol=1e-5, atol=1e-6)
+    if precision == "bf16":  # the export holds the bf16 weights that trained (in float32 files)
+        trained = load_config([REPO / "stages" / f"{stage}.yaml"]).stage.trainable
+        for name in trained:
+            for key, value in final[name].items():
+                assert torch.equal(value, value.bfloat16().float()), f"{name}.{key} is not a bf16 weight"
 
 
 def test_a_failed_resume_says_what_is_missing_and_touches_nothing(shards, tmp_path, capsys):

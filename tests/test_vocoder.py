@@ -207,6 +207,23 @@ def test_generator_step_losses_weights_and_gradients(mel_fn):
     assert set(reconstruction) == {"mel", "stft", "total"}
 
 
+def test_bf16_networks_train_on_a_bf16_batch(mel_fn):
+    """DeepSpeed's bf16 makes the weights bf16 and the loop casts the batch's waveform to bf16: the analysis runs in
+    float32 (neither MKL nor cuFFT has a bf16 FFT: it raised) and the networks take its float32 output."""
+    torch.manual_seed(0)
+    vocoder, discriminators = Vocoder(VocoderConfig()).bfloat16(), VocoderDiscriminators(VocoderConfig()).bfloat16()
+    wav = (0.1 * torch.randn(2, 25 * HOP)).bfloat16()
+    mel = mel_fn(wav)
+    assert mel.dtype == torch.float32
+    assert torch.equal(mel, mel_fn(wav.float()))
+    wav_hat = vocoder(mel)
+    losses = generator_step_losses(vocoder, discriminators, mel, wav, wav_hat=wav_hat)
+    total = losses["total"] + discriminator_step_loss(discriminators, wav, wav_hat)
+    assert torch.isfinite(total)
+    total.backward()
+    assert all(p.grad is not None and p.grad.dtype == torch.bfloat16 for p in vocoder.parameters())
+
+
 # --- Griffin-Lim and training on real speech ------------------------------------------------------------------
 
 

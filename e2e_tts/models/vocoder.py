@@ -206,6 +206,7 @@ class Vocoder(nn.Module):
         """
         if mel.dim() != 3 or mel.shape[-1] != self.config.n_mels:
             raise ValueError(f"mel must be (B, T, {self.config.n_mels}), got {tuple(mel.shape)}")
+        mel = mel.to(self.embed.weight.dtype)  # a float32 analysis into bf16 weights (DeepSpeed's bf16)
         keep = None
         if mel_mask is not None:
             if mel_mask.shape != mel.shape[:2] or mel_mask.dtype != torch.bool:
@@ -238,6 +239,7 @@ class Vocoder(nn.Module):
 
 def conv_stack(x: torch.Tensor, convs: nn.ModuleList, post: nn.Module) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """Leaky-ReLU conv layers then the output conv: returns flattened logits ``(B, L)`` and every feature map."""
+    x = x.to(post.bias.dtype)  # a float32 waveform or STFT magnitude into bf16 weights (DeepSpeed's bf16)
     features = []
     for conv in convs:
         x = F.leaky_relu(conv(x), 0.1)
