@@ -15,11 +15,16 @@ Run as a script it trains ``--steps`` optimizer updates and writes ``--out`` on 
 loss and gradient norm, world size) and, on every rank, its final full weights (:func:`weights_path`)::
 
     python tests/distributed_worker.py --zero-stage 2 --steps 3 --out run.json
-    torchrun --nproc_per_node 2 tests/distributed_worker.py --zero-stage 2 --steps 3 --out run.json
+    torchrun --nproc_per_node 2 tests/distributed_worker.py --zero-stage 3 --steps 3 --out run.json
     deepspeed --num_gpus 2 tests/distributed_worker.py --zero-stage 2 --steps 3 --out run.json
 
+With ``--resume-after K`` it checkpoints after ``K`` updates, throws the engine away and trains the rest in a fresh
+one (new weights and optimizer) resumed from that checkpoint; with ``--export`` it then checkpoints and exports
+like ``e2e-tts train`` after its last update (:func:`export_path`; under ZeRO-3 consolidated from the checkpoint).
+
 With ``--shards`` it trains one resampled epoch of the project's data loader instead (each rank its own stream)
-and records every rank's batch count, gathered after the epoch.
+and records every rank's batch count, gathered after the epoch. With ``--grpo`` it trains the grpo stage on
+batches that make the ranks' forwards differ (:func:`train_grpo_unevenly`).
 """
 
 from __future__ import annotations
@@ -31,18 +36,23 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import torch
+from torch import nn
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the LLM is built from a config: nothing may be downloaded
 
-from e2e_tts.config import ModelsConfig, model_preset  # noqa: E402
+from omegaconf import OmegaConf  # noqa: E402
+
+from e2e_tts.config import ExperimentConfig, ModelsConfig, model_preset  # noqa: E402
 from e2e_tts.engine import DistInfo, EngineConfig, OptimConfig, TrainingEngine, setup_distributed  # noqa: E402
-from e2e_tts.objectives.multitask import MultiTaskObjective  # noqa: E402
-from e2e_tts.stage import StageConfig  # noqa: E402
+from e2e_tts.models.llm import MAX_LEN_RATIO, MIN_LEN_RATIO, new_token_limits  # noqa: E402
+from e2e_tts.objectives import build_objective as objective_of  # noqa: E402
+from e2e_tts.stage import GRPOConfig, StageConfig  # noqa: E402
 from e2e_tts.system import TTSSystem  # noqa: E402
-from e2e_tts.text import ByteTokenizer  # noqa: E402
+from e2e_tts.text import ByteTokenizer, TextConfig  # noqa: E402
+from e2e_tts.train import export  # noqa: E402
 
 SPEAKERS = ("alice", "bob", "carol")
 TRAINABLE = ("tokenizer", "llm", "reward")
@@ -74,15 +84,21 @@ def tiny_stage(**optim: Any) -> StageConfig:
                        loss_weights=dict(LOSS_WEIGHTS), optim=OptimConfig(**optim))
 
 
-def build_objective(stage: StageConfig) -> MultiTaskObjective:
-    """The objective over a freshly built system; the same weights in every process and every call."""
+def grpo_stage() -> StageConfig:
+    """The grpo stage of the tests: the LLM trains on 2 rollouts per text scored by the frozen reward model."""
+    return StageConfig(name="grpo-test", objective="grpo", trainable=["llm"], kl_beta=0.0,
+                       grpo=GRPOConfig(num_samples=2, reward_weights={"cer": 1.0}), optim=OptimConfig(lr=3e-3))
+
+
+def build_objective(stage: StageConfig) -> nn.Module:
+    """The stage's objective over a freshly built system; the same weights in every process and every call."""
     torch.manual_seed(WEIGHT_SEED)
     system = TTSSystem(tiny_models(), ByteTokenizer(), SPEAKERS)
     system.set_trainable(list(stage.trainable))
-    return MultiTaskObjective(system, stage)
+    return objective_of(stage, system)
 
 
-def build_engine(objective: MultiTaskObjective, stage: StageConfig, dist: DistInfo, zero_stage: int,
+def build_engine(objective: nn.Module, stage: StageConfig, dist: DistInfo, zero_stage: int,
                  gradient_accumulation_steps: int = 1, keep_last: int = 2) -> TrainingEngine:
     """Wraps the objective like e2e_tts.train does."""
     config = EngineConfig(zero_stage=zero_stage, precision="fp32", keep_last=keep_last, tensorboard=False,
@@ -174,18 +190,71 @@ def train_loader_epoch(engine: TrainingEngine, dist: DistInfo, shards: Sequence[
     return counts
 
 
+def train_grpo_unevenly(engine: TrainingEngine, dist: DistInfo, steps: int) -> dict[str, list]:
+    """``steps`` updates of the grpo stage on batches that make the ranks' forwards differ unless the code keeps
+    them in step (ZeRO-3 gathers weights collectively in every forward): rank 0 reads the same batch at every
+    step, so from the second its frozen tokenizer's ids come from the token cache, while the other ranks read new
+    batches; and each rank's texts cap its rollouts at another length.
+
+    Returns:
+        every rank's token-cache size at the end and, per update, its rollouts' cap (the most tokens generate
+        may sample for its longest text), gathered on every rank.
+    """
+    caps = []
+    for step in range(steps):
+        batch = synthetic_batch(0 if dist.rank == 0 else 1000 * (step + 1) + dist.rank)
+        caps.append(max(new_token_limits(int(n), MIN_LEN_RATIO, MAX_LEN_RATIO)[1] for n in batch["text_mask"].sum(1)))
+        engine.module.step = engine.global_step
+        engine.train_step(to_device(batch, dist.device))
+    gathered = [None] * dist.world_size
+    torch.distributed.all_gather_object(gathered, {"cached": len(engine.module.frozen_tokens), "caps": caps})
+    return {key: [rank[key] for rank in gathered] for key in ("cached", "caps")}
+
+
+def train_and_resume(new_engine: Callable[[], TrainingEngine], dist: DistInfo, steps: int, resume_after: int,
+                     checkpoints: Path) -> tuple[TrainingEngine, list[float], list[float]]:
+    """:func:`train_global_batches` for ``steps`` updates in an engine from ``new_engine()``, interrupted after
+    ``resume_after`` updates (0: never) by a checkpoint from which a second fresh engine (new weights and
+    optimizer) resumes. Returns the last engine, and per update the loss and the gradient norm."""
+    engine = new_engine()
+    if resume_after == 0:
+        return engine, *train_global_batches(engine, dist, steps)
+    losses, grad_norms = train_global_batches(engine, dist, resume_after)
+    engine.save(checkpoints, {"step": engine.global_step}, {})
+    del engine
+    engine = new_engine()
+    if engine.load(checkpoints) is None or engine.global_step != resume_after:
+        raise RuntimeError(f"the resume from {checkpoints} did not restore step {resume_after}")
+    more_losses, more_norms = train_global_batches(engine, dist, steps - resume_after)
+    return engine, losses + more_losses, grad_norms + more_norms
+
+
+def experiment_config(stage: StageConfig) -> Any:
+    """The run's settings as ``e2e-tts train`` holds them, which an export records (and rebuilds its system from)."""
+    return OmegaConf.structured(ExperimentConfig(model=tiny_models(), stage=stage, text=TextConfig(tokenizer="bytes")))
+
+
 def weights_path(out: str | Path, rank: int) -> Path:
     """Where rank ``rank`` saves its final full weights, beside the JSON result."""
     return Path(out).with_suffix(f".rank{rank}.pt")
+
+
+def export_path(out: str | Path) -> Path:
+    """Where ``--export`` writes the export (``TTSSystem.from_export`` loads it), beside the JSON result."""
+    return Path(out).with_suffix(".export")
 
 
 def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--zero-stage", type=int, default=2, choices=(1, 2, 3))
     parser.add_argument("--steps", type=int, default=3, help="optimizer updates (global batches)")
+    parser.add_argument("--resume-after", type=int, default=0,
+                        help="checkpoint after this many updates and resume from it in a fresh engine (0: never)")
+    parser.add_argument("--export", action="store_true", help="export the final weights like e2e-tts train")
     parser.add_argument("--out", required=True, help="JSON result written by rank 0")
     parser.add_argument("--shards", nargs="*", help="train one loader epoch on these shards / .list files instead")
     parser.add_argument("--steps-per-epoch", type=int, default=4, help="batches per rank of the loader epoch")
+    parser.add_argument("--grpo", action="store_true", help="train the grpo stage on uneven batches instead")
     parser.add_argument("--local_rank", type=int, help=argparse.SUPPRESS)  # appended by the deepspeed launcher
     return parser.parse_args(argv)
 
@@ -195,17 +264,28 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     dist = setup_distributed()
     # A warm-up longer than the run gives every update its own lr: a schedule counted in micro-steps (twice as
     # many in one process as on each of two ranks) would show in the losses.
-    stage = tiny_stage(lr=3e-3, warmup_steps=max(args.steps, 1) + 1, total_steps=100)
-    objective = build_objective(stage)
-    accumulation = MICRO_BATCHES // dist.world_size if not args.shards else 1
-    engine = build_engine(objective, stage, dist, args.zero_stage, accumulation)
+    stage = grpo_stage() if args.grpo else tiny_stage(lr=3e-3, warmup_steps=max(args.steps, 1) + 1, total_steps=100)
+    accumulation = 1 if args.shards or args.grpo else MICRO_BATCHES // dist.world_size
+
+    def new_engine() -> TrainingEngine:
+        return build_engine(build_objective(stage), stage, dist, args.zero_stage, accumulation)
+
     result: dict[str, Any] = {"world_size": dist.world_size, "zero_stage": args.zero_stage}
     if args.shards:
-        result["batches_per_rank"] = train_loader_epoch(engine, dist, args.shards, args.steps_per_epoch)
+        result["batches_per_rank"] = train_loader_epoch(new_engine(), dist, args.shards, args.steps_per_epoch)
+    elif args.grpo:
+        engine = new_engine()
+        result.update(train_grpo_unevenly(engine, dist, args.steps), global_step=engine.global_step)
+        torch.save(full_state_dict(engine), weights_path(args.out, dist.rank))
     else:
-        result["losses"], result["grad_norms"] = train_global_batches(engine, dist, args.steps)
+        checkpoints = Path(args.out).with_suffix(".checkpoints")
+        engine, result["losses"], result["grad_norms"] = train_and_resume(new_engine, dist, args.steps,
+                                                                          args.resume_after, checkpoints)
         result["global_step"] = engine.global_step
         torch.save(full_state_dict(engine), weights_path(args.out, dist.rank))
+        if args.export:
+            engine.save(checkpoints, {"step": engine.global_step}, {})  # as e2e-tts train does before exporting
+            export(engine, engine.module.system, experiment_config(stage), checkpoints, dist, export_path(args.out))
     if dist.rank == 0:
         Path(args.out).write_text(json.dumps(result))
     torch.distributed.barrier()

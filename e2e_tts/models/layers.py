@@ -14,6 +14,15 @@ import torch.nn.functional as F
 from torch import nn
 
 
+def gathered_collectively(module: nn.Module) -> bool:
+    """Whether ``module``'s weights are ZeRO-3 partitioned over several ranks (DeepSpeed gives such parameters a
+    ``ds_id``). Every forward then all-gathers them, a collective: all ranks must run the same sequence of
+    forwards whatever their own data, or they hang or exchange mismatched tensors."""
+    if not (torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1):
+        return False
+    return any(hasattr(param, "ds_id") for param in module.parameters())
+
+
 def rotary_tables(length: int, head_dim: int, device: torch.device, base: float = 10000.0
                   ) -> tuple[torch.Tensor, torch.Tensor]:
     """cos/sin tables ``(length, head_dim)`` for rotary position embeddings."""

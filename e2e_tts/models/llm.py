@@ -29,6 +29,7 @@ import transformers
 from torch import nn
 
 from e2e_tts.checks import FieldError, at_least, one_of, positive
+from e2e_tts.models.layers import gathered_collectively
 from e2e_tts.models.masks import lengths_to_mask, pad_rows, prefix_lengths
 from e2e_tts.models.sampling import sample_next_token
 from e2e_tts.models.speech_embedding import SpeechEmbedding
@@ -275,6 +276,13 @@ def new_token_limits(text_length: int, min_len_ratio: float, max_len_ratio: floa
     most = int(text_length * max_len_ratio)
     fewest = max(int(text_length * min_len_ratio), 1 if min_len_ratio > 0 else 0)
     return min(fewest, most), most
+
+
+def _across_ranks(value: int, op: torch.distributed.ReduceOp, device: torch.device) -> int:
+    """``value`` reduced by ``op`` over all ranks (each rank passes its own)."""
+    tensor = torch.tensor([value], device=device)
+    torch.distributed.all_reduce(tensor, op=op)
+    return int(tensor.item())
 
 
 class SpeechLLM(nn.Module):
@@ -558,7 +566,13 @@ class SpeechLLM(nn.Module):
         tokens = torch.zeros(batch, 0, dtype=torch.long, device=device)
         out_lengths = torch.zeros(batch, dtype=torch.long, device=device)
         done = max_len == 0
-        for step in range(int(max_len.max())):
+        steps = int(max_len.max())
+        # Under ZeRO-3 every forward gathers the weights from all ranks: each rank runs as many steps as the
+        # longest of them (its finished rows run on, unread), as transformers' generate(synced_gpus=True) does.
+        lockstep = gathered_collectively(self)
+        if lockstep:
+            steps = _across_ranks(steps, torch.distributed.ReduceOp.MAX, device)
+        for step in range(steps):
             logits = self.speech_logits(hidden).float()
             logits[:, eos] = logits[:, eos].masked_fill(step < min_len, float("-inf"))
             next_token = sample_next_token(logits, tokens, temperature, top_k, top_p, repetition_aware, generator)
@@ -566,7 +580,10 @@ class SpeechLLM(nn.Module):
             out_lengths = out_lengths + emitted.long()
             done = done | (next_token == eos) | (out_lengths >= max_len)
             tokens = torch.cat([tokens, next_token[:, None]], dim=1)
-            if bool(done.all()):
+            finished = bool(done.all())
+            if lockstep:
+                finished = bool(_across_ranks(int(finished), torch.distributed.ReduceOp.MIN, device))
+            if finished:
                 break
             # Finished rows keep running with a valid dummy id; their outputs are never read.
             step_input = self.speech_embedding(next_token.clamp(max=eos - 1)[:, None], codebook)

@@ -14,6 +14,7 @@ from typing import Sequence
 
 import torch
 
+from e2e_tts.models.layers import gathered_collectively
 from e2e_tts.models.tokenizer import SpeechTokenizer
 
 
@@ -50,6 +51,8 @@ class FrozenTokenCache:
             raise ValueError(f"{len(keys)} keys for a batch of {mel.shape[0]}")
         entries = [(key, int(frames)) for key, frames in zip(keys, mel_mask.sum(1).tolist())]
         missing = [row for row, entry in enumerate(entries) if entry not in self._ids]
+        if gathered_collectively(self.tokenizer):  # every rank must run the forward, whatever it has cached
+            missing = list(range(len(entries)))
         if missing:
             out = self.tokenizer(mel[missing], mel_mask[missing])
             for position, row in enumerate(missing):
