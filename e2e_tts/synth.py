@@ -301,18 +301,8 @@ class Synthesizer:
         tokens = self.generate_tokens(text_ids, prompt, config, generator)
         seconds = {"llm": _elapsed(start, device)}
 
-        # A row that stopped at once has nothing to decode: it becomes empty audio (a dropout).
-        spoken = [b for b in range(batch) if len(tokens[b])]
-        wavs = [np.zeros(0, dtype=np.float32) for _ in range(batch)]
-        seconds["flow"] = seconds["vocoder"] = 0.0
-        if spoken:
-            start = time.perf_counter()
-            mel, mel_mask = self._decode_tokens([tokens[b] for b in spoken], prompt, config, generator)
-            seconds["flow"] = _elapsed(start, device)
-            start = time.perf_counter()
-            for b, wav in zip(spoken, self._vocode(mel, mel_mask, config, generator)):
-                wavs[b] = wav
-            seconds["vocoder"] = _elapsed(start, device)
+        wavs, decode_seconds = self.decode_audio(tokens, [prompt] * batch, config, generator)
+        seconds.update(decode_seconds)
 
         weights = np.array([len(row) + 1 for row in tokens], dtype=np.float64)
         shares = weights / weights.sum()
@@ -338,25 +328,55 @@ class Synthesizer:
             repetition_aware=config.repetition_aware, min_len_ratio=config.min_len_ratio,
             max_len_ratio=config.max_len_ratio, generator=generator)
 
-    def _decode_tokens(self, tokens: list[torch.Tensor], prompt: Optional[Prompt], config: SynthesisConfig,
-                       generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        """Decodes generated tokens ``B x (T_b,)`` (after the prompt's, if any) with ``config.decoder`` -> the new
-        mel frames ``(B, T, n_mels)`` and their mask ``(B, T)``."""
+    def decode_audio(self, tokens: Sequence[torch.Tensor], prompts: Sequence[Optional[Prompt]],
+                     config: SynthesisConfig, generator: torch.Generator) -> tuple[list[np.ndarray], dict[str, float]]:
+        """The waveform ``(N_b,)`` of each row of generated speech ids ``(T_b,)``, decoded after its own prompt
+        (None: none) by ``config``'s decoder and vocoder (set: see :meth:`settings`), in one flow call and one
+        vocoder call for all rows; and the seconds the ``flow`` and the ``vocoder`` took.
+
+        A row without tokens becomes empty audio (a dropout): it has nothing to decode.
+        """
+        spoken = [b for b in range(len(tokens)) if len(tokens[b])]
+        wavs = [np.zeros(0, dtype=np.float32) for _ in tokens]
+        seconds = {"flow": 0.0, "vocoder": 0.0}
+        if spoken:
+            start = time.perf_counter()
+            mel, mel_mask = self._decode_tokens([tokens[b] for b in spoken], [prompts[b] for b in spoken], config,
+                                                generator)
+            seconds["flow"] = _elapsed(start, self.device)
+            start = time.perf_counter()
+            for b, wav in zip(spoken, self._vocode(mel, mel_mask, config, generator)):
+                wavs[b] = wav
+            seconds["vocoder"] = _elapsed(start, self.device)
+        return wavs, seconds
+
+    def _decode_tokens(self, tokens: list[torch.Tensor], prompts: Sequence[Optional[Prompt]],
+                       config: SynthesisConfig, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """Decodes generated tokens ``B x (T_b,)`` (each after its prompt's, if any) with ``config.decoder`` -> the
+        new mel frames ``(B, T, n_mels)`` and their mask ``(B, T)``."""
         device = self.device
-        if prompt is not None:
-            tokens = [torch.cat([prompt.speech_ids, row]) for row in tokens]
-        lengths = torch.tensor([len(row) for row in tokens], device=device)
-        speech = pad_sequence([row.to(device) for row in tokens], batch_first=True)
+        prompt_ids = [torch.zeros(0, dtype=torch.long) if p is None else p.speech_ids.cpu() for p in prompts]
+        lengths = torch.tensor([len(p) + len(row) for p, row in zip(prompt_ids, tokens)], device=device)
+        speech = pad_sequence([torch.cat([p, row.cpu()]).to(device) for p, row in zip(prompt_ids, tokens)],
+                              batch_first=True)
         speech_mask = lengths_to_mask(lengths, speech.shape[1])
         if config.decoder == "prior":
             ratio = self.system.flow.config.token_mel_ratio
-            skip = 0 if prompt is None else len(prompt.speech_ids) * ratio
+            skip = torch.tensor([len(p) * ratio for p in prompt_ids], device=device)
             new_frames = lengths * ratio - skip
-            mel = self.system.flow.prior(speech, speech_mask, self.system.codebook())[:, skip:]
-            return mel[:, :int(new_frames.max())], lengths_to_mask(new_frames, int(new_frames.max()))
-        prompt_mel = None if prompt is None else prompt.mel[None].expand(len(tokens), -1, -1)
-        return self.system.flow.sample(speech, speech_mask, self.system.codebook(), prompt_mel, solver=config.solver,
-                                       nfe=config.nfe, schedule=config.schedule, sway_coef=config.sway_coef,
+            mel = self.system.flow.prior(speech, speech_mask, self.system.codebook())
+            frames = skip[:, None] + torch.arange(int(new_frames.max()), device=device)[None]
+            mel = mel.gather(1, frames.clamp(max=mel.shape[1] - 1)[..., None].expand(-1, -1, mel.shape[2]))
+            return mel, lengths_to_mask(new_frames, int(new_frames.max()))
+        prompt_mel = prompt_mask = None
+        if any(p is not None for p in prompts):  # rows without a prompt get none of its frames
+            like = next(p.mel for p in prompts if p is not None)
+            mels = [like.new_zeros(0, like.shape[1]) if p is None else p.mel for p in prompts]
+            prompt_mel = pad_sequence([m.to(device) for m in mels], batch_first=True)
+            prompt_mask = lengths_to_mask(torch.tensor([len(m) for m in mels], device=device), prompt_mel.shape[1])
+        return self.system.flow.sample(speech, speech_mask, self.system.codebook(), prompt_mel,
+                                       prompt_mask=prompt_mask, solver=config.solver, nfe=config.nfe,
+                                       schedule=config.schedule, sway_coef=config.sway_coef,
                                        cfg_strength=config.cfg_strength, generator=generator)
 
     def _vocode(self, mel: torch.Tensor, mel_mask: torch.Tensor, config: SynthesisConfig,
