@@ -1,11 +1,12 @@
-"""Speaker similarity judges behind one interface, chosen by a spec string (``build_similarity``).
+"""Speaker similarity judges behind one interface, chosen by a spec string (``build_similarity``): evaluation's SIM
+and training's speaker-similarity reward (e2e_tts.rewards) use the same ones.
 
 Specs:
 
 * ``resemblyzer`` - the offline default: Resemblyzer's GE2E voice encoder (weights ship with the package). Its
   cosines run higher than the official model's and are not comparable with published SIM numbers.
 * ``wavlm-ecapa:<checkpoint>`` - Seed-TTS-Eval's SIM: UniSpeech ECAPA-TDNN over WavLM-large loaded from
-  ``wavlm_large_finetune.pth`` (:mod:`e2e_tts.eval.ecapa_tdnn`). As ``verification.py``: each waveform resampled to
+  ``wavlm_large_finetune.pth`` (:mod:`e2e_tts.scoring.ecapa_tdnn`). As ``verification.py``: each waveform resampled to
   16 kHz with torchaudio's default ``Resample`` (reproduced in :func:`sinc_resample`), embedded alone, scored with
   ``F.cosine_similarity``. The official pairs are (synthesised wav, prompt wav), first channel of each.
 """
@@ -15,14 +16,14 @@ from __future__ import annotations
 import functools
 import math
 from pathlib import Path
-from typing import Optional, Protocol, Sequence, runtime_checkable
+from typing import Optional, Protocol, runtime_checkable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from e2e_tts.scoring.asr import check_waveforms
-from e2e_tts.eval.ecapa_tdnn import load_speaker_verifier
+from e2e_tts.scoring.ecapa_tdnn import load_speaker_verifier
 
 SV_RATE = 16000
 
@@ -144,14 +145,3 @@ def build_similarity(spec: str, *, device: str = "cpu") -> SpeakerSimilarity:
         return WavLMEcapaSimilarity(path, device)
     raise ValueError(f"unknown similarity spec {spec!r}: expected resemblyzer or wavlm-ecapa:<checkpoint>")
 
-
-def mean_similarity(scores: Sequence[float]) -> tuple[float, float]:
-    """The official ``average.py`` summary: (mean, variance), each rounded to 3 decimals.
-
-    Raises:
-        ValueError: for no scores.
-    """
-    if not scores:
-        raise ValueError("mean_similarity needs at least one score")
-    values = np.array(scores, dtype=np.float64)
-    return float(round(np.mean(values), 3)), float(round(np.var(values), 3))
