@@ -11,6 +11,7 @@ text; a trained export stops where it predicts EOS.
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import tempfile
 import time
@@ -34,6 +35,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--vocoder", default="model", choices=("model", "griffin-lim"))
+    parser.add_argument("--json", help="also write the numbers here")
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)
@@ -58,7 +60,14 @@ def main() -> None:
     print(f"{len(results)} texts, {audio:.1f} s of audio in {wall:.1f} s on {args.device} "
           f"({args.threads} threads, batch {args.batch_size}): RTF {wall / audio:.3f}")
     print("per component RTF: " + ", ".join(f"{k} {v / audio:.3f}" for k, v in parts.items()))
-    print(f"median per-utterance RTF {statistics.median(r.rtf for r in results if r.rtf):.3f}")
+    median = statistics.median(r.rtf for r in results if r.rtf)
+    print(f"median per-utterance RTF {median:.3f}")
+    if args.json:
+        with open(args.json, "w") as handle:
+            json.dump({"source": args.model or f"preset {args.preset}", "device": args.device, "texts": len(results),
+                       "batch_size": args.batch_size, "audio_seconds": audio, "wall_seconds": wall,
+                       "rtf": wall / audio, "component_rtf": {k: v / audio for k, v in parts.items()},
+                       "median_utterance_rtf": median}, handle, indent=1)
 
 
 if __name__ == "__main__":

@@ -41,6 +41,7 @@ def main() -> None:
     parser.add_argument("--stages", default=",".join(STAGES), help="comma-separated, in recipe order")
     parser.add_argument("--steps", type=int, default=80, help="updates per stage")
     parser.add_argument("--skip", type=int, default=10, help="updates left out of the timing (warm-up)")
+    parser.add_argument("--json", help="also write the rates here")
     parser.add_argument("overrides", nargs="*", help="key=value overrides for every stage (after --)")
     args = parser.parse_args()
 
@@ -65,6 +66,9 @@ def main() -> None:
     print("\n| stage | updates/min | s/update | updates timed |\n|---|---:|---:|---:|")
     for stage, rate, seconds, timed in rows:
         print(f"| {stage} | {rate:.1f} | {seconds:.3f} | {timed} |")
+    if args.json:
+        Path(args.json).write_text(json.dumps([{"stage": stage, "updates_per_min": rate, "s_per_update": seconds,
+                                                "updates_timed": timed} for stage, rate, seconds, timed in rows]))
 
 
 if __name__ == "__main__":
