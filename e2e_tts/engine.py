@@ -174,8 +174,10 @@ def build_optimizer(model: torch.nn.Module, config: OptimConfig) -> torch.optim.
     if not decay and not no_decay:
         raise ValueError("the model has no trainable parameters")
     groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    # foreach (CUDA's default) also on CPU: the same arithmetic as the per-tensor loop, which holds two temporaries
+    # the size of ZeRO's flat partition at the step where foreach holds one (2.4 GB less for a 0.6B module).
     return torch.optim.AdamW([g for g in groups if g["params"]], lr=config.lr, betas=tuple(config.betas),
-                             eps=config.eps)
+                             eps=config.eps, foreach=True)
 
 
 def deepspeed_config(config: EngineConfig, world_size: int, use_bf16: bool) -> dict[str, Any]:
