@@ -111,7 +111,8 @@ def synthetic_batch(seed: int, size: int = MICRO_BATCH_SIZE) -> dict[str, Any]:
 
     Returns:
         ``mel`` ``(B, T, 80)`` log-mel, ``mel_mask`` ``(B, T)``, ``text_ids`` ``(B, L)`` byte ids,
-        ``text_mask`` ``(B, L)`` and ``speaker`` (B names). Rows have different lengths (right padding).
+        ``text_mask`` ``(B, L)``, ``texts`` (their B strings), ``speaker`` (B names) and ``keys``. Rows have
+        different lengths (right padding).
     """
     generator = torch.Generator().manual_seed(seed)
     mel_lengths = torch.randint(16, 41, (size,), generator=generator)
@@ -119,9 +120,10 @@ def synthetic_batch(seed: int, size: int = MICRO_BATCH_SIZE) -> dict[str, Any]:
     mel = torch.randn(size, int(mel_lengths.max()), 80, generator=generator) * 2.0 - 5.0
     text_ids = torch.randint(0, 256, (size, int(text_lengths.max())), generator=generator)
     speakers = [SPEAKERS[int(i)] for i in torch.randint(0, len(SPEAKERS), (size,), generator=generator)]
+    texts = [ByteTokenizer().decode(row[:n].tolist()) for row, n in zip(text_ids, text_lengths)]
     return {"mel": mel, "mel_mask": torch.arange(mel.shape[1]) < mel_lengths[:, None],
             "text_ids": text_ids, "text_mask": torch.arange(text_ids.shape[1]) < text_lengths[:, None],
-            "speaker": speakers, "keys": [f"seed{seed}_{i}" for i in range(size)]}
+            "texts": texts, "speaker": speakers, "keys": [f"seed{seed}_{i}" for i in range(size)]}
 
 
 def micro_batch(step: int, index: int) -> dict[str, Any]:
