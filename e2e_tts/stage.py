@@ -12,9 +12,13 @@ from typing import Dict, List, Optional
 from e2e_tts.checks import FieldError, at_least, each_one_of, one_of, positive, within
 from e2e_tts.engine import OptimConfig
 from e2e_tts.models.llm import GuideConfig
+from e2e_tts.rewards.spec import RewardSpec, check_specs
 from e2e_tts.system import MODULES
 
-OBJECTIVES = ("multitask", "e2e", "grpo", "vocoder")  # what e2e_tts.objectives.build_objective builds
+OBJECTIVES = ("multitask", "e2e", "grpo", "dpo", "vocoder")  # what e2e_tts.objectives.build_objective builds
+GRPO_LOSSES = ("grpo", "dr_grpo", "token")
+DPO_LOSSES = ("dpo", "ipo")
+DPO_SAMPLERS = ("reference", "policy")
 
 
 @dataclass
@@ -69,36 +73,113 @@ class GumbelConfig:
         return self.tau_start + (self.tau_end - self.tau_start) * progress
 
 
+PROMPT_SPEAKERS = ("same", "any")
+
+
 @dataclass
-class GRPOConfig:
-    """Rollouts and rewards of the ``grpo`` objective (Align2Speak: K 12, temperature 0.7, no KL).
+class RolloutConfig:
+    """What the objectives that train the LLM on its own samples (``grpo``, ``dpo``) sample, and how they judge it.
+
+    The rollouts are laid out as the run's synthesis lays out its rows (``synthesis.llm_prompt``: the LLM continues
+    the prompt, or reads its text alone while only the flow hears the prompt) and bounded by its length ratios; the
+    rewards on audio decode them as it does.
 
     Attributes:
-        num_samples: rollouts per text (the group ``K``).
-        temperature, top_k, top_p: the LLM's sampling during rollouts.
-        scale_rewards: divide each group's centred rewards by its standard deviation (NeMo's default; the
-            paper only centres them).
-        reward_weights: weights of the rewards, from the frozen reward model: ``cer`` (1 - error rate of its
-            greedy CTC transcript against the text ids, clamped at 0), ``asr`` (its mean log P(text | tokens)
-            per text id) and ``speaker`` (its probability of the row's speaker). Empty by default (omegaconf
-            merges mappings key by key); the stage spec names at least one.
-        prompt: prompt each rollout with another utterance of the same speaker in the batch (text and true
-            tokens), as synthesis does; rows without such a partner roll out unprompted.
+        num_samples: samples per text (the group ``K``).
+        temperature, top_k, top_p: the LLM's sampling.
+        prompt: give each text a zero-shot prompt: another utterance of the batch, its text and true tokens before
+            the LLM's row (when the LLM continues prompts), its mel before the flow's and its audio to the ``sim``
+            reward; texts without such an utterance are sampled unprompted.
+        prompt_speaker: whose utterance: ``same``: the next one of the text's speaker (a rollout speaks in its own
+            speaker's voice); ``any``: the next one of the batch, whoever speaks it: texts and voices unpaired, as
+            Align2Speak pairs a text corpus with a pool of speaker prompts. The rollout should sound like the
+            prompt's speaker (the ``speaker`` and ``sim`` rewards).
+        rewards: reward name -> :class:`~e2e_tts.rewards.spec.RewardSpec` (weight, judge, shaping): the kinds of
+            :data:`e2e_tts.rewards.spec.KINDS`. Empty by default (omegaconf merges mappings key by key).
+        reward_weights: reward name -> weight: the short spelling of rewards with their kind's defaults; a reward
+            named in both is refused.
     """
 
-    num_samples: int = 8
+    num_samples: int = 12
     temperature: float = 0.7
     top_k: int = 25
     top_p: float = 0.8
-    scale_rewards: bool = True
-    reward_weights: Dict[str, float] = field(default_factory=dict)
     prompt: bool = True
+    prompt_speaker: str = "same"
+    rewards: Dict[str, RewardSpec] = field(default_factory=dict)
+    reward_weights: Dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         positive(self, "temperature")
         at_least(self, "top_k", 0)
         if not 0 < self.top_p <= 1:
             raise FieldError("top_p", f"must be in (0, 1], got {self.top_p!r}")
+        one_of(self, "prompt_speaker", PROMPT_SPEAKERS)
+        both = sorted(set(self.rewards) & set(self.reward_weights))
+        if both:
+            raise FieldError("reward_weights", f"names {both}, which rewards names too: give each reward once")
+        check_specs(self.reward_specs())
+
+    def reward_specs(self) -> dict[str, RewardSpec]:
+        """Every reward named, ``reward_weights`` as specs of their kind's defaults."""
+        return {**{name: RewardSpec(weight=weight) for name, weight in self.reward_weights.items()}, **self.rewards}
+
+
+@dataclass
+class GRPOConfig(RolloutConfig):
+    """Rollouts, rewards and loss of the ``grpo`` objective (Align2Speak: K 12, temperature 0.7, no KL).
+
+    Attributes:
+        scale_rewards: divide each group's centred rewards by its standard deviation (NeMo's default; the paper only
+            centres them).
+        loss_type: how the per-token policy-gradient terms are averaged: ``grpo`` (over each rollout's tokens, then
+            over rollouts: GRPO's, Align2Speak's and NeMo's default), ``dr_grpo`` (their sum over the batch divided
+            by the rows times the longest rollout the batch allowed: no length bias, Dr. GRPO) or ``token`` (over
+            all the batch's tokens: DAPO's, which the tiny recipe's runs used).
+    """
+
+    num_samples: int = 12
+    scale_rewards: bool = True
+    loss_type: str = "token"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        one_of(self, "loss_type", GRPO_LOSSES)
+        if self.num_samples < 2:
+            raise FieldError("num_samples", f"must be >= 2 (a group needs two samples to compare), got "
+                                            f"{self.num_samples}")
+
+
+@dataclass
+class DPOConfig(RolloutConfig):
+    """Preference pairs and loss of the ``dpo`` objective: per text ``num_samples`` samples (DiffRO's DPO baseline: 5),
+    the best (chosen) and the worst (rejected) by the rewards; a text whose samples all score the same gives no pair.
+
+    Attributes:
+        pairs_from: the LLM that samples the candidates: ``reference`` (the frozen starting LLM: offline DPO's pairs,
+            drawn afresh each time a text comes round) or ``policy`` (the LLM being trained: online DPO).
+        loss_type: ``dpo`` (``-log sigmoid(beta * h)``) or ``ipo`` (``(h - 1 / (2 beta))^2``), ``h`` the chosen
+            sequence's log-ratio to the reference minus the rejected one's.
+        beta: the strength of the reference (CosyVoice's and NeMo's 0.01).
+        sft_weight: weight of the chosen sequences' negative log-likelihood per token added to the loss (CosyVoice
+            adds it with weight 1; 0 = none).
+    """
+
+    num_samples: int = 5
+    temperature: float = 1.0
+    pairs_from: str = "reference"
+    loss_type: str = "dpo"
+    beta: float = 0.01
+    sft_weight: float = 0.0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        one_of(self, "pairs_from", DPO_SAMPLERS)
+        one_of(self, "loss_type", DPO_LOSSES)
+        positive(self, "beta")
+        at_least(self, "sft_weight", 0)
+        if self.num_samples < 2:
+            raise FieldError("num_samples", f"must be >= 2 (a pair needs two samples), got {self.num_samples}")
 
 
 @dataclass
@@ -109,18 +190,21 @@ class StageConfig:
         name: label for logs and directories.
         objective: ``multitask`` (joint, separate and cascade stages: the weighted sum of the consumers'
             own losses), ``e2e`` (Gumbel-softmax through frozen flow and reward), ``grpo`` (policy gradient
-            on the LLM's own samples, scored by the frozen reward model) or ``vocoder``.
+            on the LLM's own samples, scored by the rewards), ``dpo`` (preference pairs of its samples, ranked by
+            the rewards) or ``vocoder``.
         trainable: modules that receive gradients and optimizer state; all others are frozen in eval mode.
         init_from: export directory of the previous stage (None: random initialisation).
         init_modules: the modules loaded from ``init_from`` (None: all of them); the others start from a fresh
             random initialisation, e.g. a consumer trained from scratch on frozen tokens, or at another size.
         loss_weights: per-loss weights; keys ``llm``, ``flow``, ``reward`` (multitask) and ``flow``, ``asr``,
             ``speaker`` (e2e). A weight of 0 skips that loss entirely; at least one must be non-zero.
-        kl_beta: weight of the KL to the frozen reference LLM (e2e: analytic per position, DiffRO uses 0.1;
-            grpo: the k3 estimate on the sampled tokens, Align2Speak uses none).
+        kl_beta: weight of the KL to the frozen starting LLM; 0 (none) unless a stage spec sets it (e2e: analytic per
+            position, DiffRO's 0.1 in stages/e2e.yaml; grpo: the k3 estimate on the sampled tokens, which Align2Speak
+            drops; dpo: none, its reference enters through ``dpo.beta``).
         multitask: what the ``multitask`` objective does in training besides the losses.
         gumbel: the relaxation of the ``e2e`` objective.
-        grpo: rollouts and rewards of the ``grpo`` objective.
+        grpo: rollouts, rewards and loss of the ``grpo`` objective.
+        dpo: preference pairs and loss of the ``dpo`` objective.
         max_steps: optimizer updates in this stage.
     """
 
@@ -131,10 +215,11 @@ class StageConfig:
     init_modules: Optional[List[str]] = None
     # Empty by default: omegaconf merges mappings key by key, so defaults here would leak into every stage.
     loss_weights: Dict[str, float] = field(default_factory=dict)
-    kl_beta: float = 0.1
+    kl_beta: float = 0.0
     multitask: MultiTaskConfig = field(default_factory=MultiTaskConfig)
     gumbel: GumbelConfig = field(default_factory=GumbelConfig)
     grpo: GRPOConfig = field(default_factory=GRPOConfig)
+    dpo: DPOConfig = field(default_factory=DPOConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     max_steps: int = 1000
 

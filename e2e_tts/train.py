@@ -189,7 +189,7 @@ def train(config: Any) -> Path:
     checkpoints = out / "checkpoints"
     torch.manual_seed(config.seed)  # identical initial weights on every rank
     system = build_system(config)
-    objective = build_objective(to_object(stage), system)
+    objective = build_objective(to_object(stage), system, config)
     engine = TrainingEngine(objective, to_object(stage.optim), to_object(config.engine), dist,
                             system.external_parameters())
     data = data_config(config, system)

@@ -13,12 +13,10 @@ import yaml
 from e2e_tts.audio import AudioConfig, MelSpectrogram, load_audio
 from e2e_tts.config import load_config, model_preset, to_object
 from e2e_tts.objectives.e2e import EndToEndObjective
-from e2e_tts.objectives import grpo as grpo_module
-from e2e_tts.objectives.grpo import GRPOObjective, group_advantages, penalise_truncated
 from e2e_tts.objectives.prompting import prefix_partners, same_speaker_partners
 from e2e_tts.objectives.multitask import MultiTaskObjective
 from e2e_tts.models.llm import GuideConfig
-from e2e_tts.stage import GRPOConfig, GumbelConfig, MultiTaskConfig, StageConfig
+from e2e_tts.stage import GumbelConfig, MultiTaskConfig, StageConfig
 from e2e_tts.system import CONFIG_FILE, MODULES, TRAINED_FILE, TTSSystem, read_trained
 from e2e_tts.text import PHONEME_INVENTORY_VERSION, ByteTokenizer
 from shared import MICRO_MODEL_OVERRIDES
@@ -155,20 +153,6 @@ def test_stage_specs_with_inconsistent_weights_are_refused(system):
         system.set_trainable(["decoder"])
 
 
-def grpo_stage(**grpo):
-    # Untruncated sampling: an untrained LLM's EOS is seldom in the top k.
-    settings = {"num_samples": 4, "reward_weights": {"cer": 1.0, "asr": 1.0, "speaker": 1.0}, "top_k": 0,
-                "top_p": 1.0, "temperature": 1.0, **grpo}
-    return StageConfig(name="grpo", objective="grpo", trainable=["llm"], kl_beta=0.0, grpo=GRPOConfig(**settings))
-
-
-@pytest.fixture
-def far_cap(monkeypatch):
-    """A cap far enough that an untrained LLM's rollouts end with EOS (a rollout cut at the cap scores its group's
-    lowest reward, so a batch of them all teaches nothing)."""
-    monkeypatch.setattr(grpo_module, "MAX_LEN_RATIO", 40.0)
-
-
 def test_same_speaker_partners_prompt_each_row_with_another_row_of_its_speaker():
     assert same_speaker_partners(["a", "b", "a", "c", "a"]) == [2, None, 4, None, 0]
     assert same_speaker_partners(["a"]) == [None]
@@ -209,127 +193,6 @@ def test_prompt_pairs_lengthen_the_llm_rows_in_training_only(system):
     trained, evaluated, behind_prompt = seen  # eval mode also scores rows 0 and 2 behind each other
     assert trained[1] == evaluated[1] and trained[0] == trained[2] == evaluated[0] + evaluated[2]
     assert behind_prompt == [trained[0], trained[2]]
-
-
-def test_group_advantages_centre_and_scale_within_each_group():
-    rewards = torch.tensor([[0.1, 0.3, 0.5, 0.7], [2.0, 2.0, 2.0, 2.0], [0.0, 0.0, 1.0, 1.0]])
-    scaled = group_advantages(rewards, scale=True)
-    torch.testing.assert_close(scaled.mean(1), torch.zeros(3))
-    torch.testing.assert_close(scaled[[0, 2]].std(1), torch.ones(2), rtol=1e-3, atol=0)
-    assert torch.equal(scaled[1], torch.zeros(4))  # one reward for every sample: no signal
-    torch.testing.assert_close(group_advantages(rewards, scale=False)[0], torch.tensor([-0.3, -0.1, 0.1, 0.3]))
-    with pytest.raises(ValueError, match="at least 2"):
-        group_advantages(rewards[:, :1], scale=True)
-
-
-def test_rollouts_cut_at_the_cap_score_their_groups_lowest_reward():
-    rewards = torch.tensor([[0.9, 0.2, 0.5], [0.4, 0.6, 0.8]])
-    ended = torch.tensor([[False, True, True], [True, True, False]])
-    assert torch.equal(penalise_truncated(rewards, ended), torch.tensor([[0.2, 0.2, 0.5], [0.4, 0.6, 0.4]]))
-
-
-def test_grpo_trains_only_the_llm_without_dropout(system, far_cap):
-    system.set_trainable(["llm"])
-    objective = GRPOObjective(system, grpo_stage()).train()
-    frozen_before = {name: [p.detach().clone() for p in getattr(system, name).parameters()]
-                     for name in ("tokenizer", "flow", "reward")}
-    torch.manual_seed(0)
-    loss, metrics = objective(make_batch())
-    loss.backward()
-    assert not system.llm.training  # the policy that samples is the one scored
-    assert sum(float(g.abs().sum()) for g in grads_of(system.llm) if g is not None) > 0, metrics
-    for name in ("tokenizer", "flow", "reward"):
-        module = getattr(system, name)
-        assert all(p.grad is None for p in module.parameters())
-        assert all(torch.equal(a, b) for a, b in zip(frozen_before[name], module.parameters()))
-    assert 0.0 <= metrics["reward_cer"] <= 1.0 and metrics["reward_asr"] < 0 and 0 < metrics["reward_speaker"] < 1
-
-
-def test_grpo_rewards_read_each_rollout_with_one_encoder_pass(system):
-    """cer + asr + speaker share one encoding of the rollouts, and each term is what the reward model gives alone."""
-    objective = GRPOObjective(system, grpo_stage())
-    gen = torch.Generator().manual_seed(2)
-    samples = torch.randint(0, 125, (3, 7), generator=gen)
-    sample_mask = torch.arange(7)[None] < torch.tensor([7, 5, 2])[:, None]
-    text_ids = torch.randint(0, 256, (3, 4), generator=gen)
-    text_mask = torch.arange(4)[None] < torch.tensor([4, 2, 3])[:, None]
-    reward_model, codebook = system.reward.eval(), system.codebook()
-    calls = []
-    encode = reward_model.encode
-    reward_model.encode = lambda *args: calls.append(1) or encode(*args)
-    with torch.no_grad():
-        terms = objective.rewards(samples, sample_mask, text_ids, text_mask, ["a", "b", "a"])
-        assert len(calls) == 1 and list(terms) == ["cer", "asr", "speaker"]
-        readings = reward_model.transcribe_ctc(samples, sample_mask, codebook)
-        out = reward_model(samples, sample_mask, codebook, text_ids, text_mask,
-                           speaker=system.speaker_ids(["a", "b", "a"], samples.device))
-    references = [row[:n] for row, n in zip(text_ids.tolist(), text_mask.sum(1).tolist())]
-    expected_cer = [1 - min(r, 100.0) / 100 for r in grpo_module.id_error_rates(references, readings)["per"]]
-    torch.testing.assert_close(terms["cer"], torch.tensor(expected_cer))
-    torch.testing.assert_close(terms["asr"], out.text_log_prob / (text_mask.sum(1) + 1))
-
-
-def test_grpo_scores_each_rollout_alone_after_its_own_prompt(system):
-    """Batched log-probabilities equal one-row ones (padding of prompts and rollouts changes nothing), and only
-    the rollout's own positions count: its tokens, plus its EOS unless it was cut at generate()'s cap."""
-    objective = GRPOObjective(system, grpo_stage())
-    gen = torch.Generator().manual_seed(1)
-    texts = [torch.randint(0, 256, (n,), generator=gen) for n in (4, 3, 2)]
-    prompt_text = [torch.randint(0, 256, (n,), generator=gen) for n in (3, 0, 5)]
-    prompt_speech = [torch.randint(0, 125, (n,), generator=gen) for n in (6, 0, 2)]
-    rollouts = [torch.randint(0, 125, (n,), generator=gen) for n in (5, 7, 12)]  # 12 = 6 x 2: the cap
-    with torch.no_grad():
-        tokens, own, ended = objective.rollout_log_probs(system.llm, prompt_text, texts, prompt_speech, rollouts)
-        for row in range(3):
-            alone, _, _ = objective.rollout_log_probs(system.llm, prompt_text[row:row + 1], texts[row:row + 1],
-                                                      prompt_speech[row:row + 1], rollouts[row:row + 1])
-            torch.testing.assert_close(alone.sum(), tokens[row].sum(), rtol=1e-4, atol=1e-5)
-    assert own.sum(1).tolist() == [6, 8, 12] and ended.tolist() == [True, True, False]
-    assert own[0].nonzero().flatten().tolist() == list(range(6, 12))  # after the 6 prompt tokens
-    assert bool((tokens[~own] == 0).all()) and bool((tokens[own] < 0).all())
-
-
-def test_grpo_raises_the_reward_it_is_given(system, monkeypatch):
-    """A sign or masking bug would lower the reward: here, the share of rollout tokens in the codebook's lower
-    half (a reward the policy can reach by itself) climbs within a few updates. Sharp sampling makes it quick;
-    an untrained LLM then runs to the cap, so the cap's penalty is off."""
-    system.set_trainable(["llm"])
-    monkeypatch.setattr(grpo_module, "penalise_truncated", lambda rewards, ended: rewards)
-    stage = grpo_stage(num_samples=6, reward_weights={"cer": 1.0}, prompt=False, top_k=25, top_p=0.8)
-    objective = GRPOObjective(system, stage).train()
-    half = system.codebook().shape[0] // 2
-    monkeypatch.setattr(objective, "rewards", lambda samples, mask, *_: {
-        "cer": ((samples < half) & mask).sum(1) / mask.sum(1)})
-    optimizer = torch.optim.Adam([p for p in objective.parameters() if p.requires_grad], lr=3e-3)
-    torch.manual_seed(0)
-    history = []
-    for _ in range(12):
-        loss, metrics = objective(make_batch())
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        history.append(metrics["reward"])
-    assert sum(history[-3:]) / 3 > sum(history[:3]) / 3 + 0.2, history
-
-
-def test_grpo_kl_is_zero_at_the_start(system):
-    system.set_trainable(["llm"])
-    stage = dataclasses.replace(grpo_stage(), kl_beta=0.05)
-    torch.manual_seed(0)
-    _, metrics = GRPOObjective(system, stage).train()(make_batch())
-    assert metrics["kl"] == pytest.approx(0.0, abs=1e-6)
-
-
-@pytest.mark.parametrize("change, match", [
-    ({"trainable": ["llm", "flow"]}, "LLM only"),
-    ({"grpo": GRPOConfig(reward_weights={"wer": 1.0})}, "unknown reward"),
-    ({"grpo": GRPOConfig(reward_weights={"cer": 0.0})}, "no non-zero reward"),
-    ({"grpo": GRPOConfig(num_samples=1, reward_weights={"cer": 1.0})}, "num_samples"),
-    ({"loss_weights": {"asr": 1.0}}, "not losses"),
-])
-def test_grpo_refuses_inconsistent_stage_specs(system, change, match):
-    with pytest.raises(ValueError, match=match):
-        GRPOObjective(system, dataclasses.replace(grpo_stage(), **change))
 
 
 def test_export_round_trip(system, tmp_path):

@@ -14,15 +14,26 @@ from e2e_tts.stage import StageConfig
 from e2e_tts.system import TTSSystem
 
 
-def build_objective(stage: StageConfig, system: TTSSystem) -> nn.Module:
-    """The objective a stage spec names."""
+def build_objective(stage: StageConfig, system: TTSSystem, config: Any = None) -> nn.Module:
+    """The objective a stage spec names.
+
+    Args:
+        stage: the stage spec.
+        system: the system it trains.
+        config: the run's experiment config: the objectives that sample and judge speech (grpo, dpo) follow its
+            synthesis settings (None: defaults).
+    """
+    from e2e_tts.objectives.dpo import DPOObjective
     from e2e_tts.objectives.e2e import EndToEndObjective
     from e2e_tts.objectives.grpo import GRPOObjective
     from e2e_tts.objectives.multitask import MultiTaskObjective
     from e2e_tts.objectives.vocoder import VocoderObjective
 
-    kinds: dict[str, Any] = {"multitask": MultiTaskObjective, "e2e": EndToEndObjective, "grpo": GRPOObjective,
-                             "vocoder": VocoderObjective}
+    kinds: dict[str, Any] = {"multitask": MultiTaskObjective, "e2e": EndToEndObjective, "vocoder": VocoderObjective}
+    sampling: dict[str, Any] = {"grpo": GRPOObjective, "dpo": DPOObjective}
+    if stage.objective in sampling:
+        return sampling[stage.objective](system, stage, config)
     if stage.objective not in kinds:
-        raise ValueError(f"stage {stage.name!r}: unknown objective {stage.objective!r}; known: {sorted(kinds)}")
+        raise ValueError(f"stage {stage.name!r}: unknown objective {stage.objective!r}; known: "
+                         f"{sorted(kinds) + sorted(sampling)}")
     return kinds[stage.objective](system, stage)

@@ -1,0 +1,51 @@
+"""Shared by the post-training tests (rewards, grpo, dpo): a micro system in the configuration it was built from, and
+a batch of texts with their mels, speakers and audio as the loader gives it."""
+
+import numpy as np
+import torch
+
+from e2e_tts.config import load_config, to_object
+from e2e_tts.system import TTSSystem
+from e2e_tts.text import ByteTokenizer, normalize_text
+from shared import MICRO_MODEL_OVERRIDES
+
+TEXTS = ("Set an alarm.", "Call me.", "It is windy.")
+SPEAKERS = ("a", "b", "a")  # rows 0 and 2 prompt each other; row 1 has no other utterance of its speaker
+
+
+def micro_config(*overrides: str, files=()):
+    """The experiment config of ``files`` (YAML) at the micro sizes (bytes text, 125 speech codes, 2 ODE steps), with
+    ``overrides``."""
+    return load_config(files, MICRO_MODEL_OVERRIDES + list(overrides))
+
+
+def micro_system(config=None, seed: int = 0, speakers=("a", "b")) -> TTSSystem:
+    """Untrained modules of ``config`` (default :func:`micro_config`) for ``speakers``."""
+    config = config or micro_config()
+    torch.manual_seed(seed)
+    return TTSSystem(to_object(config.model), ByteTokenizer(), list(speakers), to_object(config.audio))
+
+
+def text_batch(texts=TEXTS, speakers=SPEAKERS, seed: int = 0, hop: int = 320) -> dict:
+    """A loader's batch of ``texts`` (bytes ids of the normalised texts) with random log-mels of 24-40 frames and
+    noise waveforms of as many hops (``data.return_wav``)."""
+    gen = torch.Generator().manual_seed(seed)
+    frames = torch.tensor([40 - 6 * (i % 3) for i in range(len(texts))])
+    ids = [list(normalize_text(text, "en-us").encode()) for text in texts]
+    text_lengths = torch.tensor([len(row) for row in ids])
+    text_ids = torch.zeros(len(texts), int(text_lengths.max()), dtype=torch.long)
+    for row, values in enumerate(ids):
+        text_ids[row, :len(values)] = torch.tensor(values)
+    wav_lengths = frames * hop
+    wav = torch.randn(len(texts), int(wav_lengths.max()), generator=gen) * 0.1
+    wav = wav * (torch.arange(wav.shape[1])[None] < wav_lengths[:, None])
+    return {"mel": torch.randn(len(texts), int(frames.max()), 80, generator=gen) * 2 - 5,
+            "mel_mask": torch.arange(int(frames.max()))[None] < frames[:, None],
+            "text_ids": text_ids, "text_mask": torch.arange(text_ids.shape[1])[None] < text_lengths[:, None],
+            "texts": list(texts), "speaker": list(speakers), "keys": [f"utt{seed}_{i}" for i in range(len(texts))],
+            "wav": wav, "wav_lengths": wav_lengths}
+
+
+def noise(seconds: float, seed: int, rate: int = 16000) -> np.ndarray:
+    """White noise at -20 dBFS RMS: audible, never silent."""
+    return (np.random.default_rng(seed).standard_normal(int(seconds * rate)) * 0.1).astype(np.float32)
