@@ -1,4 +1,5 @@
-"""Shared by the tests: micro model sizes, a clean environment for child processes, real flite speech."""
+"""Shared by the tests: micro model sizes, a clean environment for child processes, speech-like shards, real
+flite speech."""
 
 import os
 import shutil
@@ -16,7 +17,7 @@ def child_env(**extra: str) -> dict[str, str]:
     """This process's environment without the launcher variables that an in-process ``setup_distributed`` left
     behind (a child would otherwise try to join or bind this process's rendezvous port), plus ``extra``."""
     env = {k: v for k, v in os.environ.items() if k not in LAUNCHER_VARIABLES}
-    env.update(OMP_NUM_THREADS="1", DS_ACCELERATOR="cpu", **extra)
+    env.update({"OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu", **extra})
     return env
 
 
@@ -34,6 +35,33 @@ MICRO_MODEL_OVERRIDES = [
     "model.reward.max_text_length=24",
     "model.vocoder.dim=16", "model.vocoder.intermediate_dim=32", "model.vocoder.num_blocks=1",
 ]
+
+
+def speech_like(seconds: float, rng: np.random.Generator, rate: int = 16000) -> np.ndarray:
+    """Harmonic tones with a moving pitch and noise bursts: enough structure for the mel and the checks."""
+    t = np.arange(int(seconds * rate)) / rate
+    pitch = rng.uniform(90, 220) * (1 + 0.2 * np.sin(2 * np.pi * rng.uniform(0.5, 3) * t))
+    phase = 2 * np.pi * np.cumsum(pitch) / rate
+    wav = sum(np.sin(k * phase) / k for k in range(1, 6)) * 0.2
+    return (wav + 0.01 * rng.standard_normal(len(t))).astype(np.float32)
+
+
+def speech_like_shards(root: Path, count: int) -> str:
+    """``count`` speech-like utterances of 0.5-1.2 s (``"sentence number <i> is here"``, speakers spk0-spk2) written
+    as shards of 6 under ``root``; returns the shard list."""
+    from e2e_tts.audio import AudioConfig
+    from e2e_tts.data.manifest import ManifestEntry
+    from e2e_tts.data.shards import write_shards
+
+    rng = np.random.default_rng(0)
+    entries = []
+    for i in range(count):
+        path = root / f"utt{i:02d}.wav"
+        sf.write(path, speech_like(rng.uniform(0.5, 1.2), rng), 16000)
+        entries.append(ManifestEntry(id=f"utt{i:02d}", audio=str(path), text=f"sentence number {i} is here",
+                                     speaker=f"spk{i % 3}"))
+    write_shards(entries, root / "shards", AudioConfig(), shard_size=6, workers=1, prefix="train")
+    return str(root / "shards" / "train.list")
 
 
 def flite(tmp_path: Path, voice: str, text: str) -> tuple[np.ndarray, int]:

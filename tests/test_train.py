@@ -9,20 +9,15 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
-import soundfile as sf
 import torch
 from safetensors.torch import load_file
 
 import e2e_tts.train
-from e2e_tts.audio import AudioConfig
 from e2e_tts.cli import main as cli_main
 from e2e_tts.config import load_config
-from e2e_tts.data.manifest import ManifestEntry
-from e2e_tts.data.shards import write_shards
 from e2e_tts.train import build_system, main, train
-from shared import MICRO_MODEL_OVERRIDES, child_env
+from shared import MICRO_MODEL_OVERRIDES, child_env, speech_like_shards
 
 REPO = Path(__file__).resolve().parents[1]
 MICRO = MICRO_MODEL_OVERRIDES + [  # these tests check the loop, not learning
@@ -32,27 +27,9 @@ MICRO = MICRO_MODEL_OVERRIDES + [  # these tests check the loop, not learning
 ]
 
 
-def speech_like(seconds: float, rng: np.random.Generator, rate: int = 16000) -> np.ndarray:
-    """Harmonic tones with a moving pitch and noise bursts: enough structure for the mel and the checks."""
-    t = np.arange(int(seconds * rate)) / rate
-    pitch = rng.uniform(90, 220) * (1 + 0.2 * np.sin(2 * np.pi * rng.uniform(0.5, 3) * t))
-    phase = 2 * np.pi * np.cumsum(pitch) / rate
-    wav = sum(np.sin(k * phase) / k for k in range(1, 6)) * 0.2
-    return (wav + 0.01 * rng.standard_normal(len(t))).astype(np.float32)
-
-
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory) -> str:
-    root = tmp_path_factory.mktemp("corpus")
-    rng = np.random.default_rng(0)
-    entries = []
-    for i in range(18):
-        path = root / f"utt{i:02d}.wav"
-        sf.write(path, speech_like(rng.uniform(0.5, 1.2), rng), 16000)
-        entries.append(ManifestEntry(id=f"utt{i:02d}", audio=str(path), text=f"sentence number {i} is here",
-                                     speaker=f"spk{i % 3}"))
-    write_shards(entries, root / "shards", AudioConfig(), shard_size=6, workers=1, prefix="train")
-    return str(root / "shards" / "train.list")
+    return speech_like_shards(tmp_path_factory.mktemp("corpus"), 18)
 
 
 def stage_config(shards: str, out: Path, stage: str, steps: int, *extra: str):
