@@ -61,6 +61,10 @@ if [[ $domain == demo ]]; then data=${data:-data/tiny}; exp=${exp:-exp/tiny}
 else data=${data:-data/tiny_${domain//[^A-Za-z0-9]/_}}; exp=${exp:-exp/tiny_${domain//[^A-Za-z0-9]/_}}; fi
 
 python=.venv/bin/python
+# Idle OpenMP threads sleep instead of spinning: on 2 cores that other jobs share, a spinning thread holds the core its
+# partner needs, and each 2-thread update took 4x longer (BENCHMARKS.md, "OpenMP wait policy"); results are
+# bit-identical.
+export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-PASSIVE}
 [[ -x $python ]] || python=python3
 e2e() { "$python" -m e2e_tts.cli "$@"; }
 log() { echo "[$(date +%H:%M:%S)] $*"; }
