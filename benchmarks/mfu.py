@@ -28,11 +28,16 @@ average before and after is printed with them.
 
 from __future__ import annotations
 
+import os
+
+# As recipes/tiny/run.sh sets it: idle OpenMP threads sleep instead of spinning on cores that other jobs share. Read
+# when torch loads its OpenMP runtime, so before torch is imported.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 import argparse
 import dataclasses
 import gc
 import json
-import os
 import resource
 import statistics
 import subprocess
@@ -48,7 +53,7 @@ from torch import nn
 from e2e_tts import flops
 from e2e_tts.config import load_config, to_object
 from e2e_tts.data.loader import SpeechDataLoader
-from e2e_tts.engine import EngineConfig, OptimConfig, TrainingEngine, setup_distributed
+from e2e_tts.engine import OptimConfig, TrainingEngine, setup_distributed
 from e2e_tts.models.flow import FlowDecoder
 from e2e_tts.models.llm import SpeechLLM
 from e2e_tts.models.tokenizer import SpeechTokenizer
@@ -186,6 +191,14 @@ def profile_updates(run: Callable[[], None], path: Path, device: torch.device) -
     return shares
 
 
+def time_shares(row: dict[str, Any]) -> str:
+    """The profile's shares of the time as ``"; time: forward and rest 40 %, ..."``; empty without a profile."""
+    if "backward" not in row:
+        return ""
+    return "; time: " + ", ".join(f"{key.replace('_', ' ')} {100 * row[key]:.0f} %" for key in (
+        "forward_and_rest", "backward", "optimizer_step", "matrix_kernels") if key in row)
+
+
 def time_stage(stage: str, args: argparse.Namespace, out: Path) -> dict[str, Any]:
     """Builds a stage as ``e2e-tts train`` does, warms it up on the batches, times a pass over them, exports."""
     run = out / stage
@@ -273,11 +286,7 @@ def run_stages(args: argparse.Namespace) -> dict[str, Any]:
               f"{r['executed_flops_per_s'] / 1e9:.1f} | {100 * r['executed_utilisation']:.1f} % |")
     for r in rows:
         shares = ", ".join(f"{k} {100 * v:.0f} %" for k, v in r["flops_share"].items())
-        extra = ""
-        if "backward" in r:
-            extra = "; time: " + ", ".join(f"{name.replace('_', ' ')} {100 * r[name]:.0f} %" for name in (
-                "forward_and_rest", "backward", "optimizer_step", "matrix_kernels") if name in r)
-        print(f"{r['stage']}: FLOPs {shares}; {r['batch_rows']:.1f} rows per batch{extra}")
+        print(f"{r['stage']}: FLOPs {shares}; {r['batch_rows']:.1f} rows per batch{time_shares(r)}")
     return {"stages": rows}
 
 
@@ -356,19 +365,30 @@ def time_paper_module(name: str, args: argparse.Namespace) -> list[dict[str, Any
             frames = [args.speech_len * models.flow.token_mel_ratio] * batch
             update_flops = flops.TRAINED * flops.flow_loss(module, speech, frames, codes)
             units = sum(frames)
-        times, losses = [], []
-        for step in range(args.warmup + args.steps):
-            synchronize(dist.device)
-            start = time.perf_counter()
-            loss, _, _ = engine.train_step(rows)
-            synchronize(dist.device)
-            losses.append(float(loss))
-            if step >= args.warmup:
+        times: list[float] = []
+        losses: list[float] = []
+
+        def updates(count: int) -> None:
+            for _ in range(count):
+                synchronize(dist.device)
+                start = time.perf_counter()
+                loss, _, _ = engine.train_step(rows)
+                synchronize(dist.device)
                 times.append(time.perf_counter() - start)
+                losses.append(float(loss))
+
+        updates(args.warmup)
+        del times[:]
+        profile: dict[str, float] = {}
+        if args.profile:
+            profile = profile_updates(lambda: updates(args.steps), Path(args.profile).with_suffix(f".{name}{batch}.txt"),
+                                      dist.device)
+        else:
+            updates(args.steps)
         result = {"module": name, "parameters": parameters, "batch": batch, "text_len": args.text_len,
                   "speech_len": args.speech_len, "zero_stage": args.zero_stage, "precision": engine.precision,
                   **summarize(times, [update_flops] * len(times), [update_flops] * len(times), [units] * len(times)),
-                  "losses": losses, "peak_memory_gib": peak_memory_gib(dist.device)}
+                  "losses": losses, "peak_memory_gib": peak_memory_gib(dist.device), **profile}
         result["tokens_per_s" if name == "llm" else "mel_frames_per_s"] = result.pop("units_per_s")
         results.append(result)
     return results
@@ -388,7 +408,7 @@ def run_paper(args: argparse.Namespace) -> dict[str, Any]:
                 command = [sys.executable, __file__, "paper", "--modules", name, "--json", handle.name,
                            *[f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items()
                              if k in ("config", "batch", "text_len", "speech_len", "warmup", "steps", "zero_stage",
-                                      "precision", "threads")]]
+                                      "precision", "threads", "profile") and v is not None]]
                 subprocess.run(command, check=True)
                 results.extend(json.loads(Path(handle.name).read_text())["modules"])
         return {"modules": results}
@@ -406,6 +426,8 @@ def run_paper(args: argparse.Namespace) -> dict[str, Any]:
               f"{result['model_flops_per_s'] / 1e9:,.1f} GFLOP/s, MFU {100 * result['mfu']:.1f} % of "
               f"{max(before, after) / 1e9:,.1f} GFLOP/s ({dtype}); peak memory {result['peak_memory_gib']:.1f} GiB; "
               f"losses {', '.join(f'{x:.3f}' for x in result['losses'])}")
+        if args.profile:
+            print(f"  {time_shares(result)[2:]}")
     return {"modules": results}
 
 
@@ -437,6 +459,7 @@ def main() -> None:
     paper.add_argument("--warmup", type=int, default=0, help="updates before the timed ones")
     paper.add_argument("--steps", type=int, default=1, help="timed updates")
     paper.add_argument("--zero-stage", type=int, default=2)
+    paper.add_argument("--profile", help="profile the timed updates: op tables at PROFILE.<module><batch>.txt")
     commands.add_parser("peak", help="the matmul peak alone")
     for command in commands.choices.values():
         command.add_argument("--threads", type=int, default=2, help="intra-op threads (CPU)")
