@@ -282,7 +282,8 @@ def run_stages(args: argparse.Namespace) -> dict[str, Any]:
     for r in rows:
         print(f"| {r['stage']} | {r['seconds'] / r['updates']:.3f} | {r['updates_per_s']:.2f} | "
               f"{r['mel_frames_per_s']:,.0f} | {r['speech_tokens_per_s']:,.0f} | "
-              f"{r['model_flops_per_update'] / 1e9:.1f} | {r['model_flops_per_s'] / 1e9:.1f} | {100 * r['mfu']:.1f} % | "
+              f"{r['model_flops_per_update'] / 1e9:.1f} | {r['model_flops_per_s'] / 1e9:.1f} | "
+              f"{100 * r['mfu']:.1f} % | "
               f"{r['executed_flops_per_s'] / 1e9:.1f} | {100 * r['executed_utilisation']:.1f} % |")
     for r in rows:
         shares = ", ".join(f"{k} {100 * v:.0f} %" for k, v in r["flops_share"].items())
@@ -381,8 +382,8 @@ def time_paper_module(name: str, args: argparse.Namespace) -> list[dict[str, Any
         del times[:]
         profile: dict[str, float] = {}
         if args.profile:
-            profile = profile_updates(lambda: updates(args.steps), Path(args.profile).with_suffix(f".{name}{batch}.txt"),
-                                      dist.device)
+            table = Path(args.profile).with_suffix(f".{name}{batch}.txt")
+            profile = profile_updates(lambda: updates(args.steps), table, dist.device)
         else:
             updates(args.steps)
         result = {"module": name, "parameters": parameters, "batch": batch, "text_len": args.text_len,
