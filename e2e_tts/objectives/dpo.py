@@ -27,10 +27,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from e2e_tts.objectives.grpo import penalise_truncated
-from e2e_tts.objectives.policy import FrozenReference, rollout_log_probs, sample_rollouts
+from e2e_tts.objectives.policy import FrozenReference, policy_rewards, rollout_log_probs, sample_rollouts
 from e2e_tts.objectives.token_cache import FrozenTokenCache
-from e2e_tts.rewards.components import RewardSet
-from e2e_tts.rewards.judges import Judges, Settings
 from e2e_tts.stage import StageConfig
 from e2e_tts.system import TTSSystem
 
@@ -67,22 +65,10 @@ class DPOObjective(nn.Module):
 
     def __init__(self, system: TTSSystem, stage: StageConfig, config: Any = None):
         super().__init__()
-        if list(stage.trainable) != ["llm"]:
-            raise ValueError(f"stage {stage.name!r}: the dpo objective trains the LLM only, got {stage.trainable}")
-        if stage.loss_weights:
-            raise ValueError(f"stage {stage.name!r}: the dpo objective ranks by rewards (dpo.rewards), not losses; "
-                             f"got loss_weights {dict(stage.loss_weights)}")
+        self.rewards, settings = policy_rewards(system, stage, config, "dpo")
         if stage.kl_beta:
             raise ValueError(f"stage {stage.name!r}: the dpo objective takes no kl_beta: its reference enters "
                              f"through dpo.beta")
-        settings = Settings.of(config)
-        if not settings.synthesis.min_len_ratio > 0:
-            raise ValueError(f"stage {stage.name!r}: candidates need synthesis.min_len_ratio > 0 (the reward model "
-                             f"reads every candidate, and an empty one has nothing to read)")
-        try:
-            self.rewards = RewardSet(stage.dpo.reward_specs(), Judges(system, settings))
-        except ValueError as err:
-            raise ValueError(f"stage {stage.name!r}: dpo.rewards: {err}") from err
         self.system, self.config, self.synthesis = system, stage.dpo, settings.synthesis
         self.reference = FrozenReference(system.llm)
         self.frozen_tokens = FrozenTokenCache(system.tokenizer)

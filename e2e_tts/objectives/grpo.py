@@ -34,10 +34,8 @@ import torch
 from torch import nn
 
 from e2e_tts.models.llm import new_token_limits
-from e2e_tts.objectives.policy import FrozenReference, rollout_log_probs, sample_rollouts
+from e2e_tts.objectives.policy import FrozenReference, policy_rewards, rollout_log_probs, sample_rollouts
 from e2e_tts.objectives.token_cache import FrozenTokenCache
-from e2e_tts.rewards.components import RewardSet
-from e2e_tts.rewards.judges import Judges, Settings
 from e2e_tts.stage import StageConfig
 from e2e_tts.system import TTSSystem
 
@@ -93,19 +91,7 @@ class GRPOObjective(nn.Module):
 
     def __init__(self, system: TTSSystem, stage: StageConfig, config: Any = None):
         super().__init__()
-        if list(stage.trainable) != ["llm"]:
-            raise ValueError(f"stage {stage.name!r}: the grpo objective trains the LLM only, got {stage.trainable}")
-        if stage.loss_weights:
-            raise ValueError(f"stage {stage.name!r}: the grpo objective weights rewards (grpo.rewards), not losses; "
-                             f"got loss_weights {dict(stage.loss_weights)}")
-        settings = Settings.of(config)
-        if not settings.synthesis.min_len_ratio > 0:
-            raise ValueError(f"stage {stage.name!r}: rollouts need synthesis.min_len_ratio > 0 (the reward model "
-                             f"reads every rollout, and an empty one has nothing to read)")
-        try:
-            self.rewards = RewardSet(stage.grpo.reward_specs(), Judges(system, settings))
-        except ValueError as err:
-            raise ValueError(f"stage {stage.name!r}: grpo.rewards: {err}") from err
+        self.rewards, settings = policy_rewards(system, stage, config, "grpo")
         self.system, self.config, self.synthesis, self.kl_beta = system, stage.grpo, settings.synthesis, stage.kl_beta
         self.reference = FrozenReference(system.llm) if stage.kl_beta > 0 else None
         self.frozen_tokens = FrozenTokenCache(system.tokenizer)

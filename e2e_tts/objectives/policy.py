@@ -14,10 +14,38 @@ from torch import nn
 
 from e2e_tts.models.llm import new_token_limits
 from e2e_tts.objectives.prompting import same_speaker_partners
+from e2e_tts.rewards.components import RewardSet
+from e2e_tts.rewards.judges import Judges, Settings
 from e2e_tts.rewards.rollouts import Rollouts, llm_prompt_rows
-from e2e_tts.stage import RolloutConfig
+from e2e_tts.stage import RolloutConfig, StageConfig
 from e2e_tts.synth import Prompt
 from e2e_tts.synthesis_config import SynthesisConfig
+from e2e_tts.system import TTSSystem
+
+
+def policy_rewards(system: TTSSystem, stage: StageConfig, config: Any, method: str) -> tuple[RewardSet, Settings]:
+    """The checks every objective that trains the LLM on its own samples makes of its stage, and its rewards.
+
+    Args:
+        system: the system; stage: the stage spec, whose ``stage.<method>`` holds the reward specs.
+        config: the run's experiment config (its synthesis settings lay the samples out; None: defaults).
+        method: the objective's name and its section of the stage spec (``grpo``, ``dpo``).
+    Returns:
+        the rewards, composed, and the run's settings.
+    """
+    if list(stage.trainable) != ["llm"]:
+        raise ValueError(f"stage {stage.name!r}: the {method} objective trains the LLM only, got {stage.trainable}")
+    if stage.loss_weights:
+        raise ValueError(f"stage {stage.name!r}: the {method} objective weighs rewards ({method}.rewards), not "
+                         f"losses; got loss_weights {dict(stage.loss_weights)}")
+    settings = Settings.of(config)
+    if not settings.synthesis.min_len_ratio > 0:
+        raise ValueError(f"stage {stage.name!r}: {method} samples need synthesis.min_len_ratio > 0 (the reward model "
+                         f"reads every sample, and an empty one has nothing to read)")
+    try:
+        return RewardSet(getattr(stage, method).reward_specs(), Judges(system, settings)), settings
+    except ValueError as err:
+        raise ValueError(f"stage {stage.name!r}: {method}.rewards: {err}") from err
 
 
 def prompt_partners(speakers: Sequence[str], prompt_speaker: str) -> list[Optional[int]]:
