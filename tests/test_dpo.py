@@ -19,7 +19,7 @@ from e2e_tts.rewards.rollouts import Rollouts
 from e2e_tts.stage import DPOConfig, StageConfig
 from e2e_tts.synth import Prompt
 from e2e_tts.train import build_system, train
-from post_training import micro_config, micro_system, text_batch
+from post_training import lower_half_reward, micro_config, micro_system, text_batch, train_on_reward
 from shared import speech_like_shards
 
 REPO = Path(__file__).resolve().parents[1]
@@ -113,23 +113,9 @@ def test_dpo_raises_the_margin_of_the_reward_it_is_given(system, monkeypatch):
     while the reference, which samples the candidates, stays as it was."""
     monkeypatch.setattr(dpo_module, "penalise_truncated", lambda rewards, ended: rewards)
     objective = DPOObjective(system, dpo_stage(num_samples=4, beta=0.5), FAR_CAP).train()
-    half = system.codebook().shape[0] // 2
-
-    def lower_half(rollouts):
-        share = torch.tensor([(row < half).float().mean().item() for row in rollouts.speech])
-        return RewardScores(total=share, shaped={"cer": share}, raw={"cer": share})
-
-    monkeypatch.setattr(objective, "rewards", lower_half)
+    monkeypatch.setattr(objective, "rewards", lower_half_reward(system))
     reference = [p.detach().clone() for p in objective.reference(system.llm).parameters()]
-    optimizer = torch.optim.Adam([p for p in objective.parameters() if p.requires_grad], lr=3e-3)
-    torch.manual_seed(0)
-    margins = []
-    for _ in range(8):
-        loss, metrics = objective(text_batch())
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        margins.append(metrics["margin"])
+    margins = train_on_reward(objective, 8, "margin")
     assert margins[0] == pytest.approx(0.0, abs=1e-6) and sum(margins[-3:]) / 3 > 0.5, margins
     assert all(torch.equal(a, b) for a, b in zip(reference, objective.reference(system.llm).parameters()))
 

@@ -11,12 +11,11 @@ from e2e_tts.config import load_config, to_object
 from e2e_tts.objectives import grpo as grpo_module
 from e2e_tts.objectives.grpo import GRPOObjective, group_advantages, penalise_truncated, policy_loss
 from e2e_tts.objectives.policy import rollout_log_probs, sample_rollouts
-from e2e_tts.rewards.components import RewardScores
 from e2e_tts.rewards.rollouts import Rollouts
 from e2e_tts.rewards.spec import RewardSpec
 from e2e_tts.stage import GRPOConfig, StageConfig
 from e2e_tts.synth import Prompt
-from post_training import SPEAKERS, micro_config, micro_system, text_batch
+from post_training import SPEAKERS, lower_half_reward, micro_config, micro_system, text_batch, train_on_reward
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -168,22 +167,8 @@ def test_grpo_raises_the_reward_it_is_given(system, monkeypatch):
     monkeypatch.setattr(grpo_module, "penalise_truncated", lambda rewards, ended: rewards)
     stage = grpo_stage(num_samples=6, reward_weights={"cer": 1.0}, prompt=False, top_k=25, top_p=0.8)
     objective = GRPOObjective(system, stage, FAR_CAP).train()
-    half = system.codebook().shape[0] // 2
-
-    def lower_half(rollouts):
-        share = torch.tensor([(row < half).float().mean().item() for row in rollouts.speech])
-        return RewardScores(total=share, shaped={"cer": share}, raw={"cer": share})
-
-    monkeypatch.setattr(objective, "rewards", lower_half)
-    optimizer = torch.optim.Adam([p for p in objective.parameters() if p.requires_grad], lr=3e-3)
-    torch.manual_seed(0)
-    history = []
-    for _ in range(12):
-        loss, metrics = objective(text_batch())
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        history.append(metrics["reward"])
+    monkeypatch.setattr(objective, "rewards", lower_half_reward(system))
+    history = train_on_reward(objective, 12, "reward")
     assert sum(history[-3:]) / 3 > sum(history[:3]) / 3 + 0.2, history
 
 
