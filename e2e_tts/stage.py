@@ -115,6 +115,9 @@ class RolloutConfig:
         if not 0 < self.top_p <= 1:
             raise FieldError("top_p", f"must be in (0, 1], got {self.top_p!r}")
         one_of(self, "prompt_speaker", PROMPT_SPEAKERS)
+        if self.num_samples < 2:
+            raise FieldError("num_samples", f"must be >= 2 (a text's samples are judged against each other), got "
+                                            f"{self.num_samples}")
         both = sorted(set(self.rewards) & set(self.reward_weights))
         if both:
             raise FieldError("reward_weights", f"names {both}, which rewards names too: give each reward once")
@@ -138,16 +141,12 @@ class GRPOConfig(RolloutConfig):
             all the batch's tokens: DAPO's, which the tiny recipe's runs used).
     """
 
-    num_samples: int = 12
     scale_rewards: bool = True
     loss_type: str = "token"
 
     def __post_init__(self) -> None:
         super().__post_init__()
         one_of(self, "loss_type", GRPO_LOSSES)
-        if self.num_samples < 2:
-            raise FieldError("num_samples", f"must be >= 2 (a group needs two samples to compare), got "
-                                            f"{self.num_samples}")
 
 
 @dataclass
@@ -178,8 +177,6 @@ class DPOConfig(RolloutConfig):
         one_of(self, "loss_type", DPO_LOSSES)
         positive(self, "beta")
         at_least(self, "sft_weight", 0)
-        if self.num_samples < 2:
-            raise FieldError("num_samples", f"must be >= 2 (a pair needs two samples), got {self.num_samples}")
 
 
 @dataclass
