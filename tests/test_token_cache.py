@@ -8,7 +8,7 @@ from e2e_tts.objectives.token_cache import FrozenTokenCache
 from e2e_tts.stage import StageConfig
 from e2e_tts.system import TTSSystem
 from e2e_tts.text import ByteTokenizer
-from tests.test_system import make_batch, small_models
+from test_system import make_batch, small_models
 
 
 @pytest.fixture
