@@ -92,7 +92,7 @@ def load_audio(source: str | Path | bytes, sample_rate: int | None = None,
     except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as err:
         raise AudioRejected("unreadable", f"{name}: {err}") from err
     # libsndfile quietly shortens a wav's declared length to what the file holds, so the header is read here too.
-    missing = _missing_wav_data(source)
+    missing = missing_wav_data(source)
     if missing:
         raise AudioRejected("truncated", f"{name}: the header declares {missing[0]} bytes of audio, the file holds "
                                          f"{missing[1]}")
@@ -107,7 +107,7 @@ def load_audio(source: str | Path | bytes, sample_rate: int | None = None,
 _UNKNOWN_LENGTH = 0xFFFFFFFF  # the data size of a RIFF wav streamed to a pipe, whose header cannot be rewritten
 
 
-def _missing_wav_data(source: str | Path | bytes) -> tuple[int, int] | None:
+def missing_wav_data(source: str | Path | bytes) -> tuple[int, int] | None:
     """``(declared, present)`` bytes of a RIFF/WAVE ``data`` chunk that the file cuts short, else ``None``."""
     with io.BytesIO(source) if isinstance(source, bytes) else open(source, "rb") as file:
         header = file.read(12)

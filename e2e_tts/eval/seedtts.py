@@ -57,7 +57,7 @@ import numpy as np
 import soundfile as sf
 from tqdm import tqdm
 
-from e2e_tts.audio import AudioConfig, _missing_wav_data, is_silent
+from e2e_tts.audio import AudioConfig, is_silent, missing_wav_data
 from e2e_tts.data.manifest import SeedTTSItem, read_seedtts_meta
 from e2e_tts.eval.similarity import SpeakerSimilarity, mean_similarity
 from e2e_tts.scoring.asr import ASRBackend
@@ -139,7 +139,7 @@ def read_first_channel(path: str | Path, max_seconds: float = MAX_SCORED_SECONDS
         if declared > max_seconds * rate:
             raise ValueError(f"{path}: the header declares {declared / rate:.1f} s, more than {max_seconds} s")
         data = file.read(dtype="float64", always_2d=True)
-    if len(data) < declared or _missing_wav_data(path):
+    if len(data) < declared or missing_wav_data(path):
         raise ValueError(f"{path}: truncated: the file ends before the audio its header declares")
     return np.ascontiguousarray(data[:, 0]), int(rate)
 
