@@ -12,7 +12,7 @@ import dataclasses
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -33,6 +33,15 @@ def save_result(result: SynthesisResult, folder: Path, utt: str) -> dict[str, An
     write_audio(folder / f"{utt}.wav", result.wav, result.sample_rate)
     np.save(folder / f"{utt}{ATTENTION_SUFFIX}", result.text_attention.astype(np.float16))
     return {"id": utt, "wav": f"{utt}.wav", "text_attention": f"{utt}{ATTENTION_SUFFIX}", **result.to_json()}
+
+
+def synthesis_totals(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The ``totals`` of synthesis.json from its utterance rows (:func:`save_result`): utterances, seconds of audio and
+    of compute, and their ratio (None without audio)."""
+    audio = sum(row["duration"] for row in rows)
+    compute = sum(sum(row["timings"].values()) for row in rows)
+    return {"utterances": len(rows), "audio_seconds": audio, "compute_seconds": compute,
+            "rtf": compute / audio if audio > 0 else None}
 
 
 def read_text_list(path: str | Path) -> list[tuple[str, str]]:
@@ -159,22 +168,18 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     utterances = [save_result(result, out, utt) for (utt, _), result in zip(items, results)]
-    audio_seconds = sum(r.duration for r in results)
-    compute_seconds = sum(sum(r.timings.values()) for r in results)
+    totals = synthesis_totals(utterances)
     silent = [utt for (utt, _), r in zip(items, results)
               if is_silent(r.wav, synthesizer.audio_config.silence_threshold_db)]
     summary = {"model": str(Path(args.model).resolve()), "device": args.device,
                "prompt_wav": args.prompt_wav, "prompt_text": args.prompt_text,
                "settings": dataclasses.asdict(config), "notes": notes, "sample_rate": synthesizer.sample_rate,
-               "totals": {"utterances": len(results), "audio_seconds": audio_seconds,
-                          "compute_seconds": compute_seconds,
-                          "rtf": compute_seconds / audio_seconds if audio_seconds > 0 else None,
-                          "silent": silent},
+               "totals": {**totals, "silent": silent},
                "utterances": utterances}
     (out / RESULTS_FILE).write_text(json.dumps(summary, indent=1, ensure_ascii=False), encoding="utf-8")
     if silent:
         print(f"warning: {len(silent)} of {len(results)} outputs are silent: {', '.join(silent)}", file=sys.stderr)
-    rtf = summary["totals"]["rtf"]
-    print(f"{len(results)} utterances, {audio_seconds:.1f} s of audio, RTF {'n/a' if rtf is None else f'{rtf:.3f}'}"
+    rtf = totals["rtf"]
+    print(f"{len(results)} utterances, {totals['audio_seconds']:.1f} s of audio, RTF {'n/a' if rtf is None else f'{rtf:.3f}'}"
           f" -> {out}")
     return 0

@@ -250,11 +250,9 @@ def _read_synthesis_record(path: Path, header: dict[str, Any]) -> dict[str, dict
 
 
 def _write_synthesis_record(path: Path, header: dict[str, Any], rows: Mapping[str, dict[str, Any]]) -> None:
-    audio = sum(row["duration"] for row in rows.values())
-    compute = sum(sum(row["timings"].values()) for row in rows.values())
-    totals = {"utterances": len(rows), "audio_seconds": audio, "compute_seconds": compute,
-              "rtf": compute / audio if audio > 0 else None}
-    record = {**header, "totals": totals, "utterances": list(rows.values())}
+    from e2e_tts.synth_cli import synthesis_totals
+
+    record = {**header, "totals": synthesis_totals(list(rows.values())), "utterances": list(rows.values())}
     path.write_text(json.dumps(record, indent=1, ensure_ascii=False), encoding="utf-8")
 
 
