@@ -30,6 +30,7 @@ MODULES = ("tokenizer", "llm", "flow", "reward", "vocoder")
 CONFIG_FILE = "config.yaml"
 SPEAKERS_FILE = "speakers.json"
 TRAINED_FILE = "trained.json"
+LLM_DECODER_FILE = "llm_decoder.json"  # the LLM decoder's transformers config: its shape without its checkpoint
 
 
 def read_trained(directory: str | Path) -> dict[str, bool | None] | None:
@@ -90,17 +91,19 @@ class TTSSystem(nn.Module):
         speakers: training speaker names, index = speaker label of the reward model's speaker head.
         audio: the mel analysis the data uses (default: ``AudioConfig()``); the vocoder's own mel loss and
             the consumers' ``n_mels`` must agree with it.
+        llm_decoder_config: the LLM decoder's recorded transformers config, when its weights are loaded afterwards
+            (:meth:`from_export`; see :class:`~e2e_tts.models.llm.SpeechLLM`).
     """
 
     def __init__(self, models: Any, text_tokenizer: TextTokenizer, speakers: Sequence[str],
-                 audio: AudioConfig | None = None):
+                 audio: AudioConfig | None = None, llm_decoder_config: dict[str, Any] | None = None):
         super().__init__()
         self.text_tokenizer = text_tokenizer
         self.speakers = list(speakers)
         self.tokenizer = SpeechTokenizer(models.tokenizer)
         code_dim, codes = self.tokenizer.codebook_dim, self.tokenizer.codebook_size
         self.layout = TokenLayout(text_tokenizer.vocab_size, codes)
-        self.llm = SpeechLLM(models.llm, self.layout, code_dim)
+        self.llm = SpeechLLM(models.llm, self.layout, code_dim, llm_decoder_config)
         self.flow = FlowDecoder(models.flow, code_dim, codes)
         self.reward = RewardModel(models.reward, text_tokenizer.vocab_size, code_dim, codes, len(self.speakers))
         self.vocoder = Vocoder(models.vocoder, audio)
@@ -160,8 +163,9 @@ class TTSSystem(nn.Module):
 
     def export(self, directory: str | Path, config: Any, state_dict: dict[str, torch.Tensor] | None = None,
                prefix: str = "") -> Path:
-        """Writes ``<module>.safetensors`` for each module, the config, text tokenizer, speakers and the record of
-        trained modules (:func:`trained_modules` of ``config``)."""
+        """Writes ``<module>.safetensors`` for each module, the config, text tokenizer, speakers, the record of
+        trained modules (:func:`trained_modules` of ``config``) and the LLM decoder's transformers config (so that
+        an LLM started from a local checkpoint loads without it)."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         for name, tensors in self.module_state_dicts(state_dict, prefix).items():
@@ -170,6 +174,7 @@ class TTSSystem(nn.Module):
         self.text_tokenizer.save(directory)
         (directory / SPEAKERS_FILE).write_text(json.dumps(self.speakers))
         (directory / TRAINED_FILE).write_text(json.dumps(trained_modules(config)))
+        (directory / LLM_DECODER_FILE).write_text(self.llm.decoder.config.to_json_string())
         return directory
 
     def load_modules(self, directory: str | Path, modules: Sequence[str] = MODULES) -> None:
@@ -220,6 +225,13 @@ class TTSSystem(nn.Module):
             text_tokenizer = load_text_tokenizer(directory)
         except (UnicodeDecodeError, json.JSONDecodeError, KeyError) as err:  # the reader does not name its file
             raise ValueError(f"{directory / TOKENIZER_FILE}: not a saved text tokenizer: {err!r}") from err
-        system = cls(to_object(config.model), text_tokenizer, speakers, to_object(config.audio))
+        decoder_path = directory / LLM_DECODER_FILE
+        try:  # exports written before the record rebuild the decoder from config.yaml, checkpoint included
+            decoder_config = json.loads(decoder_path.read_text(encoding="utf-8")) if decoder_path.is_file() else None
+        except (UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise ValueError(f"{decoder_path}: not a JSON transformers config: {err}") from err
+        if decoder_config is not None and not isinstance(decoder_config, dict):
+            raise ValueError(f"{decoder_path}: not a JSON transformers config (an object)")
+        system = cls(to_object(config.model), text_tokenizer, speakers, to_object(config.audio), decoder_config)
         system.load_modules(directory)
         return system.to(map_location).eval(), config

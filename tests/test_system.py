@@ -8,6 +8,7 @@ import subprocess
 
 import pytest
 import torch
+import transformers
 import yaml
 
 from e2e_tts.audio import AudioConfig, MelSpectrogram, load_audio
@@ -17,7 +18,7 @@ from e2e_tts.objectives.prompting import prefix_partners, same_speaker_partners
 from e2e_tts.objectives.multitask import MultiTaskObjective
 from e2e_tts.models.llm import GuideConfig
 from e2e_tts.stage import GumbelConfig, MultiTaskConfig, StageConfig
-from e2e_tts.system import CONFIG_FILE, MODULES, TRAINED_FILE, TTSSystem, read_trained
+from e2e_tts.system import CONFIG_FILE, LLM_DECODER_FILE, MODULES, TRAINED_FILE, TTSSystem, read_trained
 from e2e_tts.text import PHONEME_INVENTORY_VERSION, ByteTokenizer
 from shared import MICRO_MODEL_OVERRIDES
 
@@ -244,6 +245,36 @@ def test_an_llm_with_tied_embeddings_round_trips_through_an_export(tmp_path):
     loaded, _ = TTSSystem.from_export(system.export(tmp_path, config))
     head, embedding = loaded.llm.decoder.get_output_embeddings().weight, loaded.llm.decoder.get_input_embeddings().weight
     assert head is embedding and torch.equal(embedding, system.llm.decoder.get_input_embeddings().weight)
+
+
+def test_an_export_of_an_llm_started_from_a_checkpoint_loads_without_the_checkpoint(tmp_path):
+    """The export records the decoder's shape (llm_decoder.json), so it loads where the local checkpoint it started
+    from is gone, with the shape of the checkpoint (not of the config's size fields); an export without the record
+    (written before it existed) still rebuilds the decoder from the checkpoint."""
+    checkpoint = tmp_path / "checkpoint"
+    transformers.Qwen2ForCausalLM(transformers.Qwen2Config(
+        vocab_size=ByteTokenizer().vocab_size, hidden_size=48, num_hidden_layers=1, num_attention_heads=4,
+        num_key_value_heads=2, intermediate_size=96, rope_theta=5000.0)).save_pretrained(checkpoint)
+    config = load_config(overrides=[*MICRO_MODEL_OVERRIDES, f"model.llm.pretrained_path={checkpoint}"])
+    torch.manual_seed(0)
+    system = TTSSystem(to_object(config.model), ByteTokenizer(), speakers=["a"]).eval()
+    export = system.export(tmp_path / "export", config)
+    with_checkpoint, _ = TTSSystem.from_export(export)
+    shutil.rmtree(checkpoint)
+    loaded, _ = TTSSystem.from_export(export)
+    assert loaded.llm.hidden_size == 48 and loaded.llm.decoder.config.rope_parameters["rope_theta"] == 5000.0
+    batch = make_batch()
+    speech_ids, speech_mask = system.tokenizer.encode(batch["mel"], batch["mel_mask"])
+    logits = [model.llm(batch["text_ids"], batch["text_mask"], speech_ids, speech_mask, model.codebook()).logits
+              for model in (system, with_checkpoint, loaded)]
+    torch.testing.assert_close(logits[2], logits[0], rtol=0, atol=0)
+    torch.testing.assert_close(logits[1], logits[0], rtol=0, atol=0)
+    (export / LLM_DECODER_FILE).unlink()
+    with pytest.raises(OSError, match="checkpoint"):
+        TTSSystem.from_export(export)
+    (export / LLM_DECODER_FILE).write_text("[1, 2]")
+    with pytest.raises(ValueError, match=LLM_DECODER_FILE):
+        TTSSystem.from_export(export)
 
 
 def test_id_embeddings_learn_in_every_consumer_and_round_trip_through_an_export(tmp_path):

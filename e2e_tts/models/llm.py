@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass, field
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -217,6 +217,17 @@ def _build_decoder(config: LLMConfig, vocab_size: int) -> nn.Module:
     return model_class(hf_config)
 
 
+def _decoder_from_config(config: LLMConfig, layout: TokenLayout, decoder_config: dict[str, Any]) -> nn.Module:
+    """A fresh decoder in the shape a recorded transformers config describes (see :class:`SpeechLLM`)."""
+    config_class, model_class = _hf_classes(config.architecture)
+    hf_config = config_class.from_dict(decoder_config)
+    if hf_config.model_type != config.architecture or hf_config.vocab_size != layout.vocab_size:
+        raise ValueError(f"the recorded decoder is a {hf_config.model_type!r} model of {hf_config.vocab_size} ids; "
+                         f"LLMConfig.architecture is {config.architecture!r} and the token layout has "
+                         f"{layout.vocab_size} ids")
+    return model_class(hf_config).to(torch.float32)
+
+
 # Official checkpoints pad their embedding past the tokenizer's ids to a hardware-friendly row count: Qwen2.5's and
 # Qwen3's 151,936 rows hold 151,665 and 151,669 ids. More unused rows than this means another tokenizer.
 MAX_PADDING_ROWS = 1024
@@ -292,12 +303,19 @@ class SpeechLLM(nn.Module):
         config: decoder shape and settings.
         layout: the token-id contract (text and speech vocabulary sizes, specials).
         codebook_dim: dimension ``Dc`` of one speech-tokenizer code (FSQ: number of levels).
+        decoder_config: the transformers config (``to_dict()``) of a decoder whose weights are loaded afterwards,
+            as an export records it (:meth:`e2e_tts.system.TTSSystem.export`): the decoder is built in that shape,
+            freshly initialised, and ``config.pretrained_path`` is not read (the export holds every weight, and the
+            checkpoint it started from need not exist where it is loaded).
     """
 
-    def __init__(self, config: LLMConfig, layout: TokenLayout, codebook_dim: int):
+    def __init__(self, config: LLMConfig, layout: TokenLayout, codebook_dim: int,
+                 decoder_config: Optional[dict[str, Any]] = None):
         super().__init__()
         self.config, self.layout = config, layout
-        if config.pretrained_path is None:
+        if decoder_config is not None:
+            self.decoder = _decoder_from_config(config, layout, decoder_config)
+        elif config.pretrained_path is None:
             self.decoder = _build_decoder(config, layout.vocab_size)
         else:
             self.decoder = _load_decoder(config, layout)
