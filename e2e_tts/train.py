@@ -110,7 +110,8 @@ class _ExportFiles(TTSSystem):
     A stage builds its own modules from ``config.model`` (their sizes may differ, see ``stage.init_modules``) and
     loads the weights into those with :meth:`TTSSystem.load_modules`."""
 
-    def __init__(self, models: Any, text_tokenizer: TextTokenizer, speakers: Sequence[str], audio: Any = None):
+    def __init__(self, models: Any, text_tokenizer: TextTokenizer, speakers: Sequence[str], audio: Any = None,
+                 llm_decoder_config: Any = None):
         nn.Module.__init__(self)
         self.text_tokenizer, self.speakers = text_tokenizer, list(speakers)
 
