@@ -5,7 +5,9 @@ codebook are relaxed by Gumbel-softmax (straight-through when ``hard``) and fed,
 frozen flow decoder (reconstruction of the utterance's own mel, which is aligned because the context is
 the ground truth) and the frozen reward model (``asr``: mean negative log P(text | tokens) per text token;
 ``speaker``: negative log-probability of the speaker label). A per-position KL to a frozen copy of the
-starting LLM, analytic over ``[codebook, EOS]``, keeps the policy near its reference (beta 0.1).
+starting LLM, analytic over ``[codebook, EOS]``, keeps the policy near its reference (beta 0.1). The reference
+is held outside the module tree (:class:`~e2e_tts.objectives.policy.FrozenReference`), so that no checkpoint or
+export holds a second LLM.
 
 Only the LLM has trainable parameters; the flow and reward modules pass gradients to their soft input
 and stay bit-identical.
@@ -13,13 +15,13 @@ and stay bit-identical.
 
 from __future__ import annotations
 
-import copy
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from e2e_tts.objectives.policy import FrozenReference
 from e2e_tts.objectives.token_cache import FrozenTokenCache
 from e2e_tts.stage import StageConfig
 from e2e_tts.system import TTSSystem
@@ -45,14 +47,8 @@ class EndToEndObjective(nn.Module):
         self.kl_beta = stage.kl_beta
         self.gumbel = stage.gumbel
         self.frozen_tokens = FrozenTokenCache(system.tokenizer)
-        self.reference = copy.deepcopy(system.llm).requires_grad_(False).eval() if stage.kl_beta > 0 else None
+        self.reference = FrozenReference(system.llm) if stage.kl_beta > 0 else None
         self.step = 0
-
-    def train(self, mode: bool = True) -> "EndToEndObjective":
-        super().train(mode)
-        if self.reference is not None:
-            self.reference.eval()
-        return self
 
     def forward(self, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
         system = self.system
@@ -85,7 +81,8 @@ class EndToEndObjective(nn.Module):
         metrics = {k: v.item() for k, v in losses.items()}
         if self.reference is not None:
             with torch.no_grad():
-                ref = self.reference(batch["text_ids"], batch["text_mask"], speech_ids, speech_mask, codebook)
+                ref = self.reference(system.llm)(batch["text_ids"], batch["text_mask"], speech_ids, speech_mask,
+                                                 codebook)
             log_p = out.logits.float().log_softmax(-1)
             log_q = ref.logits.float().log_softmax(-1)
             kl_per_position = (log_p.exp() * (log_p - log_q)).sum(-1)
