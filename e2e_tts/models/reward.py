@@ -17,6 +17,7 @@ output. No table ever needs two specials, so none wastes a class.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -31,6 +32,7 @@ from e2e_tts.models.speech_embedding import SpeechEmbedding
 TASK_WEIGHTS = {"speaker": "speaker_weight", "emotion": "emotion_weight", "quality": "quality_weight"}
 TASKS = tuple(TASK_WEIGHTS)
 MISSING_LABEL = -1
+MOS_RANGE = (1.0, 5.0)  # the scale of the manifests' quality labels (mean opinion score)
 
 
 @dataclass
@@ -137,6 +139,28 @@ def replace_tokens_randomly(ids: torch.Tensor, prob: float, vocab_size: int) -> 
         return ids
     replace = torch.rand(ids.shape, device=ids.device) < prob
     return torch.where(replace, torch.randint_like(ids, vocab_size), ids)
+
+
+def mos_bins(values: Sequence[Optional[float]], num_classes: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """The quality class ``(B,)`` of each MOS label: ``num_classes`` equal bins over :data:`MOS_RANGE` (DiffRO bins MOS
+    into 5 classes: [1, 1.8) -> 0 ... [4.2, 5] -> 4), a label outside the range in its end bin, -1 where missing.
+
+    Raises:
+        ValueError: ``num_classes`` below 1.
+    """
+    if num_classes < 1:
+        raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+    low, high = MOS_RANGE
+    classes = [MISSING_LABEL if value is None else min(max(int((value - low) / (high - low) * num_classes), 0),
+                                                       num_classes - 1) for value in values]
+    return torch.tensor(classes, dtype=torch.long, device=device)
+
+
+def expected_bin(logits: torch.Tensor) -> torch.Tensor:
+    """The expected class of ordered bins scaled to [0, 1] (first bin 0, last 1): ``(B, classes)`` logits -> ``(B,)``;
+    for the quality head, the expected MOS bin (the ``quality`` reward)."""
+    probs = logits.float().softmax(-1)
+    return probs @ (torch.arange(probs.shape[-1], device=probs.device) / max(probs.shape[-1] - 1, 1))
 
 
 class PooledClassifier(nn.Module):

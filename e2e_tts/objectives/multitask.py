@@ -7,6 +7,10 @@
 * cascade (the paper's baseline): the tokenizer is trained by the recognition loss alone
   (``llm: 0, flow: 0``), then the others train separately on its frozen ids.
 
+The reward model's task heads learn from the labels the batch carries: the speaker, and the quality, a MOS binned
+into the head's classes (e2e_tts.models.reward.mos_bins; tools/degrade_corpus.py labels clean and degraded speech);
+a row without a label teaches its head nothing, and a reward model without a quality head ignores the labels.
+
 Besides the losses, training may prefix rows, replace inputs by noise and guide the LLM's attention
 (``stage.multitask``, :class:`~e2e_tts.stage.MultiTaskConfig`). With ``prompt_pairs``, some of the LLM's rows are
 prefixed by a same-speaker utterance of the batch, as synthesis prefixes a prompt
@@ -23,6 +27,7 @@ import torch
 from torch import nn
 
 from e2e_tts.models.llm import IGNORE_INDEX, LLMOutput
+from e2e_tts.models.reward import mos_bins
 from e2e_tts.objectives.prompting import prefix_partners, same_speaker_partners
 from e2e_tts.objectives.token_cache import FrozenTokenCache
 from e2e_tts.stage import StageConfig
@@ -90,8 +95,11 @@ class MultiTaskObjective(nn.Module):
             losses["flow"] = system.flow.weighted_loss(terms)
             metrics.update({f"flow_{k}": v.item() for k, v in terms.items()})
         if "reward" in self.weights:
+            labels = batch.get("quality")  # a batch built without the loader may carry no labels at all
+            quality = (mos_bins(labels, system.reward.config.num_quality_classes, speech.device)
+                       if labels is not None and "quality" in system.reward.task_heads else None)
             out = system.reward(speech, speech_mask, codebook, batch["text_ids"], batch["text_mask"],
-                                speaker=system.speaker_ids(batch["speaker"], speech.device),
+                                speaker=system.speaker_ids(batch["speaker"], speech.device), quality=quality,
                                 token_noise=self.config.reward_input_noise)
             losses["reward"] = out.loss
             metrics.update({f"reward_{k}": v.item() for k, v in out.losses.items()})
