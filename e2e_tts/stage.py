@@ -13,9 +13,10 @@ from e2e_tts.checks import FieldError, at_least, each_one_of, one_of, positive, 
 from e2e_tts.engine import OptimConfig
 from e2e_tts.models.llm import GuideConfig
 from e2e_tts.rewards.spec import RewardSpec, check_specs
+from e2e_tts.rewards.w3ar import WordRewardConfig
 from e2e_tts.system import MODULES
 
-OBJECTIVES = ("multitask", "e2e", "grpo", "dpo", "vocoder")  # what e2e_tts.objectives.build_objective builds
+OBJECTIVES = ("multitask", "e2e", "grpo", "dpo", "vocoder", "distill", "w3ar")  # what objectives.build_objective builds
 GRPO_LOSSES = ("grpo", "dr_grpo", "token")
 DPO_LOSSES = ("dpo", "ipo")
 DPO_SAMPLERS = ("reference", "policy")
@@ -78,7 +79,8 @@ PROMPT_SPEAKERS = ("same", "any")
 
 @dataclass
 class RolloutConfig:
-    """What the objectives that train the LLM on its own samples (``grpo``, ``dpo``) sample, and how they judge it.
+    """What the objectives that train the LLM on its own samples (``grpo``, ``dpo``, ``distill``) sample, and how they
+    judge it.
 
     The rollouts are laid out as the run's synthesis lays out its rows (``synthesis.llm_prompt``: the LLM continues
     the prompt, or reads its text alone while only the flow hears the prompt) and bounded by its length ratios; the
@@ -180,6 +182,58 @@ class DPOConfig(RolloutConfig):
 
 
 @dataclass
+class DistillConfig(RolloutConfig):
+    """Candidates, verifier and targets of the ``distill`` objective (best-of-N self-verification, distilled): per text
+    ``num_samples`` candidates (N), judged by the rewards (the verifier; a gate such as ``length`` marks dropouts),
+    the best non-dropout kept as a target when it passes.
+
+    Attributes:
+        candidates_from: the LLM that samples the candidates: ``reference`` (the frozen starting LLM: offline
+            distillation of the base model's best-of-N, drawn afresh each time a text comes round) or ``policy`` (the
+            LLM being trained: the online iterative variant).
+        pass_reward: a candidate passes the verifier when its reward is at least this (0.5: with the ``cer`` reward
+            alone, an id error rate of at most 0.5, Seed-TTS-Eval's failure line).
+        only_failed: train only on texts whose single-shot sample (the first candidate) fails the verifier (a dropout,
+            or a reward below ``pass_reward``).
+    """
+
+    num_samples: int = 8
+    candidates_from: str = "reference"
+    pass_reward: float = 0.5
+    only_failed: bool = False
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        one_of(self, "candidates_from", DPO_SAMPLERS)
+        at_least(self, "pass_reward", 0)
+
+
+@dataclass
+class W3ARConfig(RolloutConfig):
+    """Rollouts, word reward and loss of the ``w3ar`` objective (W3AR: N = 8 samples per text, W = 6, beta = 0.1,
+    0.5 purity + 0.5 monotonicity; e2e_tts.objectives.w3ar). Its reward is the word reward alone: ``rewards`` and
+    ``reward_weights`` stay empty (the ``w3ar`` reward kind joins other rewards in a grpo or dpo stage).
+
+    Attributes:
+        word: the word reward's window, slope and weights.
+        ce_weight: weight of the teacher-forced cross-entropy of the batch's own utterances (the paper's L_train).
+    """
+
+    num_samples: int = 8
+    word: WordRewardConfig = field(default_factory=WordRewardConfig)
+    ce_weight: float = 1.0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for name in ("rewards", "reward_weights"):
+            if getattr(self, name):
+                raise FieldError(name, f"the w3ar objective's reward is its word reward (w3ar.word), got "
+                                       f"{sorted(getattr(self, name))}; to add other rewards, name the w3ar reward "
+                                       f"in a grpo stage")
+        at_least(self, "ce_weight", 0)
+
+
+@dataclass
 class StageConfig:
     """One training stage.
 
@@ -188,7 +242,8 @@ class StageConfig:
         objective: ``multitask`` (joint, separate and cascade stages: the weighted sum of the consumers'
             own losses), ``e2e`` (Gumbel-softmax through frozen flow and reward), ``grpo`` (policy gradient
             on the LLM's own samples, scored by the rewards), ``dpo`` (preference pairs of its samples, ranked by
-            the rewards) or ``vocoder``.
+            the rewards), ``vocoder``, ``distill`` (cross-entropy on the best of its samples by the rewards) or
+            ``w3ar`` (policy gradient with per-word advantages from the reward model's attention).
         trainable: modules that receive gradients and optimizer state; all others are frozen in eval mode.
         init_from: export directory of the previous stage (None: random initialisation).
         init_modules: the modules loaded from ``init_from`` (None: all of them); the others start from a fresh
@@ -197,11 +252,13 @@ class StageConfig:
             ``speaker`` (e2e). A weight of 0 skips that loss entirely; at least one must be non-zero.
         kl_beta: weight of the KL to the frozen starting LLM; 0 (none) unless a stage spec sets it (e2e: analytic per
             position, DiffRO's 0.1 in stages/e2e.yaml; grpo: the k3 estimate on the sampled tokens, which Align2Speak
-            drops; dpo: none, its reference enters through ``dpo.beta``).
+            drops; w3ar: the same estimate, W3AR's gamma 0.1; dpo: none, its reference enters through ``dpo.beta``).
         multitask: what the ``multitask`` objective does in training besides the losses.
         gumbel: the relaxation of the ``e2e`` objective.
         grpo: rollouts, rewards and loss of the ``grpo`` objective.
         dpo: preference pairs and loss of the ``dpo`` objective.
+        w3ar: rollouts, word reward and loss of the ``w3ar`` objective.
+        distill: candidates, verifier and targets of the ``distill`` objective.
         max_steps: optimizer updates in this stage.
     """
 
@@ -217,6 +274,8 @@ class StageConfig:
     gumbel: GumbelConfig = field(default_factory=GumbelConfig)
     grpo: GRPOConfig = field(default_factory=GRPOConfig)
     dpo: DPOConfig = field(default_factory=DPOConfig)
+    w3ar: W3ARConfig = field(default_factory=W3ARConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     max_steps: int = 1000
 

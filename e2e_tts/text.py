@@ -249,6 +249,35 @@ class TextTokenizer(Protocol):
         """Writes ``directory/text_tokenizer.json`` (kind + settings) and any files needed to rebuild it."""
 
 
+def word_index(tokenizer: TextTokenizer, text: str) -> list[int]:
+    """For each id of ``tokenizer.encode(text)``, the index of the word it belongs to, or -1 for an id of no word
+    (a space). Words are what the tokenizer's front end separates by spaces: the text's words for bytes and chars,
+    espeak-ng's words for phonemes and phones (which joins a few, e.g. "in the" -> "ɪnðə").
+
+    Raises:
+        ValueError: for a tokenizer that keeps no word boundaries (hf).
+    """
+    words = getattr(tokenizer, "word_index", None)
+    if words is None:
+        raise ValueError(f"the {getattr(tokenizer, 'KIND', type(tokenizer).__name__)} text tokenizer keeps no word "
+                         f"boundaries")
+    return words(text)
+
+
+def _char_words(text: str) -> list[int]:
+    """For each character of ``text``, the index of its space-separated word, -1 on spaces."""
+    index, word, in_word = [], -1, False
+    for char in text:
+        if char.isspace():
+            in_word = False
+            index.append(-1)
+            continue
+        if not in_word:
+            word, in_word = word + 1, True
+        index.append(word)
+    return index
+
+
 def _checked_ids(ids: Sequence[int], vocab_size: int, kind: str) -> list[int]:
     ids = [int(i) for i in ids]
     bad = [i for i in ids if not 0 <= i < vocab_size]
@@ -275,6 +304,10 @@ class ByteTokenizer:
 
     def encode(self, text: str) -> list[int]:
         return list(text.encode("utf-8"))
+
+    def word_index(self, text: str) -> list[int]:
+        """See :func:`word_index`: each byte in its character's word."""
+        return [word for char, word in zip(text, _char_words(text)) for _ in char.encode("utf-8")]
 
     def decode(self, ids: Sequence[int]) -> str:
         """Ids to text; byte sequences that are not valid UTF-8 (e.g. sampled ids) decode to U+FFFD."""
@@ -324,6 +357,10 @@ class CharTokenizer:
 
     def encode(self, text: str) -> list[int]:
         return [self._ids.get(c, self.UNK_ID) for c in text]
+
+    def word_index(self, text: str) -> list[int]:
+        """See :func:`word_index`."""
+        return _char_words(text)
 
     def decode(self, ids: Sequence[int]) -> str:
         ids = _checked_ids(ids, self.vocab_size, self.KIND)
@@ -384,6 +421,10 @@ class PhonemeTokenizer:
     def encode(self, text: str) -> list[int]:
         return [self._IDS.get(symbol, self.UNK_ID) for symbol in self.phonemize(text)]
 
+    def word_index(self, text: str) -> list[int]:
+        """See :func:`word_index`: words of the IPA string; a clause mark belongs to the word it follows."""
+        return _char_words(self.phonemize(text))
+
     def decode(self, ids: Sequence[int]) -> str:
         """Ids -> the IPA string (the text itself cannot be recovered)."""
         ids = _checked_ids(ids, self.vocab_size, self.KIND)
@@ -439,6 +480,14 @@ class PhoneTokenizer:
 
     def encode(self, text: str) -> list[int]:
         return [self._IDS.get(phone, self.UNK_ID) for phone in self.phones(text)]
+
+    def word_index(self, text: str) -> list[int]:
+        """See :func:`word_index`: words of the IPA string (no phone is a space); a phone that spans two words
+        (a diphthong across a word boundary) belongs to the first."""
+        spoken = self._phonemes.phonemize(text)
+        spoken = spoken[:-1] if spoken.endswith(".") else spoken
+        words = [word for word in _char_words(spoken) if word >= 0]  # the word of each symbol, spaces dropped
+        return [words[match.start()] for match in _PHONE.finditer(spoken.replace(" ", ""))]
 
     def decode(self, ids: Sequence[int]) -> str:
         """Ids -> the phones joined (word boundaries are not kept)."""

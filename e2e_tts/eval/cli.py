@@ -1,6 +1,7 @@
 """The ``e2e-tts eval`` command group: ``seedtts`` (the benchmark, optionally synthesising first), ``per`` (phone
-error rate of an evaluated folder), ``failures`` (catastrophic-failure rate), ``tokens`` (codebook usage of an
-export's speech tokenizer) and ``list`` (a Seed-TTS-Eval list of a corpus).
+error rate of an evaluated folder), ``failures`` (catastrophic-failure rate, optionally synthesising first over
+best-of-N counts), ``tokens`` (codebook usage of an export's speech tokenizer) and ``list`` (a Seed-TTS-Eval list of
+a corpus).
 
 Each command parses specs into backend objects and hands them to the library functions, so that everything it
 does is also callable (and tested) from Python. Exit status: 0 done, 1 done but some items were missing or failed
@@ -14,17 +15,18 @@ import dataclasses
 import json
 import sys
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 import torch
 
 from e2e_tts.audio import AudioRejected, load_audio
 from e2e_tts.data.manifest import ManifestEntry, read_manifest
-from e2e_tts.eval.failures import FailureConfig, SynthesizedItem, detect_failures
+from e2e_tts.eval.failures import REASONS, FailureConfig, SynthesizedItem, detect_failures
 from e2e_tts.eval.lists import PROMPTS, TEXTS, write_eval_list
 from e2e_tts.eval.phones import UnknownWordError, folder_phone_error_rates
-from e2e_tts.eval.seedtts import (format_summary, read_first_channel, read_meta, run_seedtts, synthesize_missing,
-                                  synthesized_wav_paths, write_results)
+from e2e_tts.eval.plots import save_failure_curve
+from e2e_tts.eval.seedtts import (file_sha256, format_summary, read_first_channel, read_meta, run_seedtts,
+                                  synthesize_missing, synthesized_wav_paths, write_results)
 from e2e_tts.eval.similarity import SpeakerSimilarity, build_similarity
 from e2e_tts.models.tokenizer import token_statistics
 from e2e_tts.scoring.asr import ASRBackend, parse_asr_spec
@@ -33,7 +35,7 @@ from e2e_tts.scoring.verifiers import build_asr, reference_of
 from e2e_tts.scoring.wer import id_error_rates
 from e2e_tts.synth import Synthesizer
 from e2e_tts.synth_cli import LLM_SAMPLING_FIELDS, VOCODER_HELP, add_llm_sampling_arguments, export_default
-from e2e_tts.synthesis_config import DECODERS, VOCODERS
+from e2e_tts.synthesis_config import DECODERS, VOCODERS, SynthesisConfig
 
 NO_SIMILARITY = "none"
 BAD_INPUT = (ValueError, FileNotFoundError, ImportError)  # ManifestError and EmptyReferenceError are ValueErrors
@@ -89,13 +91,7 @@ def run_seedtts_command(args: argparse.Namespace) -> int:
         if args.model is not None:
             items = read_meta(args.meta)  # fail on a malformed list before loading a model
             synthesizer = Synthesizer.from_pretrained(args.model, args.device)
-            config, notes = synthesizer.settings(
-                seed=args.seed, decoder=args.decoder, nfe=args.nfe, cfg_strength=args.cfg_strength,
-                vocoder=args.vocoder,
-                num_candidates=args.num_candidates, verifier=args.verifier, batch_size=args.batch_size,
-                wer_language=args.language, **{name: getattr(args, name) for name in LLM_SAMPLING_FIELDS})
-            for note in notes:
-                print(f"note: {note}", file=sys.stderr)
+            config, notes = _synthesis_settings(args, synthesizer, args.num_candidates)
             synthesis, missing_reasons = synthesize_missing(items, args.wavs, synthesizer, config, notes=notes,
                                                             device=args.device, progress=True)
         asr, similarity, reference = build_judges(args.asr, args.similarity, args.language, args.device,
@@ -140,10 +136,19 @@ def _add_seedtts(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--ground-truth", action="store_true",
                         help="also score the meta's ground-truth wavs (the human reference row)")
     parser.add_argument("--device", default="cpu", help="torch device of all models")
+    synthesis = _add_synthesis_arguments(parser, "use a fresh --wavs folder per setting")
+    synthesis.add_argument("--num-candidates", type=int, help="best-of-N; " + export_default("num_candidates"))
+    parser.set_defaults(func=run_seedtts_command)
+
+
+def _add_synthesis_arguments(parser: argparse.ArgumentParser, folders: str) -> argparse._ArgumentGroup:
+    """The flags of a command that synthesises its missing wavs with ``--model`` (``seedtts``, ``failures``), but
+    ``--num-candidates``, which each command reads its own way; returns their group. ``folders`` says where the wavs
+    of each setting go."""
     synthesis = parser.add_argument_group("synthesis of missing wavs (only with --model; a flag left out takes the "
                                           "export's recorded synthesis setting)")
-    synthesis.add_argument("--model", help="export directory: synthesise every missing <utt>.wav first, one "
-                                           "zero-shot call per prompt (use a fresh --wavs folder per setting)")
+    synthesis.add_argument("--model", help=f"export directory: synthesise every missing <utt>.wav first, one "
+                                           f"zero-shot call per prompt ({folders})")
     synthesis.add_argument("--seed", type=int, help=export_default("seed"))
     add_llm_sampling_arguments(parser.add_argument_group("LLM sampling of missing wavs (only with --model)"))
     synthesis.add_argument("--decoder", choices=DECODERS, help="flow (ODE) or prior (the prior head's mel alone); "
@@ -152,17 +157,31 @@ def _add_seedtts(subparsers: argparse._SubParsersAction) -> None:
     synthesis.add_argument("--cfg-strength", type=float,
                            help="classifier-free guidance (default: the export's, else the flow config's)")
     synthesis.add_argument("--vocoder", choices=VOCODERS, help=VOCODER_HELP)
-    synthesis.add_argument("--num-candidates", type=int, help="best-of-N; " + export_default("num_candidates"))
     synthesis.add_argument("--verifier", help="best-of-N verifier: rm-tokens or an ASR spec (see e2e-tts synth)")
     synthesis.add_argument("--batch-size", type=int, help=export_default("batch_size"))
-    parser.set_defaults(func=run_seedtts_command)
+    return synthesis
+
+
+def _synthesis_settings(args: argparse.Namespace, synthesizer: Synthesizer,
+                        num_candidates: Optional[int]) -> tuple[SynthesisConfig, list[str]]:
+    """The settings :func:`_add_synthesis_arguments`'s flags give (the export's where left out), its notes printed."""
+    config, notes = synthesizer.settings(
+        seed=args.seed, decoder=args.decoder, nfe=args.nfe, cfg_strength=args.cfg_strength, vocoder=args.vocoder,
+        num_candidates=num_candidates, verifier=args.verifier, batch_size=args.batch_size,
+        wer_language=args.language, **{name: getattr(args, name) for name in LLM_SAMPLING_FIELDS})
+    for note in notes:
+        print(f"note: {note}", file=sys.stderr)
+    return config, notes
 
 
 # ---- eval failures -----------------------------------------------------------------------------------------------
 
 def run_failures(meta: str | Path, wav_dir: str | Path, asr: Optional[ASRBackend],
-                 config: FailureConfig) -> dict[str, Any]:
+                 config: FailureConfig, transcripts: Optional[Mapping[str, str]] = None) -> dict[str, Any]:
     """Failure verdicts of ``<wav_dir>/<utt>.wav`` for every meta line; missing or unreadable wavs are listed.
+
+    ``transcripts`` (utt -> transcript by ``asr``, e.g. those :func:`run_seedtts` made) are used instead of
+    transcribing again.
 
     Returns:
         ``settings``, ``num_items``, ``num_judged``, ``missing`` (utt -> reason), ``failure_rate`` (over judged
@@ -182,7 +201,7 @@ def run_failures(meta: str | Path, wav_dir: str | Path, asr: Optional[ASRBackend
         except (RuntimeError, ValueError) as err:  # soundfile's LibsndfileError is a RuntimeError
             missing[item.utt] = f"unreadable audio: {err}"
             continue
-        judged.append(SynthesizedItem(item.utt, item.text, wav, rate))
+        judged.append(SynthesizedItem(item.utt, item.text, wav, rate, (transcripts or {}).get(item.utt)))
     report = detect_failures(judged, config, asr) if judged else None
     failed = report.failed_ids if report else []
     return {
@@ -197,15 +216,106 @@ def run_failures(meta: str | Path, wav_dir: str | Path, asr: Optional[ASRBackend
     }
 
 
+def run_failure_curve(meta: str | Path, wav_root: str | Path, synthesizer: Synthesizer, config: SynthesisConfig,
+                      counts: Sequence[int], asr: ASRBackend, failures: FailureConfig, out: str | Path, *,
+                      notes: Sequence[str] = (), device: str = "cpu") -> dict[str, Any]:
+    """Best-of-N's catastrophic-failure rate and WER for each N of ``counts``.
+
+    Per N the list is synthesised into ``<wav_root>/n<N>`` with ``config`` at ``num_candidates = N``
+    (:func:`synthesize_missing`: its verifier keeps one candidate per text), scored by ``asr`` as ``eval seedtts``
+    scores (no SIM; ``<out stem>_n<N>.json`` and its TSV, which tools/paired_wer.py compares) and judged by
+    :func:`run_failures` on the same transcripts. The rates and WERs are drawn in ``<out stem>.png``. A rerun
+    resumes: wavs already there are kept, and a folder that got no new wav keeps the scores an earlier run wrote of
+    it by the same judge (N = 8 synthesises eight times the list).
+
+    Returns:
+        ``settings`` and ``curve``: per N, ``num_candidates``, ``failure_rate``, ``failure_rate_including_missing``,
+        ``seedtts_wer`` (percent), ``num_wer_above_half``, ``reason_counts`` (reason -> failing utterances),
+        ``results`` (the seedtts JSON's path) and ``failures`` (:func:`run_failures`' output).
+    Raises:
+        ValueError: for a count below 1, or best-of-N without a verifier (before anything is synthesised).
+    """
+    if not counts or min(counts) < 1:
+        raise ValueError(f"--num-candidates needs counts >= 1, got {list(counts)}")
+    if max(counts) > 1 and config.verifier is None:
+        raise ValueError("best-of-N needs a verifier to pick the candidate: give --verifier (rm-tokens: the reward "
+                         "model reading the tokens, independent of the judge)")
+    out = Path(out)
+    items = read_meta(meta)
+    curve = []
+    for count in counts:
+        wav_dir = Path(wav_root) / f"n{count}"
+        synthesis, missing_reasons = synthesize_missing(items, wav_dir, synthesizer,
+                                                        dataclasses.replace(config, num_candidates=count),
+                                                        notes=notes, device=device, progress=True)
+        results = out.with_name(f"{out.stem}_n{count}.json")
+        scored = None if synthesis["synthesized_now"] else _earlier_scores(results, meta, wav_dir, asr,
+                                                                           failures.language)
+        if scored is None:
+            scored = run_seedtts(meta, wav_dir, asr, None, failures.language, reference=reference_of(asr),
+                                 missing_reasons=missing_reasons, synthesis=synthesis, progress=True)
+            write_results(scored, results)
+        report = run_failures(meta, wav_dir, asr, failures,
+                              {row["utt"]: row["hyp"] for row in scored["utterances"] if row["hyp"] is not None})
+        reasons = [reason for listed in report["reasons"].values() for reason in listed]
+        curve.append({"num_candidates": count, "failure_rate": report["failure_rate"],
+                      "failure_rate_including_missing": report["failure_rate_including_missing"],
+                      "seedtts_wer": scored["summary"]["seedtts_wer"],
+                      "num_wer_above_half": scored["summary"]["num_wer_above_half"],
+                      "reason_counts": {reason: reasons.count(reason) for reason in REASONS if reason in reasons},
+                      "results": str(results), "failures": report})
+    save_failure_curve([row["num_candidates"] for row in curve], [row["failure_rate"] for row in curve],
+                       [row["seedtts_wer"] for row in curve], out.with_suffix(".png"))
+    return {"settings": {"meta": str(Path(meta).resolve()), "model": str(synthesizer.export_dir),
+                         "synthesis": {**dataclasses.asdict(config), "num_candidates": list(counts)}, "asr": asr.name,
+                         "thresholds": dataclasses.asdict(failures)},
+            "curve": curve}
+
+
+def _earlier_scores(path: Path, meta: str | Path, wav_dir: Path, asr: ASRBackend,
+                    language: str) -> Optional[dict[str, Any]]:
+    """The ``eval seedtts`` output at ``path`` when it scored this list's ``wav_dir`` with this judge, else None."""
+    if not path.is_file():
+        return None
+    earlier = json.loads(path.read_text(encoding="utf-8"))
+    settings = earlier.get("settings", {})
+    same = {"wav_dir": str(wav_dir.resolve()), "meta_sha256": file_sha256(meta), "asr": asr.name, "language": language}
+    return earlier if all(settings.get(key) == value for key, value in same.items()) else None
+
+
 def run_failures_command(args: argparse.Namespace) -> int:
-    """Runs ``e2e-tts eval failures``."""
+    """Runs ``e2e-tts eval failures`` (with ``--model``: the curve over ``--num-candidates``)."""
     try:
         config = FailureConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(FailureConfig)})
         asr, _, _ = build_judges(args.asr, NO_SIMILARITY, args.language, args.device)
-        output = run_failures(args.meta, args.wavs, asr, config)
+        if args.model is None:
+            if args.num_candidates is not None:
+                raise ValueError("--num-candidates synthesises: give --model")
+            output = run_failures(args.meta, args.wavs, asr, config)
+        else:
+            counts = args.num_candidates or [1]
+            read_meta(args.meta)  # fail on a malformed list before loading a model
+            synthesizer = Synthesizer.from_pretrained(args.model, args.device)
+            synthesis, notes = _synthesis_settings(args, synthesizer, None)
+            if synthesis.verifier == args.asr:
+                print(f"note: the verifier is the judge ({args.asr}): best-of-N is scored by what picked it",
+                      file=sys.stderr)
+            output = run_failure_curve(args.meta, args.wavs, synthesizer, synthesis, counts, asr, config, args.out,
+                                       notes=notes, device=args.device)
     except BAD_INPUT as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    if args.model is not None:
+        _write_json(output, args.out)
+        missing = 0
+        for row in output["curve"]:
+            report = row["failures"]
+            missing += len(report["missing"])
+            print(f"N={row['num_candidates']}: failure rate {row['failure_rate']} ({len(report['failed_ids'])} of "
+                  f"{report['num_judged']} judged; {len(report['missing'])} missing), WER {row['seedtts_wer']} % "
+                  f"-> {row['results']}")
+        print(f"wrote {args.out} and {Path(args.out).with_suffix('.png')}")
+        return 1 if missing else 0
     _write_json(output, args.out)
     _print_incomplete(output["missing"], "missing")
     for utt in output["failed_ids"]:
@@ -217,17 +327,31 @@ def run_failures_command(args: argparse.Namespace) -> int:
     return 1 if output["missing"] else 0
 
 
+def _counts(text: str) -> list[int]:
+    """``"1,2,4,8"`` -> ``[1, 2, 4, 8]``."""
+    try:
+        return [int(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
 def _add_failures(subparsers: argparse._SubParsersAction) -> None:
     defaults = FailureConfig()
     parser = subparsers.add_parser(
         "failures", help="catastrophic-failure rate of <wavs>/<utt>.wav with the failing ids and reasons",
         description="Judges every line's wav for silence, dropout, truncation, looping and WER > --max-wer "
-                    "(e2e_tts.eval.failures). Exit 1 when wavs are missing.")
+                    "(e2e_tts.eval.failures). With --model, first synthesises the list with best-of-N for each "
+                    "--num-candidates N (into <wavs>/n<N>) and writes the failure rate and WER over N (--out, "
+                    "<out stem>_n<N>.json per N as eval seedtts writes it, <out stem>.png). Exit 1 when wavs are "
+                    "missing.")
     parser.add_argument("--meta", required=True, help="Seed-TTS-Eval list")
     parser.add_argument("--wavs", required=True, help="folder of <utt>.wav files")
     parser.add_argument("--asr", default="pocketsphinx", help="ASR spec (see eval seedtts)")
     parser.add_argument("--out", required=True, help="JSON path")
     parser.add_argument("--device", default="cpu")
+    synthesis = _add_synthesis_arguments(parser, "N candidates into <wavs>/n<N>: a fresh --wavs folder per setting")
+    synthesis.add_argument("--num-candidates", type=_counts, metavar="N[,N...]",
+                           help="best-of-N counts, e.g. 1,2,4,8 (default 1); the verifier picks, --asr judges")
     thresholds = parser.add_argument_group("thresholds")
     thresholds.add_argument("--language", choices=LANGUAGES, default=defaults.language)
     thresholds.add_argument("--max-wer", type=float, default=defaults.max_wer)

@@ -101,3 +101,27 @@ def save_alignment(matrix: np.ndarray, path: str | Path, title: str, x_label: st
     ax.set_ylabel(y_label)
     figure.colorbar(image, ax=ax)
     return _save(figure, path)
+
+
+def save_failure_curve(counts: Sequence[int], failure_rates: Sequence[float], wers: Sequence[float],
+                       path: str | Path) -> Path:
+    """Best-of-N's catastrophic-failure rate (fractions) and WER (percent) against N, side by side, N on a log-2
+    axis.
+
+    Raises:
+        ValueError: for no point, or sequences of different lengths.
+    """
+    if not counts or not len(counts) == len(failure_rates) == len(wers):
+        raise ValueError(f"save_failure_curve needs as many rates and WERs as counts (at least one), got "
+                         f"{len(counts)}, {len(failure_rates)} and {len(wers)}")
+    figure = Figure(figsize=(8, 3.2), layout="constrained")
+    for ax, values, label in zip(figure.subplots(1, 2), (100 * np.asarray(failure_rates, dtype=np.float64), wers),
+                                 ("catastrophic-failure rate (%)", "WER (%)")):
+        ax.plot(counts, values, marker="o")
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(list(counts), [str(n) for n in counts])
+        ax.set_xlabel("N (best-of-N candidates)")
+        ax.set_ylabel(label)
+        ax.set_ylim(bottom=0)
+        ax.grid(alpha=0.3)
+    return _save(figure, path)

@@ -34,7 +34,8 @@ import torch
 from torch import nn
 
 from e2e_tts.models.llm import new_token_limits
-from e2e_tts.objectives.policy import FrozenReference, policy_rewards, rollout_log_probs, sample_rollouts
+from e2e_tts.objectives.policy import (FrozenReference, policy_rewards, rollout_log_probs, sample_rollouts,
+                                       sampled_kl)
 from e2e_tts.objectives.token_cache import FrozenTokenCache
 from e2e_tts.stage import StageConfig
 from e2e_tts.system import TTSSystem
@@ -63,15 +64,15 @@ def policy_loss(advantages: torch.Tensor, token_log_probs: torch.Tensor, own: to
     says (:class:`~e2e_tts.stage.GRPOConfig`).
 
     Args:
-        advantages: ``(N,)``; token_log_probs: ``(N, S)``, 0 outside each rollout's positions; own: ``(N, S)`` those
-            positions (tokens and EOS).
+        advantages: ``(N,)`` per rollout, or ``(N, S)`` per position (W3AR's word advantages); token_log_probs:
+            ``(N, S)``, 0 outside each rollout's positions; own: ``(N, S)`` those positions (tokens and EOS).
         loss_type: ``grpo`` (mean over each rollout's positions, then over rollouts), ``dr_grpo`` (sum over the
             batch / (N * ``max_positions``)) or ``token`` (mean over all the batch's positions).
         max_positions: the most positions a rollout of the batch could have had (dr_grpo's constant).
     Returns:
         the scalar loss.
     """
-    terms = -advantages[:, None] * token_log_probs * own
+    terms = -(advantages if advantages.dim() == 2 else advantages[:, None]) * token_log_probs * own
     if loss_type == "grpo":
         return (terms.sum(1) / own.sum(1).clamp(min=1)).mean()
     if loss_type == "dr_grpo":
@@ -126,8 +127,7 @@ class GRPOObjective(nn.Module):
         if self.reference is not None:
             with torch.no_grad():
                 reference_log_probs, _ = rollout_log_probs(self.reference(system.llm), codebook, rollouts)
-            log_ratio = reference_log_probs - token_log_probs
-            kl = ((log_ratio.exp() - log_ratio - 1) * own).sum() / num_tokens
+            kl = sampled_kl(token_log_probs, reference_log_probs, own)
             total = total + self.kl_beta * kl
             metrics["kl"] = kl.item()
         metrics["loss"] = total.item()

@@ -24,7 +24,8 @@ from e2e_tts.system import TTSSystem
 
 
 def policy_rewards(system: TTSSystem, stage: StageConfig, config: Any, method: str) -> tuple[RewardSet, Settings]:
-    """The checks every objective that trains the LLM on its own samples makes of its stage, and its rewards.
+    """The checks every objective that trains the LLM on its own samples makes of its stage
+    (:func:`policy_settings`), and its rewards.
 
     Args:
         system: the system; stage: the stage spec, whose ``stage.<method>`` holds the reward specs.
@@ -33,6 +34,16 @@ def policy_rewards(system: TTSSystem, stage: StageConfig, config: Any, method: s
     Returns:
         the rewards, composed, and the run's settings.
     """
+    settings = policy_settings(stage, config, method)
+    try:
+        return RewardSet(getattr(stage, method).reward_specs(), Judges(system, settings)), settings
+    except ValueError as err:
+        raise ValueError(f"stage {stage.name!r}: {method}.rewards: {err}") from err
+
+
+def policy_settings(stage: StageConfig, config: Any, method: str) -> Settings:
+    """The checks of :func:`policy_rewards` without the rewards (the LLM alone trains, no loss weights, samples the
+    reward model can read), and the run's settings."""
     if list(stage.trainable) != ["llm"]:
         raise ValueError(f"stage {stage.name!r}: the {method} objective trains the LLM only, got {stage.trainable}")
     if stage.loss_weights:
@@ -42,10 +53,7 @@ def policy_rewards(system: TTSSystem, stage: StageConfig, config: Any, method: s
     if not settings.synthesis.min_len_ratio > 0:
         raise ValueError(f"stage {stage.name!r}: {method} samples need synthesis.min_len_ratio > 0 (the reward model "
                          f"reads every sample, and an empty one has nothing to read)")
-    try:
-        return RewardSet(getattr(stage, method).reward_specs(), Judges(system, settings)), settings
-    except ValueError as err:
-        raise ValueError(f"stage {stage.name!r}: {method}.rewards: {err}") from err
+    return settings
 
 
 def prompt_partners(speakers: Sequence[str], prompt_speaker: str) -> list[Optional[int]]:
@@ -146,6 +154,20 @@ def rollout_log_probs(llm: nn.Module, codebook: torch.Tensor, rollouts: Rollouts
     targets = out.targets.clamp(min=0)[..., None]
     token_log_probs = out.logits.float().log_softmax(-1).gather(-1, targets).squeeze(-1) * own
     return token_log_probs, own
+
+
+def sampled_kl(token_log_probs: torch.Tensor, reference_log_probs: torch.Tensor, own: torch.Tensor) -> torch.Tensor:
+    """The k3 estimate of KL(policy || reference) on sampled tokens, ``exp(r) - r - 1`` with ``r = log ref - log pi``
+    (unbiased, never negative), averaged over the rollouts' own positions.
+
+    Args:
+        token_log_probs, reference_log_probs: ``(N, S)`` per-position log-probabilities under the policy and the
+            reference (:func:`rollout_log_probs`); own: ``(N, S)`` bool, the positions that count.
+    Returns:
+        the scalar estimate.
+    """
+    log_ratio = reference_log_probs - token_log_probs
+    return ((log_ratio.exp() - log_ratio - 1) * own).sum() / own.sum()
 
 
 class FrozenReference:

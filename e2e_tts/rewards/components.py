@@ -18,13 +18,14 @@ wer       Seed-TTS-Eval error rate (WER; CER for zh) of a recogniser's transcrip
           instead); a dropout (silent, or too short for its text) counts as 1
 sim       cosine of the speaker embeddings of the decoded audio and its prompt's audio (``backend``:   none
           a similarity spec, default resemblyzer); 0 without a prompt or for silent audio
+w3ar      W3AR's word reward (0.5 purity + 0.5 monotonicity of the reward model's cross-attention      none
+          over the tokens, teacher-forced on the text; e2e_tts.rewards.w3ar), mean over the words
 length    gate: 1 when the rollout has ``min_ratio``..``max_ratio`` speech tokens per text id, else 0
 ========  ==========================================================================================  ==============
 
 The kinds on tokens cost one reward-model pass for all of them; the kinds on audio decode every rollout once
-(flow and vocoder, as synthesis does), whatever number of them reads it. W3AR's purity and monotonicity
-(../shared/METHODS.md section 4) are scores per word, to become advantages per speech token: they will join this
-registry as a kind whose score is per token, with the composition summing per token; not built yet.
+(flow and vocoder, as synthesis does), whatever number of them reads it. ``w3ar`` here is one score per rollout;
+the ``w3ar`` stage (e2e_tts.objectives.w3ar) keeps it per word and turns it into advantages per speech token.
 """
 
 from __future__ import annotations
@@ -38,14 +39,16 @@ import torch
 
 from e2e_tts.audio import is_silent
 from e2e_tts.best_of_n import score_candidates
+from e2e_tts.models.reward import expected_bin
 from e2e_tts.rewards.judges import Judges, Judging
 from e2e_tts.rewards.rollouts import Rollouts
 from e2e_tts.rewards.spec import KINDS, RewardSpec, check_specs, kind_of, ratios_of
+from e2e_tts.rewards.w3ar import WordRewardConfig, rollout_word_scores
 from e2e_tts.scoring.similarity import cosine
 from e2e_tts.scoring.verifiers import TOKEN_VERIFIER
 from e2e_tts.scoring.wer import id_error_rates, score_utterance
 from e2e_tts.system import TTSSystem
-from e2e_tts.text import normalize_text
+from e2e_tts.text import normalize_text, word_index
 
 class Component(ABC):
     """The scoring of a kind of reward (see the module docstring; what a config may say of it: its
@@ -116,9 +119,7 @@ class ExpectedQuality(Component):
         return None if "quality" in system.reward.task_heads else "the reward model's quality head"
 
     def score(self, judging: Judging) -> torch.Tensor:
-        probs = judging.reward_output.task_logits["quality"].float().softmax(-1)
-        bins = torch.arange(probs.shape[-1], device=probs.device) / max(probs.shape[-1] - 1, 1)
-        return probs @ bins
+        return expected_bin(judging.reward_output.task_logits["quality"])
 
 
 class RoundTripErrorRate(Component):
@@ -165,6 +166,21 @@ class PromptSimilarity(Component):
         return torch.tensor(scores, device=judging.device)
 
 
+class WordAlignment(Component):
+    kind = "w3ar"
+    reads_reward_forward = True
+
+    def missing(self, system: TTSSystem) -> Optional[str]:
+        try:
+            word_index(system.text_tokenizer, "a b")
+        except ValueError as err:
+            return f"word boundaries in its text ids ({err})"
+        return None
+
+    def score(self, judging: Judging) -> torch.Tensor:
+        return torch.stack([words.reward.mean() for words in rollout_word_scores(judging, WordRewardConfig())])
+
+
 class LengthGate(Component):
     kind = "length"
 
@@ -176,7 +192,7 @@ class LengthGate(Component):
 
 REGISTRY: dict[str, type[Component]] = {kind.kind: kind for kind in (
     ReadBackErrorRate, TextLogProbability, SpeakerProbability, ExpectedQuality, RoundTripErrorRate, PromptSimilarity,
-    LengthGate)}
+    WordAlignment, LengthGate)}
 
 
 @dataclass

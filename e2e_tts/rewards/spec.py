@@ -101,6 +101,7 @@ KINDS: dict[str, Kind] = {
     "quality": Kind(),
     "wer": Kind(backend="pocketsphinx", shaping=ERROR_RATE),
     "sim": Kind(backend="resemblyzer"),
+    "w3ar": Kind(),
     # Half and twice the 1.7-2 speech tokens per text id of read speech for character-level front ends at 25 Hz
     # (e2e_tts.models.llm); other front ends set their own.
     "length": Kind(gate=True, ratios=(1.0, 4.0)),
