@@ -180,6 +180,7 @@ def run(args: argparse.Namespace) -> int:
     if silent:
         print(f"warning: {len(silent)} of {len(results)} outputs are silent: {', '.join(silent)}", file=sys.stderr)
     rtf = totals["rtf"]
-    print(f"{len(results)} utterances, {totals['audio_seconds']:.1f} s of audio, RTF {'n/a' if rtf is None else f'{rtf:.3f}'}"
+    print(f"{len(results)} utterances, {totals['audio_seconds']:.1f} s of audio, "
+          f"RTF {'n/a' if rtf is None else f'{rtf:.3f}'}"
           f" -> {out}")
     return 0
