@@ -12,8 +12,7 @@ from typing import Dict, List, Optional
 from e2e_tts.checks import FieldError, at_least, each_one_of, one_of, positive, within
 from e2e_tts.engine import OptimConfig
 from e2e_tts.models.llm import GuideConfig
-from e2e_tts.rewards.spec import RewardSpec, check_specs
-from e2e_tts.rewards.w3ar import WordRewardConfig
+from e2e_tts.rewards.spec import RewardSpec, WordRewardConfig, check_specs
 from e2e_tts.system import MODULES
 
 OBJECTIVES = ("multitask", "e2e", "grpo", "dpo", "vocoder", "distill", "w3ar")  # what objectives.build_objective builds

@@ -21,8 +21,8 @@ from e2e_tts.objectives.w3ar import W3ARObjective, token_advantages, word_advant
 from e2e_tts.rewards.components import RewardSet
 from e2e_tts.rewards.judges import Judges, Settings
 from e2e_tts.rewards.rollouts import Rollouts
-from e2e_tts.rewards.spec import RewardSpec
-from e2e_tts.rewards.w3ar import WordRewardConfig, WordScores, attention_purity, score_words, token_owners
+from e2e_tts.rewards.spec import RewardSpec, WordRewardConfig
+from e2e_tts.rewards.w3ar import WordScores, attention_purity, score_words, token_owners
 from e2e_tts.stage import StageConfig, W3ARConfig
 from e2e_tts.text import ByteTokenizer, PhoneTokenizer, normalize_text, word_index
 from e2e_tts.train import build_system, train

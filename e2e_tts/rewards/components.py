@@ -42,8 +42,8 @@ from e2e_tts.best_of_n import score_candidates
 from e2e_tts.models.reward import expected_bin
 from e2e_tts.rewards.judges import Judges, Judging
 from e2e_tts.rewards.rollouts import Rollouts
-from e2e_tts.rewards.spec import KINDS, RewardSpec, check_specs, kind_of, ratios_of
-from e2e_tts.rewards.w3ar import WordRewardConfig, rollout_word_scores
+from e2e_tts.rewards.spec import KINDS, RewardSpec, WordRewardConfig, check_specs, kind_of, ratios_of
+from e2e_tts.rewards.w3ar import rollout_word_scores
 from e2e_tts.scoring.similarity import cosine
 from e2e_tts.scoring.verifiers import TOKEN_VERIFIER
 from e2e_tts.scoring.wer import id_error_rates, score_utterance

@@ -13,7 +13,7 @@ from typing import Mapping, Optional
 
 import torch
 
-from e2e_tts.checks import FieldError, at_least
+from e2e_tts.checks import FieldError, at_least, positive
 from e2e_tts.scoring.asr import parse_asr_spec
 from e2e_tts.scoring.verifiers import TOKEN_VERIFIER
 
@@ -155,3 +155,28 @@ def _problem(name: str, spec: RewardSpec) -> Optional[str]:
         if not 0 <= low <= high:
             return f"{name}: the length gate needs 0 <= min_ratio <= max_ratio, got {low} and {high}"
     return None
+
+
+@dataclass
+class WordRewardConfig:
+    """The constants of W3AR's word reward (the paper's defaults; e2e_tts.rewards.w3ar), a config of the ``w3ar``
+    stage and reward kind.
+
+    Attributes:
+        window: ``W``: purity sums the attention within ``W // 2`` frames of the peak.
+        beta: the monotonicity's slope per frame of peak shift.
+        purity_weight, monotonicity_weight: ``lambda_P`` and ``lambda_M``.
+    """
+
+    window: int = 6
+    beta: float = 0.1
+    purity_weight: float = 0.5
+    monotonicity_weight: float = 0.5
+
+    def __post_init__(self) -> None:
+        at_least(self, "window", 0)
+        positive(self, "beta")
+        at_least(self, "purity_weight", 0)
+        at_least(self, "monotonicity_weight", 0)
+        if self.purity_weight == self.monotonicity_weight == 0:
+            raise FieldError("purity_weight", "purity_weight and monotonicity_weight are both 0: the reward is 0")

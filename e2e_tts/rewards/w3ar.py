@@ -37,35 +37,11 @@ from typing import TYPE_CHECKING, Sequence
 
 import torch
 
-from e2e_tts.checks import FieldError, at_least, positive
+from e2e_tts.rewards.spec import WordRewardConfig
 from e2e_tts.text import normalize_text, word_index
 
 if TYPE_CHECKING:
     from e2e_tts.rewards.judges import Judging
-
-
-@dataclass
-class WordRewardConfig:
-    """The word reward's constants (the paper's defaults).
-
-    Attributes:
-        window: ``W``: purity sums the attention within ``W // 2`` frames of the peak.
-        beta: the monotonicity's slope per frame of peak shift.
-        purity_weight, monotonicity_weight: ``lambda_P`` and ``lambda_M``.
-    """
-
-    window: int = 6
-    beta: float = 0.1
-    purity_weight: float = 0.5
-    monotonicity_weight: float = 0.5
-
-    def __post_init__(self) -> None:
-        at_least(self, "window", 0)
-        positive(self, "beta")
-        at_least(self, "purity_weight", 0)
-        at_least(self, "monotonicity_weight", 0)
-        if self.purity_weight == self.monotonicity_weight == 0:
-            raise FieldError("purity_weight", "purity_weight and monotonicity_weight are both 0: the reward is 0")
 
 
 @dataclass
