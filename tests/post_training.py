@@ -1,14 +1,23 @@
-"""Shared by the post-training tests (rewards, grpo, dpo): a micro system in the configuration it was built from, and
-a batch of texts with their mels, speakers and audio as the loader gives it."""
+"""Shared by the post-training tests: a micro system in the configuration it was built from, a batch of texts with
+their mels, speakers and audio as the loader gives it, and the start and check of a stage's exact-resume test."""
+
+import json
+from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
+from safetensors.torch import load_file
 
 from e2e_tts.config import load_config, to_object
+from e2e_tts.engine import load_checkpoint_file
 from e2e_tts.rewards.components import RewardScores
 from e2e_tts.system import TTSSystem
 from e2e_tts.text import ByteTokenizer, normalize_text
-from shared import MICRO_MODEL_OVERRIDES
+from e2e_tts.train import build_system
+from shared import MICRO_MODEL_OVERRIDES, speech_like_shards
+
+REPO = Path(__file__).resolve().parents[1]
 
 TEXTS = ("Set an alarm.", "Call me.", "It is windy.")
 SPEAKERS = ("a", "b", "a")  # rows 0 and 2 prompt each other; row 1 has no other utterance of its speaker
@@ -75,3 +84,51 @@ def train_on_reward(objective, updates: int, metric: str) -> list[float]:
         optimizer.step()
         history.append(metrics[metric])
     return history
+
+
+def stage_start(tmp_path):
+    """What a post-training stage's resume test starts from: the data overrides that read 12 speech-like utterances
+    written under ``tmp_path``, and an untrained micro export (a joint stage's system) to set as ``stage.init_from``.
+
+    Returns:
+        ``(data_overrides, export_dir)``.
+    """
+    (tmp_path / "corpus").mkdir()
+    shards = speech_like_shards(tmp_path / "corpus", 12)
+    data = [f"data.shards=[{shards}]", "data.max_frames=300", "data.max_duration=2.0", "data.max_samples=3",
+            "data.num_workers=0", "data.shuffle_buffer=8", "data.sort_buffer=6", "model.reward.max_text_length=64"]
+    joint = micro_config(*data, f"output_dir={tmp_path / 'joint'}", files=[REPO / "stages" / "joint.yaml"])
+    torch.manual_seed(0)
+    return data, build_system(joint).export(tmp_path / "init", joint)
+
+
+def check_exact_resume(tmp_path, export, run, same=("reward",)):
+    """``run(out, steps)`` (one ``e2e-tts train`` of the stage from ``export``, returning its export) for 2 updates
+    straight, and for 1 then 2 in a new process state (resumed from the checkpoint): the logged losses and the metrics
+    ``same`` agree, the LLM's exported weights agree and moved from ``export``'s, and the checkpoints hold the
+    system's weights only (no frozen reference).
+
+    Returns:
+        the straight run's export, and the logged metrics of each run, ``{"straight": [...], "resumed": [...]}``.
+    """
+    straight = run(tmp_path / "straight", 2)
+    run(tmp_path / "resumed", 1)
+    torch.manual_seed(456)  # the loop must not depend on the caller's RNG state
+    resumed = run(tmp_path / "resumed", 2)
+    logged = {name: [json.loads(line) for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
+              for name in ("straight", "resumed")}
+    assert [m["step"] for m in logged["resumed"]] == [1, 2]
+    for a, b in zip(logged["straight"], logged["resumed"]):
+        assert b["loss"] == pytest.approx(a["loss"], rel=1e-5)
+        assert all(b[name] == pytest.approx(a[name]) for name in same)
+    for a, b in zip(load_file(str(straight / "llm.safetensors")).values(),
+                    load_file(str(resumed / "llm.safetensors")).values()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    initial, trained = load_file(str(export / "llm.safetensors")), load_file(str(straight / "llm.safetensors"))
+    assert any(not torch.equal(initial[key], trained[key]) for key in initial)  # it trained
+    model_files = list((tmp_path / "straight" / "checkpoints").glob("step_*/*model_states.pt"))
+    assert model_files
+    for model_file in model_files:
+        keys = load_checkpoint_file(model_file)["module"].keys()
+        assert keys and all(key.startswith("system.") for key in keys), model_file
+    return straight, logged

@@ -3,12 +3,10 @@ earlier, a failing winner not kept, only_failed), the cross-entropy on exactly t
 raises the winners' log-probability and carries their reward to single-shot samples, and an exact resume."""
 
 import dataclasses
-import json
 from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
 from e2e_tts.config import load_config, to_object
 from e2e_tts.objectives import distill as distill_module
@@ -17,9 +15,9 @@ from e2e_tts.objectives.policy import sample_rollouts
 from e2e_tts.rewards.components import RewardScores
 from e2e_tts.rewards.spec import RewardSpec
 from e2e_tts.stage import DistillConfig, StageConfig
-from e2e_tts.train import build_system, train
-from post_training import lower_half_reward, micro_config, micro_system, text_batch, train_on_reward
-from shared import speech_like_shards
+from e2e_tts.train import train
+from post_training import (check_exact_resume, lower_half_reward, micro_config, micro_system, stage_start, text_batch,
+                           train_on_reward)
 
 REPO = Path(__file__).resolve().parents[1]
 FAR_CAP = micro_config("synthesis.max_len_ratio=40")  # an untrained LLM's samples end before the cap
@@ -156,13 +154,7 @@ def test_the_distill_stage_resumes_exactly(tmp_path, candidates_from):
     """``e2e-tts train -c stages/distill.yaml`` from an export: 2 updates straight equal 1 + a new process state
     (resume from the checkpoint) + 1, offline and online; the checkpoints hold the system's weights only. Every usable
     winner passes (pass_reward 0), so that the untrained export trains."""
-    (tmp_path / "corpus").mkdir()
-    shards = speech_like_shards(tmp_path / "corpus", 12)
-    data = [f"data.shards=[{shards}]", "data.max_frames=300", "data.max_duration=2.0", "data.max_samples=3",
-            "data.num_workers=0", "data.shuffle_buffer=8", "data.sort_buffer=6", "model.reward.max_text_length=64"]
-    joint = micro_config(*data, f"output_dir={tmp_path / 'joint'}", files=[REPO / "stages" / "joint.yaml"])
-    torch.manual_seed(0)
-    export = build_system(joint).export(tmp_path / "init", joint)
+    data, export = stage_start(tmp_path)
 
     def run(out, steps):
         return train(micro_config(
@@ -172,18 +164,5 @@ def test_the_distill_stage_resumes_exactly(tmp_path, candidates_from):
             "synthesis.max_len_ratio=40", "engine.log_every=1", "engine.progress_bar=false",
             "engine.tensorboard=false", files=[REPO / "stages" / "distill.yaml"]))
 
-    straight = run(tmp_path / "straight", 2)
-    run(tmp_path / "resumed", 1)
-    torch.manual_seed(456)  # the loop must not depend on the caller's RNG state
-    resumed = run(tmp_path / "resumed", 2)
-    logged = {name: [json.loads(line) for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
-              for name in ("straight", "resumed")}
-    assert [m["step"] for m in logged["resumed"]] == [1, 2]
-    for a, b in zip(logged["straight"], logged["resumed"]):
-        assert b["loss"] == pytest.approx(a["loss"], rel=1e-5) and b["kept_texts"] == a["kept_texts"]
+    _, logged = check_exact_resume(tmp_path, export, run, same=("kept_texts",))
     assert all(m["kept_texts"] > 0 for m in logged["straight"])
-    for a, b in zip(load_file(str(straight / "llm.safetensors")).values(),
-                    load_file(str(resumed / "llm.safetensors")).values()):
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
-    initial, trained = load_file(str(export / "llm.safetensors")), load_file(str(straight / "llm.safetensors"))
-    assert any(not torch.equal(initial[key], trained[key]) for key in initial)  # it trained

@@ -3,14 +3,11 @@ on hand-computed pairs, best-versus-worst pairs, a margin that rises, and a refe
 nowhere."""
 
 import dataclasses
-import json
 from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
-from e2e_tts.engine import load_checkpoint_file
 from e2e_tts.objectives import dpo as dpo_module
 from e2e_tts.objectives.dpo import DPOObjective, preference_loss
 from e2e_tts.objectives.policy import rollout_log_probs
@@ -18,9 +15,9 @@ from e2e_tts.rewards.components import RewardScores
 from e2e_tts.rewards.rollouts import Rollouts
 from e2e_tts.stage import DPOConfig, StageConfig
 from e2e_tts.synth import Prompt
-from e2e_tts.train import build_system, train
-from post_training import lower_half_reward, micro_config, micro_system, text_batch, train_on_reward
-from shared import speech_like_shards
+from e2e_tts.train import train
+from post_training import (check_exact_resume, lower_half_reward, micro_config, micro_system, stage_start, text_batch,
+                           train_on_reward)
 
 REPO = Path(__file__).resolve().parents[1]
 FAR_CAP = micro_config("synthesis.max_len_ratio=40")  # an untrained LLM's samples end before the cap
@@ -144,13 +141,7 @@ def test_the_dpo_stage_resumes_exactly_and_no_checkpoint_or_export_holds_the_ref
     """``e2e-tts train -c stages/dpo.yaml`` from an export: 2 updates straight equal 1 + a new process state (resume
     from the checkpoint) + 1, and the checkpoints hold the system's weights only. Ranked by the reward model on the
     tokens (cheap); the rewards on audio are tested in tests/test_rewards.py."""
-    (tmp_path / "corpus").mkdir()
-    shards = speech_like_shards(tmp_path / "corpus", 12)
-    data = [f"data.shards=[{shards}]", "data.max_frames=300", "data.max_duration=2.0", "data.max_samples=3",
-            "data.num_workers=0", "data.shuffle_buffer=8", "data.sort_buffer=6", "model.reward.max_text_length=64"]
-    joint = micro_config(*data, f"output_dir={tmp_path / 'joint'}", files=[REPO / "stages" / "joint.yaml"])
-    torch.manual_seed(0)
-    export = build_system(joint).export(tmp_path / "init", joint)
+    data, export = stage_start(tmp_path)
 
     def run(out, steps):
         return train(micro_config(
@@ -159,24 +150,6 @@ def test_the_dpo_stage_resumes_exactly_and_no_checkpoint_or_export_holds_the_ref
             "stage.dpo.rewards.cer.weight=1", "engine.log_every=1", "engine.progress_bar=false",
             "engine.tensorboard=false", files=[REPO / "stages" / "dpo.yaml"]))
 
-    straight = run(tmp_path / "straight", 2)
-    run(tmp_path / "resumed", 1)
-    torch.manual_seed(456)  # the loop must not depend on the caller's RNG state
-    resumed = run(tmp_path / "resumed", 2)
-    logged = {name: [json.loads(line) for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
-              for name in ("straight", "resumed")}
-    assert [m["step"] for m in logged["resumed"]] == [1, 2]
-    for a, b in zip(logged["straight"], logged["resumed"]):
-        assert b["loss"] == pytest.approx(a["loss"], rel=1e-5) and b["reward"] == pytest.approx(a["reward"])
-    for a, b in zip(load_file(str(straight / "llm.safetensors")).values(),
-                    load_file(str(resumed / "llm.safetensors")).values()):
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
-    initial, trained = load_file(str(export / "llm.safetensors")), load_file(str(straight / "llm.safetensors"))
-    assert any(not torch.equal(initial[key], trained[key]) for key in initial)  # it trained
-    model_files = list((tmp_path / "straight" / "checkpoints").glob("step_*/*model_states.pt"))
-    assert model_files
-    for model_file in model_files:
-        keys = load_checkpoint_file(model_file)["module"].keys()
-        assert keys and all(key.startswith("system.") for key in keys), model_file
+    straight, _ = check_exact_resume(tmp_path, export, run)
     assert sorted(p.name for p in straight.glob("*.safetensors")) == sorted(
         p.name for p in export.glob("*.safetensors"))

@@ -3,17 +3,14 @@ on hand-computed cases, the w3ar reward against the reward model's attention com
 it with cer and sim, a word reward that rises in training, and the stage's exact resume."""
 
 import dataclasses
-import json
 import math
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
 from e2e_tts.config import ConfigError, to_object
-from e2e_tts.engine import load_checkpoint_file
 from e2e_tts.models.masks import lengths_to_mask
 from e2e_tts.objectives import build_objective
 from e2e_tts.objectives import grpo as grpo_module
@@ -25,9 +22,8 @@ from e2e_tts.rewards.spec import RewardSpec, WordRewardConfig
 from e2e_tts.rewards.w3ar import WordScores, attention_purity, score_words, token_owners
 from e2e_tts.stage import StageConfig, W3ARConfig
 from e2e_tts.text import ByteTokenizer, PhoneTokenizer, normalize_text, word_index
-from e2e_tts.train import build_system, train
-from post_training import micro_config, micro_system, text_batch, train_on_reward
-from shared import speech_like_shards
+from e2e_tts.train import train
+from post_training import check_exact_resume, micro_config, micro_system, stage_start, text_batch, train_on_reward
 
 REPO = Path(__file__).resolve().parents[1]
 FAR_CAP = micro_config("synthesis.max_len_ratio=40")  # an untrained LLM's samples end before the cap
@@ -212,13 +208,7 @@ def test_the_stage_spec_holds_the_papers_defaults_and_refuses_what_it_cannot_use
 def test_the_w3ar_stage_resumes_exactly_and_no_checkpoint_holds_the_reference(tmp_path):
     """``e2e-tts train -c stages/w3ar.yaml`` from an export: 2 updates straight equal 1 + a new process state (resume
     from the checkpoint) + 1, and the checkpoints hold the system's weights only."""
-    (tmp_path / "corpus").mkdir()
-    shards = speech_like_shards(tmp_path / "corpus", 12)
-    data = [f"data.shards=[{shards}]", "data.max_frames=300", "data.max_duration=2.0", "data.max_samples=3",
-            "data.num_workers=0", "data.shuffle_buffer=8", "data.sort_buffer=6", "model.reward.max_text_length=64"]
-    joint = micro_config(*data, f"output_dir={tmp_path / 'joint'}", files=[REPO / "stages" / "joint.yaml"])
-    torch.manual_seed(0)
-    export = build_system(joint).export(tmp_path / "init", joint)
+    data, export = stage_start(tmp_path)
 
     def run(out, steps):
         return train(micro_config(
@@ -226,22 +216,4 @@ def test_the_w3ar_stage_resumes_exactly_and_no_checkpoint_holds_the_reference(tm
             "stage.w3ar.num_samples=2", "engine.log_every=1", "engine.progress_bar=false", "engine.tensorboard=false",
             files=[REPO / "stages" / "w3ar.yaml"]))
 
-    straight = run(tmp_path / "straight", 2)
-    run(tmp_path / "resumed", 1)
-    torch.manual_seed(456)  # the loop must not depend on the caller's RNG state
-    resumed = run(tmp_path / "resumed", 2)
-    logged = {name: [json.loads(line) for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
-              for name in ("straight", "resumed")}
-    assert [m["step"] for m in logged["resumed"]] == [1, 2]
-    for a, b in zip(logged["straight"], logged["resumed"]):
-        assert b["loss"] == pytest.approx(a["loss"], rel=1e-5) and b["reward"] == pytest.approx(a["reward"])
-    for a, b in zip(load_file(str(straight / "llm.safetensors")).values(),
-                    load_file(str(resumed / "llm.safetensors")).values()):
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
-    initial, trained = load_file(str(export / "llm.safetensors")), load_file(str(straight / "llm.safetensors"))
-    assert any(not torch.equal(initial[key], trained[key]) for key in initial)  # it trained
-    model_files = list((tmp_path / "straight" / "checkpoints").glob("step_*/*model_states.pt"))
-    assert model_files
-    for model_file in model_files:
-        keys = load_checkpoint_file(model_file)["module"].keys()
-        assert keys and all(key.startswith("system.") for key in keys), model_file
+    check_exact_resume(tmp_path, export, run)
