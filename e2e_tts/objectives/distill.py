@@ -30,10 +30,9 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from torch import nn
 
-from e2e_tts.objectives.policy import FrozenReference, policy_rewards, rollout_log_probs, sample_rollouts
-from e2e_tts.objectives.token_cache import FrozenTokenCache
+from e2e_tts.objectives.policy import (FrozenReference, SamplingObjective, policy_rewards, rollout_log_probs,
+                                       sample_rollouts)
 from e2e_tts.rewards.components import RewardScores
 from e2e_tts.stage import StageConfig
 from e2e_tts.system import TTSSystem
@@ -61,7 +60,7 @@ def select_winners(reward: torch.Tensor, usable: torch.Tensor, pass_reward: floa
     return winners, kept
 
 
-class DistillObjective(nn.Module):
+class DistillObjective(SamplingObjective):
     """Cross-entropy on each text's verified best of ``num_samples`` candidates (see the module docstring).
 
     Args:
@@ -74,7 +73,7 @@ class DistillObjective(nn.Module):
     """
 
     def __init__(self, system: TTSSystem, stage: StageConfig, config: Any = None):
-        super().__init__()
+        super().__init__(system)
         self.rewards, settings = policy_rewards(system, stage, config, "distill")
         if stage.kl_beta:
             raise ValueError(f"stage {stage.name!r}: the distill objective takes no kl_beta: it trains on samples of "
@@ -83,15 +82,9 @@ class DistillObjective(nn.Module):
         if not self.gates:
             raise ValueError(f"stage {stage.name!r}: distill.rewards needs a gate (length: {{}}), so that a dropout "
                              f"never wins")
-        self.system, self.config, self.synthesis = system, stage.distill, settings.synthesis
+        self.config, self.synthesis = stage.distill, settings.synthesis
         self.reference = FrozenReference(system.llm) if stage.distill.candidates_from == "reference" else None
-        self.frozen_tokens = FrozenTokenCache(system.tokenizer)
-        self.step = 0
 
-    def train(self, mode: bool = True) -> "DistillObjective":
-        super().train(mode)
-        self.system.llm.eval()  # no dropout: the loss is minus the winners' log-probability
-        return self
 
     def usable(self, scores: RewardScores, ended: torch.Tensor) -> torch.Tensor:
         """``(N,)`` bool: the candidate ended with EOS and every gate let it through."""

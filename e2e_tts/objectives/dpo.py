@@ -24,11 +24,10 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from e2e_tts.objectives.grpo import penalise_truncated
-from e2e_tts.objectives.policy import FrozenReference, policy_rewards, rollout_log_probs, sample_rollouts
-from e2e_tts.objectives.token_cache import FrozenTokenCache
+from e2e_tts.objectives.policy import (FrozenReference, SamplingObjective, policy_rewards, rollout_log_probs,
+                                       sample_rollouts)
 from e2e_tts.stage import StageConfig
 from e2e_tts.system import TTSSystem
 
@@ -53,7 +52,7 @@ def preference_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, 
     return -F.logsigmoid(beta * h), h
 
 
-class DPOObjective(nn.Module):
+class DPOObjective(SamplingObjective):
     """Preference pairs of ``num_samples`` candidates per text, ranked by the rewards (see the module docstring).
 
     Args:
@@ -64,20 +63,13 @@ class DPOObjective(nn.Module):
     """
 
     def __init__(self, system: TTSSystem, stage: StageConfig, config: Any = None):
-        super().__init__()
+        super().__init__(system)
         self.rewards, settings = policy_rewards(system, stage, config, "dpo")
         if stage.kl_beta:
             raise ValueError(f"stage {stage.name!r}: the dpo objective takes no kl_beta: its reference enters "
                              f"through dpo.beta")
-        self.system, self.config, self.synthesis = system, stage.dpo, settings.synthesis
+        self.config, self.synthesis = stage.dpo, settings.synthesis
         self.reference = FrozenReference(system.llm)
-        self.frozen_tokens = FrozenTokenCache(system.tokenizer)
-        self.step = 0
-
-    def train(self, mode: bool = True) -> "DPOObjective":
-        super().train(mode)
-        self.system.llm.eval()  # no dropout: the policy scores a sequence as the reference does
-        return self
 
     def forward(self, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
         system, config = self.system, self.config

@@ -31,12 +31,10 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from torch import nn
 
 from e2e_tts.models.llm import new_token_limits
-from e2e_tts.objectives.policy import (FrozenReference, policy_rewards, rollout_log_probs, sample_rollouts,
-                                       sampled_kl)
-from e2e_tts.objectives.token_cache import FrozenTokenCache
+from e2e_tts.objectives.policy import (FrozenReference, SamplingObjective, policy_rewards, rollout_log_probs,
+                                       sample_rollouts, sampled_kl)
 from e2e_tts.stage import StageConfig
 from e2e_tts.system import TTSSystem
 
@@ -80,7 +78,7 @@ def policy_loss(advantages: torch.Tensor, token_log_probs: torch.Tensor, own: to
     return terms.sum() / own.sum().clamp(min=1)
 
 
-class GRPOObjective(nn.Module):
+class GRPOObjective(SamplingObjective):
     """``policy_loss(A, log pi) + beta * KL_k3(pi || reference)``, K rollouts per text.
 
     Args:
@@ -91,17 +89,10 @@ class GRPOObjective(nn.Module):
     """
 
     def __init__(self, system: TTSSystem, stage: StageConfig, config: Any = None):
-        super().__init__()
+        super().__init__(system)
         self.rewards, settings = policy_rewards(system, stage, config, "grpo")
-        self.system, self.config, self.synthesis, self.kl_beta = system, stage.grpo, settings.synthesis, stage.kl_beta
+        self.config, self.synthesis, self.kl_beta = stage.grpo, settings.synthesis, stage.kl_beta
         self.reference = FrozenReference(system.llm) if stage.kl_beta > 0 else None
-        self.frozen_tokens = FrozenTokenCache(system.tokenizer)
-        self.step = 0
-
-    def train(self, mode: bool = True) -> "GRPOObjective":
-        super().train(mode)
-        self.system.llm.eval()  # no dropout: the sampling policy is the scored one
-        return self
 
     def forward(self, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
         system, config, synthesis = self.system, self.config, self.synthesis

@@ -14,6 +14,7 @@ from torch import nn
 
 from e2e_tts.models.llm import new_token_limits
 from e2e_tts.objectives.prompting import same_speaker_partners
+from e2e_tts.objectives.token_cache import FrozenTokenCache
 from e2e_tts.rewards.components import RewardSet
 from e2e_tts.rewards.judges import Judges, Settings
 from e2e_tts.rewards.rollouts import Rollouts, llm_prompt_rows
@@ -187,3 +188,25 @@ class FrozenReference:
         after it is built), in eval mode."""
         weight = next(policy.parameters())
         return self._llm.to(device=weight.device, dtype=weight.dtype).eval()
+
+
+class SamplingObjective(nn.Module):
+    """What every objective that trains the LLM on its own samples (grpo, dpo, distill, w3ar) holds: the system (a
+    submodule, so DeepSpeed sees its parameters), the frozen tokenizer's ids of the batch's utterances (the prompts
+    its samples follow) and the update count the loop sets. In training the LLM stays in eval mode: without dropout
+    the policy that samples, and that a reference is compared with, is the one scored.
+
+    Args:
+        system: the system (only its LLM trains).
+    """
+
+    def __init__(self, system: TTSSystem):
+        super().__init__()
+        self.system = system
+        self.frozen_tokens = FrozenTokenCache(system.tokenizer)
+        self.step = 0
+
+    def train(self, mode: bool = True) -> "SamplingObjective":
+        super().train(mode)
+        self.system.llm.eval()
+        return self

@@ -32,12 +32,10 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 import torch
-from torch import nn
 
 from e2e_tts.objectives.grpo import group_advantages, penalise_truncated, policy_loss
-from e2e_tts.objectives.policy import (FrozenReference, policy_settings, rollout_log_probs, sample_rollouts,
-                                       sampled_kl)
-from e2e_tts.objectives.token_cache import FrozenTokenCache
+from e2e_tts.objectives.policy import (FrozenReference, SamplingObjective, policy_settings, rollout_log_probs,
+                                       sample_rollouts, sampled_kl)
 from e2e_tts.rewards.judges import Judges, Judging
 from e2e_tts.rewards.w3ar import WordScores, rollout_word_scores, token_owners
 from e2e_tts.stage import StageConfig
@@ -77,7 +75,7 @@ def token_advantages(words: WordScores, advantages: torch.Tensor) -> torch.Tenso
     return torch.cat([per_token, sequence[None]])
 
 
-class W3ARObjective(nn.Module):
+class W3ARObjective(SamplingObjective):
     """``ce_weight * CE + policy_loss(A_token, log pi) + kl_beta * KL_k3(pi || reference)``, N rollouts per text.
 
     Args:
@@ -87,22 +85,15 @@ class W3ARObjective(nn.Module):
     """
 
     def __init__(self, system: TTSSystem, stage: StageConfig, config: Any = None):
-        super().__init__()
+        super().__init__(system)
         settings = policy_settings(stage, config, "w3ar")
         try:
             word_index(system.text_tokenizer, "a b")
         except ValueError as err:
             raise ValueError(f"stage {stage.name!r}: the w3ar objective scores words: {err}") from err
-        self.system, self.config, self.synthesis, self.kl_beta = system, stage.w3ar, settings.synthesis, stage.kl_beta
+        self.config, self.synthesis, self.kl_beta = stage.w3ar, settings.synthesis, stage.kl_beta
         self.judges = Judges(system, settings)
         self.reference = FrozenReference(system.llm) if stage.kl_beta > 0 else None
-        self.frozen_tokens = FrozenTokenCache(system.tokenizer)
-        self.step = 0
-
-    def train(self, mode: bool = True) -> "W3ARObjective":
-        super().train(mode)
-        self.system.llm.eval()  # no dropout: the sampling policy is the scored one
-        return self
 
     def forward(self, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
         system, config, llm = self.system, self.config, self.system.llm
