@@ -36,6 +36,17 @@ def micro_system(config=None, seed: int = 0, speakers=("a", "b")) -> TTSSystem:
     return TTSSystem(to_object(config.model), ByteTokenizer(), list(speakers), to_object(config.audio))
 
 
+FAR_CAP = micro_config("synthesis.max_len_ratio=40")  # an untrained LLM's samples end before the cap
+
+
+@pytest.fixture
+def system():
+    """An untrained micro system (:data:`FAR_CAP`) whose LLM alone trains, as a post-training stage trains it."""
+    system = micro_system(FAR_CAP)
+    system.set_trainable(["llm"])
+    return system
+
+
 def text_batch(texts=TEXTS, speakers=SPEAKERS, seed: int = 0, hop: int = 320) -> dict:
     """A loader's batch of ``texts`` (bytes ids of the normalised texts) with random log-mels of 24-40 frames and
     noise waveforms of as many hops (``data.return_wav``)."""

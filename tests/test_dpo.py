@@ -16,18 +16,10 @@ from e2e_tts.rewards.rollouts import Rollouts
 from e2e_tts.stage import DPOConfig, StageConfig
 from e2e_tts.synth import Prompt
 from e2e_tts.train import train
-from post_training import (check_exact_resume, lower_half_reward, micro_config, micro_system, stage_start, text_batch,
-                           train_on_reward)
+from post_training import (FAR_CAP, check_exact_resume, lower_half_reward, micro_config, stage_start, system,
+                           text_batch, train_on_reward)
 
 REPO = Path(__file__).resolve().parents[1]
-FAR_CAP = micro_config("synthesis.max_len_ratio=40")  # an untrained LLM's samples end before the cap
-
-
-@pytest.fixture
-def system():
-    system = micro_system(FAR_CAP)
-    system.set_trainable(["llm"])
-    return system
 
 
 def dpo_stage(**dpo) -> StageConfig:

@@ -15,7 +15,8 @@ from e2e_tts.rewards.rollouts import Rollouts
 from e2e_tts.rewards.spec import RewardSpec
 from e2e_tts.stage import GRPOConfig, StageConfig
 from e2e_tts.synth import Prompt
-from post_training import SPEAKERS, lower_half_reward, micro_config, micro_system, text_batch, train_on_reward
+from post_training import (FAR_CAP, SPEAKERS, lower_half_reward, micro_config, micro_system, system, text_batch,
+                           train_on_reward)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -29,14 +30,6 @@ def grpo_stage(**grpo) -> StageConfig:
 
 # A cap far enough that an untrained LLM's rollouts end with EOS (a rollout cut at the cap scores its group's lowest
 # reward, so a batch of them all teaches nothing).
-FAR_CAP = micro_config("synthesis.max_len_ratio=40")
-
-
-@pytest.fixture
-def system():
-    system = micro_system(FAR_CAP)
-    system.set_trainable(["llm"])
-    return system
 
 
 def grads_of(module):

@@ -23,10 +23,10 @@ from e2e_tts.rewards.w3ar import WordScores, attention_purity, score_words, toke
 from e2e_tts.stage import StageConfig, W3ARConfig
 from e2e_tts.text import ByteTokenizer, PhoneTokenizer, normalize_text, word_index
 from e2e_tts.train import train
-from post_training import check_exact_resume, micro_config, micro_system, stage_start, text_batch, train_on_reward
+from post_training import (FAR_CAP, check_exact_resume, micro_config, micro_system, stage_start, text_batch,
+                           train_on_reward)
 
 REPO = Path(__file__).resolve().parents[1]
-FAR_CAP = micro_config("synthesis.max_len_ratio=40")  # an untrained LLM's samples end before the cap
 PAPER = WordRewardConfig()
 T = 20
 
