@@ -18,6 +18,12 @@ the separate weights), reads ``--batches`` batches from the shards into memory, 
 warm-up (which also fills a frozen tokenizer's token cache, as every epoch after the first finds it) and times a
 second pass, update by update. Data loading is therefore not timed: it runs in its own worker during training.
 
+Under ``torchrun`` (``OMP_NUM_THREADS=1 python -m torch.distributed.run --nproc_per_node 2 benchmarks/mfu.py stages
+--threads 1 ... data.resampled=true``) every rank trains on its own batches, as ``NPROC=2 bash recipes/tiny/run.sh``
+does; the rates
+are the ranks' FLOPs together over the slowest rank's time, against the sum of the peaks the ranks measure at the
+same moment (each on its own threads, while the others measure too), and only rank 0 prints, exports and writes.
+
 ``paper`` trains one module of the paper preset alone (its real size, random weights) on synthetic rows of fixed
 length through the same engine, each module in its own process so that its memory is returned; it reports the peak
 memory of that process (CPU: resident set; GPU: the allocator's peak).
@@ -244,11 +250,13 @@ def time_stage(stage: str, args: argparse.Namespace, out: Path) -> dict[str, Any
     profile: dict[str, float] = {}
     if args.profile:
         run.mkdir(parents=True, exist_ok=True)
-        profile = profile_updates(timed_pass, run / "profile.txt", dist.device)
+        name = "profile.txt" if dist.rank == 0 else f"profile.rank{dist.rank}.txt"
+        profile = profile_updates(timed_pass, run / name, dist.device)
     else:
         timed_pass()
     if cache is not None and len(cache) != cached:
         raise RuntimeError("the frozen tokenizer encoded rows in the timed pass: its FLOPs were not counted")
+    times, model, executed, frames, tokens = across_ranks(times, model, executed, frames, tokens)
     share = flops.update_flops(system, spec, [m for b in batches for m in b["mel_mask"].sum(1).tolist()],
                                [n for b in batches for n in b["text_mask"].sum(1).tolist()],
                                None if cache is None else [])
@@ -258,8 +266,37 @@ def time_stage(stage: str, args: argparse.Namespace, out: Path) -> dict[str, Any
               "flops_share": {k: v / sum(share.values()) for k, v in share.items()}, **profile}
     result["mel_frames_per_s"] = result.pop("units_per_s")
     if stage != STAGES[-1]:
-        system.export(run / "export", config, engine.module.state_dict(), prefix=OBJECTIVE_PREFIX)
+        if dist.rank == 0:
+            system.export(run / "export", config, engine.module.state_dict(), prefix=OBJECTIVE_PREFIX)
+        if dist.world_size > 1:
+            torch.distributed.barrier()  # the next stage starts from this export on every rank
     return result
+
+
+def across_ranks(times: list[float], *per_rank: list[int]) -> tuple[list, ...]:
+    """The updates of all ranks as one: each update's time is the slowest rank's (they meet in the gradient
+    all-reduce), its FLOPs, frames and tokens the ranks' sum. Unchanged in a lone process."""
+    if not torch.distributed.is_initialized() or torch.distributed.get_world_size() == 1:
+        return (times, *per_rank)
+    slowest = torch.tensor(times, dtype=torch.float64)
+    torch.distributed.all_reduce(slowest, op=torch.distributed.ReduceOp.MAX)
+    summed = []
+    for values in per_rank:
+        total = torch.tensor(values, dtype=torch.float64)
+        torch.distributed.all_reduce(total)
+        summed.append([int(v) for v in total.tolist()])
+    return (slowest.tolist(), *summed)
+
+
+def peak_of_all_ranks(device: torch.device, dtype: torch.dtype) -> float:
+    """The matmul peak of the whole run: in a lone process its own; under a launcher every rank measures at the same
+    moment on its own threads, and the run's peak is their sum."""
+    if not torch.distributed.is_initialized() or torch.distributed.get_world_size() == 1:
+        return measure_peak(device, dtype)
+    torch.distributed.barrier()
+    total = torch.tensor([measure_peak(device, dtype)], dtype=torch.float64)
+    torch.distributed.all_reduce(total)
+    return float(total)
 
 
 def run_stages(args: argparse.Namespace) -> dict[str, Any]:
@@ -270,11 +307,15 @@ def run_stages(args: argparse.Namespace) -> dict[str, Any]:
         raise SystemExit(f"{out} holds runs already: use a new --out")
     if args.precision != "auto":
         args.overrides.append(f"engine.precision={args.precision}")
-    before = measure_peak(device, dtype)
+    dist = setup_distributed(load_config([args.config]).engine.backend)
+    before = peak_of_all_ranks(device, dtype)
     rows = [time_stage(stage, args, out) for stage in args.stages.split(",")]
-    after = measure_peak(device, dtype)
+    after = peak_of_all_ranks(device, dtype)
     for row in rows:
         add_utilisation(row, before, after, dtype)
+    if dist.rank != 0:
+        return {"stages": rows}
+    print(f"\n{dist.world_size} process(es) of {torch.get_num_threads()} thread(s)")
     print(f"\nmatmul peak ({dtype}): {before / 1e9:.1f} GFLOP/s before, {after / 1e9:.1f} after")
     print("| stage | s/update | updates/s | mel frames/s | speech tokens/s | GFLOP/update | GFLOP/s | MFU | "
           "padded GFLOP/s | padded util. |")
@@ -473,6 +514,8 @@ def main() -> None:
     run = {"stages": run_stages, "paper": run_paper, "peak": run_peak}[args.command]
     results = {"command": " ".join(sys.argv), **machine(default_device()), **run(args)}
     results["load_average"] = {"before": load_before, "after": os.getloadavg()}
+    if torch.distributed.is_initialized() and torch.distributed.get_rank() != 0:
+        return
     print(f"load average (1, 5, 15 min): before {load_before}, after {results['load_average']['after']}")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))
