@@ -19,10 +19,10 @@ warm-up (which also fills a frozen tokenizer's token cache, as every epoch after
 second pass, update by update. Data loading is therefore not timed: it runs in its own worker during training.
 
 Under ``torchrun`` (``OMP_NUM_THREADS=1 python -m torch.distributed.run --nproc_per_node 2 benchmarks/mfu.py stages
---threads 1 ... data.resampled=true``) every rank trains on its own batches, as ``NPROC=2 bash recipes/tiny/run.sh``
-does; the rates
-are the ranks' FLOPs together over the slowest rank's time, against the sum of the peaks the ranks measure at the
-same moment (each on its own threads, while the others measure too), and only rank 0 prints, exports and writes.
+--threads 1 ... data.resampled=true data.steps_per_epoch=100``) every rank trains on its own batches, as ``NPROC=2
+bash recipes/tiny/run.sh`` does. The rates are the ranks' FLOPs together over the slowest rank's time, against the
+sum of the peaks the ranks measure at the same moment (each on its own threads while the others measure too); only
+rank 0 prints, exports and writes.
 
 ``paper`` trains one module of the paper preset alone (its real size, random weights) on synthetic rows of fixed
 length through the same engine, each module in its own process so that its memory is returned; it reports the peak
